@@ -1,0 +1,40 @@
+//! hrf-diffusion: the only crate with tch model code. A diffusers-compatible UNet2DModel, the DDIM
+//! scheduler with per-step log-probabilities, diffusers folder load/save, and device selection.
+
+pub mod config;
+pub mod ddim;
+pub mod device;
+pub mod model;
+pub mod unet;
+
+pub use config::{BlockType, UNetConfig};
+pub use ddim::{DdimScheduler, DdimStep, PrevSample, SchedulerConfig};
+pub use model::DiffusersModel;
+pub use unet::UNet2DModel;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiffusionError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("scheduler: {message}")]
+    Scheduler { message: String },
+    #[error("{path}: weights do not fit the model: {message}")]
+    Weights { path: PathBuf, message: String },
+    #[error("{op} {path}: {source}")]
+    Torch {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: tch::TchError,
+    },
+    #[error("model: {message}")]
+    Model { message: String },
+}
