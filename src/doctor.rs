@@ -19,11 +19,16 @@ pub fn run(dev: Device) -> anyhow::Result<ExitCode> {
     line("hrf", env!("CARGO_PKG_VERSION"));
 
     let lt = device::libtorch();
-    line("libtorch", format!(
-        "{} at {}",
-        lt.version.as_deref().unwrap_or("unknown version"),
-        lt.lib_dir.as_deref().map_or("?".into(), |p| p.display().to_string())
-    ));
+    line(
+        "libtorch",
+        format!(
+            "{} at {}",
+            lt.version.as_deref().unwrap_or("unknown version"),
+            lt.lib_dir
+                .as_deref()
+                .map_or("?".into(), |p| p.display().to_string())
+        ),
+    );
     let cuda = match (&lt.cuda_library, &lt.cuda_error) {
         (Some(p), _) => format!(
             "backend {} ; available: {} ; devices: {} ; cuDNN: {}",
@@ -40,7 +45,10 @@ pub fn run(dev: Device) -> anyhow::Result<ExitCode> {
     line("threads", tch::get_num_threads());
 
     match hrf_rewards::onnx_runtime::init() {
-        Ok(rt) => line("onnxruntime", format!("{} at {}", rt.version, rt.path.display())),
+        Ok(rt) => line(
+            "onnxruntime",
+            format!("{} at {}", rt.version, rt.path.display()),
+        ),
         Err(e) => {
             ok = false;
             line("onnxruntime", format!("MISSING: {e}"));
@@ -48,13 +56,24 @@ pub fn run(dev: Device) -> anyhow::Result<ExitCode> {
     }
 
     let data = Path::new(FASHION_MNIST);
-    let files = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"];
+    let files = [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ];
     let missing: Vec<_> = files.iter().filter(|f| !data.join(f).exists()).collect();
     if missing.is_empty() {
         line("Fashion-MNIST", format!("{} (4 IDX files)", data.display()));
     } else {
         ok = false;
-        line("Fashion-MNIST", format!("MISSING {missing:?} under {} (apt-get install dataset-fashion-mnist)", data.display()));
+        line(
+            "Fashion-MNIST",
+            format!(
+                "MISSING {missing:?} under {} (apt-get install dataset-fashion-mnist)",
+                data.display()
+            ),
+        );
     }
 
     let cfg = UNetConfig::testbed();
@@ -74,12 +93,26 @@ pub fn run(dev: Device) -> anyhow::Result<ExitCode> {
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let finite = out.isfinite().all().int64_value(&[]) == 1;
     ok &= finite && out.size() == x.size();
-    line("UNet forward", format!(
-        "testbed UNet ({} parameters), batch {b}: output {:?} in {ms:.1} ms, {}",
-        model.num_parameters(),
-        out.size(),
-        if finite { "finite" } else { "NOT FINITE" }
-    ));
-    println!("{}", if ok { "doctor: ok" } else { "doctor: problems found (see above)" });
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    line(
+        "UNet forward",
+        format!(
+            "testbed UNet ({} parameters), batch {b}: output {:?} in {ms:.1} ms, {}",
+            model.num_parameters(),
+            out.size(),
+            if finite { "finite" } else { "NOT FINITE" }
+        ),
+    );
+    println!(
+        "{}",
+        if ok {
+            "doctor: ok"
+        } else {
+            "doctor: problems found (see above)"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -31,7 +31,10 @@ fn main() -> ExitCode {
 
     let built = option_env!("LIBTORCH").map(|p| Path::new(p).join("lib"));
     let beside = dir.join("torch").join("lib");
-    let linked = built.iter().chain(std::iter::once(&beside)).any(|d| d.join("libtorch_cpu.so").exists());
+    let linked = built
+        .iter()
+        .chain(std::iter::once(&beside))
+        .any(|d| d.join("libtorch_cpu.so").exists());
     let mut cmd = Command::new(&engine);
     cmd.args(&args);
     if !linked {

@@ -7,6 +7,25 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod doctor;
+mod pretrain;
+
+/// A problem with what the user asked for (exit code 2), as opposed to a failed run (1).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+impl From<hrf_config::ConfigErrors> for UsageError {
+    fn from(e: hrf_config::ConfigErrors) -> Self {
+        Self(e.to_string())
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +48,16 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Pretrain a base model with DDPM (class-conditional with a null class) from a pipeline file.
+    Pretrain {
+        pipeline: std::path::PathBuf,
+        /// Continue from the newest checkpoint in the pipeline's output folder.
+        #[arg(long)]
+        resume: bool,
+        /// No progress bar; a log line every `log_every` steps instead.
+        #[arg(short, long)]
+        quiet: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,7 +65,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let result = match cli.command {
@@ -47,9 +80,18 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Pretrain {
+            pipeline,
+            resume,
+            quiet,
+        } => pretrain::run(&pipeline, resume, quiet),
     };
     match result {
         Ok(code) => code,
+        Err(e) if e.is::<UsageError>() => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

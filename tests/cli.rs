@@ -14,17 +14,28 @@ fn hrf(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
 fn version_and_help_work_from_anywhere() {
     let v = hrf(&["--version"]);
     assert!(v.status.success(), "{}", text(&v));
-    assert_eq!(text(&v).trim(), format!("hrf {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        text(&v).trim(),
+        format!("hrf {}", env!("CARGO_PKG_VERSION"))
+    );
     let h = hrf(&["--help"]);
     assert!(h.status.success(), "{}", text(&h));
-    assert!(text(&h).contains("Usage: hrf <COMMAND>") && text(&h).contains("doctor"), "{}", text(&h));
+    assert!(
+        text(&h).contains("Usage: hrf <COMMAND>") && text(&h).contains("doctor"),
+        "{}",
+        text(&h)
+    );
 }
 
 #[test]
@@ -34,7 +45,10 @@ fn doctor_runs_a_unet_forward_with_a_bare_environment() {
     assert!(o.status.success(), "{out}");
     assert!(out.contains("libtorch       2.11.0"), "{out}");
     assert!(out.contains("onnxruntime    1.30.0"), "{out}");
-    assert!(out.contains("output [8, 1, 32, 32]") && out.contains("finite"), "{out}");
+    assert!(
+        out.contains("output [8, 1, 32, 32]") && out.contains("finite"),
+        "{out}"
+    );
     assert!(out.contains("doctor: ok"), "{out}");
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub mod model;
+pub mod pretrain;
 
 pub use model::{ModelSource, ModelSpec};
 
@@ -60,7 +61,12 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
         let loc = e.location();
         let message = e.without_snippet().to_string();
         // The library appends its own " at line L column C"; the location is ours to print.
-        let message = message.split(" at line ").next().unwrap_or(&message).trim().to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .trim()
+            .to_string();
         ConfigErrors(vec![ConfigError {
             file: file.to_path_buf(),
             line: loc.as_ref().map(|l| l.line()),

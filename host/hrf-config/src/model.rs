@@ -54,36 +54,57 @@ impl ModelSpecRaw {
         let source = match (&self.weights, &self.config) {
             (Some(w), None) => {
                 let dir = base.join(w);
-                if !dir.join("config.json").exists() && !dir.join("unet").join("config.json").exists() {
+                if !dir.join("config.json").exists()
+                    && !dir.join("unet").join("config.json").exists()
+                {
                     problems.push(err(
                         "model.weights",
-                        format!("{} is not a diffusers model folder (no config.json)", dir.display()),
+                        format!(
+                            "{} is not a diffusers model folder (no config.json)",
+                            dir.display()
+                        ),
                     ));
                 }
                 Some(ModelSource::Folder(dir))
             }
-            (None, Some(name)) if NAMED_CONFIGS.contains(&name.as_str()) => Some(ModelSource::Named(name.clone())),
+            (None, Some(name)) if NAMED_CONFIGS.contains(&name.as_str()) => {
+                Some(ModelSource::Named(name.clone()))
+            }
             (None, Some(name)) => {
                 problems.push(err(
                     "model.config",
-                    format!("unknown config {name:?}; known: {}", NAMED_CONFIGS.join(", ")),
+                    format!(
+                        "unknown config {name:?}; known: {}",
+                        NAMED_CONFIGS.join(", ")
+                    ),
                 ));
                 None
             }
             (Some(_), Some(_)) => {
-                problems.push(err("model", "give either `weights` or `config`, not both".into()));
+                problems.push(err(
+                    "model",
+                    "give either `weights` or `config`, not both".into(),
+                ));
                 None
             }
             (None, None) => {
-                problems.push(err("model", "give `weights` (a diffusers folder) or `config` (a named architecture)".into()));
+                problems.push(err(
+                    "model",
+                    "give `weights` (a diffusers folder) or `config` (a named architecture)".into(),
+                ));
                 None
             }
         };
         let dev = self.device.as_str();
         let valid_device = matches!(dev, "auto" | "cpu" | "cuda")
-            || dev.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+            || dev
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
         if !valid_device {
-            problems.push(err("model.device", format!("expected auto, cpu, cuda or cuda:N, got {dev:?}")));
+            problems.push(err(
+                "model.device",
+                format!("expected auto, cpu, cuda or cuda:N, got {dev:?}"),
+            ));
         }
         match source {
             Some(source) if problems.is_empty() => Ok(ModelSpec {
@@ -151,7 +172,11 @@ mod tests {
             weights: Some("nope".into()),
             ..raw
         };
-        assert!(missing.validate(&dir.join("p.yaml")).unwrap_err().to_string().contains("model.weights"));
+        assert!(missing
+            .validate(&dir.join("p.yaml"))
+            .unwrap_err()
+            .to_string()
+            .contains("model.weights"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

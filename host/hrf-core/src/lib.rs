@@ -43,7 +43,12 @@ pub struct Image {
 
 impl Image {
     /// Fails when `data` does not hold exactly width × height × channels bytes.
-    pub fn new(width: u32, height: u32, channels: Channels, data: Vec<u8>) -> Result<Self, ImageError> {
+    pub fn new(
+        width: u32,
+        height: u32,
+        channels: Channels,
+        data: Vec<u8>,
+    ) -> Result<Self, ImageError> {
         let want = width as usize * height as usize * channels.count();
         if width == 0 || height == 0 || data.len() != want {
             return Err(ImageError::Size {
@@ -68,7 +73,12 @@ impl Image {
 
     /// Builds an image from model-space values in channel-first (C, H, W) order, as a tensor holds
     /// one sample.
-    pub fn from_chw_unit(width: u32, height: u32, channels: Channels, chw: &[f32]) -> Result<Self, ImageError> {
+    pub fn from_chw_unit(
+        width: u32,
+        height: u32,
+        channels: Channels,
+        chw: &[f32],
+    ) -> Result<Self, ImageError> {
         let (w, h, c) = (width as usize, height as usize, channels.count());
         if chw.len() != w * h * c {
             return Err(ImageError::Size {
@@ -162,9 +172,17 @@ pub enum RewardError {
     #[error("reward {reward}: {message}")]
     Failed { reward: String, message: String },
     #[error("reward {reward}: returned {got} scores for {want} samples")]
-    WrongCount { reward: String, want: usize, got: usize },
+    WrongCount {
+        reward: String,
+        want: usize,
+        got: usize,
+    },
     #[error("reward {reward}: sample {index} scored {value} (not finite)")]
-    NotFinite { reward: String, index: usize, value: f32 },
+    NotFinite {
+        reward: String,
+        index: usize,
+        value: f32,
+    },
     #[error("reward {reward}: {message}")]
     Config { reward: String, message: String },
 }
@@ -179,7 +197,11 @@ pub trait Reward: Send {
 
 /// Checks what a reward returned: one finite value per sample. Every reward's output passes here
 /// before the trainer uses it.
-pub fn check_scores(info: &RewardInfo, samples: usize, scores: &[Score]) -> Result<(), RewardError> {
+pub fn check_scores(
+    info: &RewardInfo,
+    samples: usize,
+    scores: &[Score],
+) -> Result<(), RewardError> {
     if scores.len() != samples {
         return Err(RewardError::WrongCount {
             reward: info.label(),
@@ -187,7 +209,11 @@ pub fn check_scores(info: &RewardInfo, samples: usize, scores: &[Score]) -> Resu
             got: scores.len(),
         });
     }
-    if let Some((index, s)) = scores.iter().enumerate().find(|(_, s)| !s.value.is_finite()) {
+    if let Some((index, s)) = scores
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !s.value.is_finite())
+    {
         return Err(RewardError::NotFinite {
             reward: info.label(),
             index,

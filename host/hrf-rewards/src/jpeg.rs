@@ -21,7 +21,10 @@ pub struct JpegCompressibility {
 
 impl JpegCompressibility {
     pub fn new(direction: JpegDirection) -> Self {
-        Self { direction, quality: 95 }
+        Self {
+            direction,
+            quality: 95,
+        }
     }
 
     /// The encoded size in bytes.
@@ -37,7 +40,8 @@ impl JpegCompressibility {
             Channels::L8 => ColorType::Luma,
             Channels::Rgb8 => ColorType::Rgb,
         };
-        enc.encode(image.data(), w as u16, h as u16, color).map_err(|e| e.to_string())?;
+        enc.encode(image.data(), w as u16, h as u16, color)
+            .map_err(|e| e.to_string())?;
         Ok(buf.len())
     }
 }
@@ -65,10 +69,12 @@ impl Reward for JpegCompressibility {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let bytes = self.encoded_size(&s.image).map_err(|message| RewardError::Failed {
-                    reward: self.info().label(),
-                    message: format!("sample {i}: {message}"),
-                })?;
+                let bytes = self
+                    .encoded_size(&s.image)
+                    .map_err(|message| RewardError::Failed {
+                        reward: self.info().label(),
+                        message: format!("sample {i}: {message}"),
+                    })?;
                 let kb = bytes as f32 / 1000.0;
                 let mut score = Score::new(sign * kb);
                 score.extras.insert("jpeg_kb".into(), kb);
@@ -121,10 +127,14 @@ mod tests {
     fn sizes_are_whole_jpeg_files() {
         // A baseline JPEG of an 8×8 flat grey block: SOI, tables, SOF, SOS, one block, EOI.
         let img = Image::new(8, 8, Channels::L8, vec![200; 64]).unwrap();
-        let size = JpegCompressibility::new(JpegDirection::Compressibility).encoded_size(&img).unwrap();
+        let size = JpegCompressibility::new(JpegDirection::Compressibility)
+            .encoded_size(&img)
+            .unwrap();
         assert!((150..700).contains(&size), "{size} bytes");
         let rgb = Image::new(16, 8, Channels::Rgb8, noise(16 * 8 * 3, 3)).unwrap();
-        let size_rgb = JpegCompressibility::new(JpegDirection::Compressibility).encoded_size(&rgb).unwrap();
+        let size_rgb = JpegCompressibility::new(JpegDirection::Compressibility)
+            .encoded_size(&rgb)
+            .unwrap();
         assert!(size_rgb > size);
     }
 }

@@ -21,13 +21,19 @@ fn candidates() -> Vec<PathBuf> {
     if let Some(p) = option_env!("HRF_ORT_DYLIB") {
         out.push(PathBuf::from(p));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         out.push(dir.join(format!("libonnxruntime.so.{EXPECTED_VERSION}")));
         out.push(dir.join("libonnxruntime.so"));
     }
     // The GPU machines have onnxruntime installed for Python.
     let py = std::process::Command::new("python3")
-        .args(["-c", "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))"])
+        .args([
+            "-c",
+            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
         .stderr(std::process::Stdio::null())
         .output();
     if let Some(o) = py.ok().filter(|o| o.status.success()) {
@@ -35,7 +41,10 @@ fn candidates() -> Vec<PathBuf> {
         if let Ok(entries) = std::fs::read_dir(&capi) {
             let mut libs: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so")))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
+                })
                 .collect();
             libs.sort();
             out.extend(libs.into_iter().rev());

@@ -1,0 +1,281 @@
+//! `hrf pretrain` pipelines: the model to train, the data, the scheduler, and the DDPM settings.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ModelSpec, ModelSpecRaw};
+use crate::{ConfigError, ConfigErrors};
+
+/// AdamW's settings (torch.optim.AdamW's names).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamWSettings {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamWSettings {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// The `training:` section of a pretraining pipeline, with its defaults in one place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainSettings {
+    pub steps: i64,
+    pub batch_size: i64,
+    pub optimizer: AdamWSettings,
+    pub warmup_steps: i64,
+    /// Cosine decay of the learning rate to `lr · min_lr_ratio` after warm-up.
+    pub min_lr_ratio: f64,
+    pub max_grad_norm: f64,
+    pub ema_decay: f64,
+    /// Probability of replacing a label with the null class (for classifier-free guidance).
+    pub class_dropout: f64,
+    pub seed: u64,
+    pub log_every: i64,
+    pub sample_every: i64,
+    pub checkpoint_every: i64,
+    pub keep_checkpoints: usize,
+    /// DDIM steps and guidance weight of the sample grids.
+    pub grid_steps: i64,
+    pub grid_guidance: f64,
+}
+
+impl Default for PretrainSettings {
+    fn default() -> Self {
+        Self {
+            steps: 10_000,
+            batch_size: 128,
+            optimizer: AdamWSettings::default(),
+            warmup_steps: 200,
+            min_lr_ratio: 0.1,
+            max_grad_norm: 1.0,
+            ema_decay: 0.999,
+            class_dropout: 0.1,
+            seed: 0,
+            log_every: 50,
+            sample_every: 1000,
+            checkpoint_every: 500,
+            keep_checkpoints: 2,
+            grid_steps: 40,
+            grid_guidance: 2.0,
+        }
+    }
+}
+
+/// `data:` — Fashion-MNIST (the Debian package's files, or IDX files in `path`) or a folder of
+/// images with one sub-folder per class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpecRaw {
+    pub source: DataSource,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Use only the first `limit` images (quick runs, tests).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSource {
+    FashionMnist,
+    Folder,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSpec {
+    pub source: DataSource,
+    pub path: Option<PathBuf>,
+    pub limit: Option<usize>,
+}
+
+/// A pretraining pipeline file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainFile {
+    pub model: ModelSpecRaw,
+    pub data: DataSpecRaw,
+    /// diffusers scheduler settings (scheduler_config.json's fields); defaults are DDPM's.
+    #[serde(default)]
+    pub scheduler: Option<serde_json::Value>,
+    #[serde(default)]
+    pub training: PretrainSettings,
+    /// Where checkpoints, grids and metrics go (relative to the YAML file).
+    pub output: String,
+    /// Where the final EMA model is written as a diffusers folder (relative to the YAML file).
+    pub export: Option<String>,
+}
+
+/// A validated pretraining pipeline.
+#[derive(Debug, Clone)]
+pub struct PretrainPipeline {
+    pub file: PathBuf,
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    pub scheduler: serde_json::Value,
+    pub training: PretrainSettings,
+    pub output: PathBuf,
+    pub export: Option<PathBuf>,
+}
+
+impl PretrainFile {
+    pub fn validate(self, file: &Path) -> Result<PretrainPipeline, ConfigErrors> {
+        let mut problems = Vec::new();
+        let err = |field: &str, message: String| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            field: Some(field.into()),
+            message,
+        };
+        let base = file.parent().unwrap_or(Path::new("."));
+        let model = self
+            .model
+            .validate(file)
+            .map_err(|e| problems.extend(e.0))
+            .ok();
+        let t = &self.training;
+        let positive = [
+            ("training.steps", t.steps),
+            ("training.batch_size", t.batch_size),
+            ("training.log_every", t.log_every),
+            ("training.sample_every", t.sample_every),
+            ("training.checkpoint_every", t.checkpoint_every),
+            ("training.grid_steps", t.grid_steps),
+        ];
+        for (field, v) in positive {
+            if v <= 0 {
+                problems.push(err(field, format!("must be positive, got {v}")));
+            }
+        }
+        if t.warmup_steps < 0 {
+            problems.push(err(
+                "training.warmup_steps",
+                format!("must be ≥ 0, got {}", t.warmup_steps),
+            ));
+        }
+        let o = &t.optimizer;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            problems.push(err(
+                "training.optimizer.lr",
+                format!("must be positive, got {}", o.lr),
+            ));
+        }
+        if o.weight_decay < 0.0 {
+            problems.push(err(
+                "training.optimizer.weight_decay",
+                format!("must be ≥ 0, got {}", o.weight_decay),
+            ));
+        }
+        for (field, b) in [
+            ("training.optimizer.beta1", o.beta1),
+            ("training.optimizer.beta2", o.beta2),
+        ] {
+            if !(0.0..1.0).contains(&b) {
+                problems.push(err(field, format!("must be in [0, 1), got {b}")));
+            }
+        }
+        for (field, v) in [
+            ("training.ema_decay", t.ema_decay),
+            ("training.class_dropout", t.class_dropout),
+            ("training.min_lr_ratio", t.min_lr_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                problems.push(err(field, format!("must be in [0, 1], got {v}")));
+            }
+        }
+        if t.max_grad_norm <= 0.0 {
+            problems.push(err(
+                "training.max_grad_norm",
+                format!("must be positive, got {}", t.max_grad_norm),
+            ));
+        }
+        let path = self.data.path.as_ref().map(|p| base.join(p));
+        if self.data.source == DataSource::Folder && path.as_ref().is_none_or(|p| !p.is_dir()) {
+            problems.push(err(
+                "data.path",
+                "a folder source needs `path`, an existing folder".into(),
+            ));
+        }
+        if let Some(s) = &self.scheduler {
+            if !s.is_object() {
+                problems.push(err(
+                    "scheduler",
+                    "must be a mapping of diffusers scheduler fields".into(),
+                ));
+            }
+        }
+        match model {
+            Some(model) if problems.is_empty() => Ok(PretrainPipeline {
+                file: file.to_path_buf(),
+                model,
+                data: DataSpec {
+                    source: self.data.source,
+                    path,
+                    limit: self.data.limit,
+                },
+                scheduler: self.scheduler.unwrap_or_else(|| serde_json::json!({})),
+                training: self.training,
+                output: base.join(&self.output),
+                export: self.export.map(|e| base.join(e)),
+            }),
+            _ => Err(ConfigErrors(problems)),
+        }
+    }
+}
+
+/// Reads and validates a pretraining pipeline.
+pub fn load(file: &Path) -> Result<PretrainPipeline, ConfigErrors> {
+    crate::read_yaml::<PretrainFile>(file)?.validate(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_yaml;
+
+    #[test]
+    fn defaults_fill_the_training_section() {
+        let text = "model: {config: testbed}\ndata: {source: fashion-mnist}\noutput: runs/p\ntraining:\n  steps: 5\n  optimizer: {lr: 0.002}\n";
+        let f: PretrainFile = parse_yaml(Path::new("/x/p.yaml"), text).unwrap();
+        let p = f.validate(Path::new("/x/p.yaml")).unwrap();
+        assert_eq!(p.training.steps, 5);
+        assert_eq!(p.training.optimizer.lr, 0.002);
+        assert_eq!(p.training.optimizer.beta2, 0.999);
+        assert_eq!(p.output, Path::new("/x/runs/p"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = "model: {config: testbed}\ndata: {source: folder}\noutput: o\ntraining:\n  steps: 0\n  optimizer: {lr: -1}\n";
+        let f: PretrainFile = parse_yaml(Path::new("p.yaml"), text).unwrap();
+        let e = f.validate(Path::new("p.yaml")).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.0.len(), 3, "{msg}");
+        for field in ["training.steps", "training.optimizer.lr", "data.path"] {
+            assert!(msg.contains(field), "{msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_training_keys_are_refused() {
+        let text = "model: {config: testbed}\ndata: {source: fashion-mnist}\noutput: o\ntraining:\n  stpes: 5\n";
+        let e = parse_yaml::<PretrainFile>(Path::new("p.yaml"), text).unwrap_err();
+        assert_eq!(e.0[0].line, Some(5), "{e}");
+        assert!(e.to_string().contains("stpes"));
+    }
+}

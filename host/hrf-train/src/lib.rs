@@ -1,0 +1,9 @@
+//! hrf-train: the loops. DDPM pretraining of the testbed model, DDIM sampling with guidance;
+//! DDPO, HRF and HRF-D build on these. Never parses YAML: it takes validated settings.
+
+pub mod adamw;
+pub mod ema;
+pub mod pretrain;
+pub mod sampling;
+
+pub use adamw::{AdamW, AdamWConfig};

@@ -1,0 +1,443 @@
+//! DDPM pretraining of a (class-conditional) UNet: ε-prediction MSE at uniform timesteps, class
+//! dropout to the null class so one model samples both conditionally and unconditionally, AdamW,
+//! EMA weights, sample grids, and checkpoints that resume exactly (batches and noise are drawn per
+//! (seed, step), never from a running generator).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hrf_data::Dataset;
+use hrf_diffusion::{DdimScheduler, DiffusersModel, SchedulerConfig};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::sampling::{mix_seed, sample, to_images, SampleRequest};
+use crate::{ema, AdamW, AdamWConfig};
+
+pub use hrf_config::pretrain::{AdamWSettings, PretrainSettings};
+
+impl From<AdamWSettings> for AdamWConfig {
+    fn from(s: AdamWSettings) -> Self {
+        AdamWConfig {
+            lr: s.lr,
+            beta1: s.beta1,
+            beta2: s.beta2,
+            eps: s.eps,
+            weight_decay: s.weight_decay,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PretrainError {
+    #[error("{0}")]
+    Diffusion(#[from] hrf_diffusion::DiffusionError),
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data: {0}")]
+    Data(String),
+    #[error("training diverged at step {step}: loss {loss}")]
+    Diverged { step: i64, loss: f64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PretrainError {
+    let path = path.to_path_buf();
+    move |source| PretrainError::Io { path, source }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    step: i64,
+    settings: PretrainSettings,
+}
+
+/// What a finished (or resumed-and-finished) pretraining reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct PretrainSummary {
+    pub steps: i64,
+    pub final_loss: f64,
+    pub wall_s: f64,
+    pub images_per_s: f64,
+    pub parameters: i64,
+}
+
+/// The learning rate at optimiser step `step` (1-based): linear warm-up, then cosine decay.
+pub fn lr_at(s: &PretrainSettings, step: i64) -> f64 {
+    let lr = s.optimizer.lr;
+    if step <= s.warmup_steps {
+        return lr * step as f64 / s.warmup_steps.max(1) as f64;
+    }
+    let span = (s.steps - s.warmup_steps).max(1) as f64;
+    let progress = ((step - s.warmup_steps) as f64 / span).min(1.0);
+    let floor = lr * s.min_lr_ratio;
+    floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// The whole dataset as a u8 tensor `[N, C, H, W]` and labels `[N]`.
+fn dataset_tensors(data: &Dataset) -> (Tensor, Tensor) {
+    let (c, h, w) = (
+        data.channels.count() as i64,
+        data.height as i64,
+        data.width as i64,
+    );
+    let mut bytes = Vec::with_capacity(data.len() * (c * h * w) as usize);
+    for i in 0..data.len() {
+        bytes.extend_from_slice(data.pixels(i));
+    }
+    let x = Tensor::from_slice(&bytes)
+        .view([data.len() as i64, h, w, c])
+        .permute([0, 3, 1, 2])
+        .contiguous();
+    let y = Tensor::from_slice(&data.labels.iter().map(|&l| l as i64).collect::<Vec<_>>());
+    (x, y)
+}
+
+/// Sample indices of step `step` (0-based): epochs are seeded permutations of the dataset.
+fn batch_indices(n: i64, batch: i64, seed: u64, step: i64) -> Tensor {
+    let start = step * batch;
+    let mut parts = Vec::new();
+    let mut pos = start;
+    while pos < start + batch {
+        let epoch = pos / n;
+        let offset = pos % n;
+        let take = (batch - (pos - start)).min(n - offset);
+        tch::manual_seed(mix_seed(&[seed, 0xE90C, epoch as u64]));
+        let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
+        parts.push(perm.narrow(0, offset, take));
+        pos += take;
+    }
+    Tensor::cat(&parts, 0)
+}
+
+fn checkpoint_dirs(out: &Path) -> Vec<(i64, PathBuf)> {
+    let mut v: Vec<(i64, PathBuf)> = std::fs::read_dir(out.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path()
+                .join("state.json")
+                .exists()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+pub struct Pretrainer<'a> {
+    pub settings: PretrainSettings,
+    pub scheduler: SchedulerConfig,
+    pub data: &'a Dataset,
+    pub out_dir: PathBuf,
+    pub device: Device,
+    pub show_progress: bool,
+}
+
+impl Pretrainer<'_> {
+    /// Trains `model` (its EMA copy is kept alongside) and returns the EMA model.
+    pub fn run(
+        &self,
+        model: DiffusersModel,
+        resume: bool,
+    ) -> Result<(DiffusersModel, PretrainSummary), PretrainError> {
+        let s = &self.settings;
+        let dev = self.device;
+        let cfg = model.unet.config().clone();
+        let null = cfg.num_class_embeds.map(|k| k - 1);
+        if let Some(null) = null {
+            if self.data.num_classes() as i64 > null {
+                return Err(PretrainError::Data(format!(
+                    "{} classes need num_class_embeds ≥ {} (one extra for the null class), the model has {}",
+                    self.data.num_classes(),
+                    self.data.num_classes() + 1,
+                    null + 1
+                )));
+            }
+        }
+        let size = cfg.sample_size.unwrap_or(32) as u32;
+        if self.data.width != size
+            || self.data.height != size
+            || self.data.channels.count() as i64 != cfg.in_channels
+        {
+            return Err(PretrainError::Data(format!(
+                "images are {}×{}×{}, the model takes {size}×{size}×{}",
+                self.data.width,
+                self.data.height,
+                self.data.channels.count(),
+                cfg.in_channels
+            )));
+        }
+        std::fs::create_dir_all(&self.out_dir).map_err(io_err(&self.out_dir))?;
+        let sched = DdimScheduler::new(self.scheduler.clone(), s.grid_steps, 1e-4)?;
+        let ema_model = DiffusersModel::new(&cfg, dev)?;
+        ema::copy_weights(&ema_model.vs, &model.vs);
+        let mut params: Vec<(String, Tensor)> = model
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut opt = AdamW::new(params, s.optimizer.into());
+
+        let mut start_step = 0;
+        if resume {
+            if let Some((step, dir)) = checkpoint_dirs(&self.out_dir).pop() {
+                let mut m = DiffusersModel::load(&dir.join("model"), dev)?;
+                ema::copy_weights(&model.vs, &m.vs);
+                m = DiffusersModel::load(&dir.join("ema"), dev)?;
+                ema::copy_weights(&ema_model.vs, &m.vs);
+                opt.load(&dir.join("optimizer.safetensors"))
+                    .map_err(|message| PretrainError::Checkpoint {
+                        path: dir.clone(),
+                        message,
+                    })?;
+                start_step = step;
+                eprintln!("resuming from {} (step {step})", dir.display());
+            }
+        }
+
+        let (x_all, y_all) = dataset_tensors(self.data);
+        let n = self.data.len() as i64;
+        let t_max = self.scheduler.num_train_timesteps;
+        let metrics_path = self.out_dir.join("metrics.jsonl");
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(io_err(&metrics_path))?;
+        let bar = if self.show_progress {
+            indicatif::ProgressBar::new(s.steps as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps · {msg} · {elapsed} elapsed, ETA {eta}",
+            )
+            .expect("template"),
+        );
+        bar.set_position(start_step as u64);
+        let started = Instant::now();
+        let mut window = (Instant::now(), 0i64, 0f64, 0i64); // (since, images, loss sum, count)
+        let mut last_loss = f64::NAN;
+
+        for step in start_step..s.steps {
+            // Everything random in this step is keyed by (seed, step): exact resume.
+            let idx = batch_indices(n, s.batch_size, s.seed, step);
+            tch::manual_seed(mix_seed(&[s.seed, 0x57E9, step as u64]));
+            let x0 = (x_all
+                .index_select(0, &idx)
+                .to_device(dev)
+                .to_kind(Kind::Float)
+                / 127.5)
+                - 1.0;
+            let mut y = y_all.index_select(0, &idx).to_device(dev);
+            if let Some(null) = null {
+                let drop = Tensor::rand([s.batch_size], (Kind::Float, dev)).lt(s.class_dropout);
+                y = y.where_self(&drop.logical_not(), &y.full_like(null));
+            }
+            let t = Tensor::randint(t_max, [s.batch_size], (Kind::Int64, dev));
+            let noise = x0.randn_like();
+            let x_t = sched.add_noise(&x0, &noise, &t);
+            let pred = model.unet.forward(&x_t, &t, null.map(|_| &y));
+            let target = match self.scheduler.prediction_type {
+                hrf_diffusion::ddim::PredictionType::Epsilon => noise,
+                hrf_diffusion::ddim::PredictionType::Sample => x0.shallow_clone(),
+                hrf_diffusion::ddim::PredictionType::VPrediction => {
+                    let a = sched.add_noise(&x0.zeros_like(), &x0.ones_like(), &t); // √(1−ᾱ)
+                    let b = sched.add_noise(&x0.ones_like(), &x0.zeros_like(), &t); // √ᾱ
+                    &b * &noise - &a * &x0
+                }
+            };
+            let loss = (pred - target).square().mean(Kind::Float);
+            opt.zero_grad();
+            loss.backward();
+            let grad_norm = opt.clip_grad_norm(s.max_grad_norm);
+            let lr = lr_at(s, step + 1);
+            opt.step_with_lr(lr);
+            ema::update(
+                &ema_model.vs,
+                &model.vs,
+                ema::warmed_decay(s.ema_decay, step),
+            );
+
+            last_loss = loss.double_value(&[]);
+            if !last_loss.is_finite() {
+                return Err(PretrainError::Diverged {
+                    step,
+                    loss: last_loss,
+                });
+            }
+            window.1 += s.batch_size;
+            window.2 += last_loss;
+            window.3 += 1;
+            let done = step + 1;
+            bar.set_position(done as u64);
+            if done % s.log_every == 0 || done == s.steps {
+                let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+                let ips = window.1 as f64 / secs;
+                let mean_loss = window.2 / window.3 as f64;
+                bar.set_message(format!("loss {mean_loss:.4} · {ips:.0} img/s"));
+                if !self.show_progress {
+                    eprintln!(
+                        "step {done}/{}: loss {mean_loss:.4}, {ips:.0} img/s",
+                        s.steps
+                    );
+                }
+                let line = serde_json::json!({
+                    "step": done, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
+                    "images_per_s": ips, "elapsed_s": started.elapsed().as_secs_f64(),
+                });
+                writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
+                window = (Instant::now(), 0, 0.0, 0);
+            }
+            if done % s.sample_every == 0 || done == s.steps {
+                self.write_grid(&ema_model, &sched, done)?;
+            }
+            if done % s.checkpoint_every == 0 || done == s.steps {
+                self.write_checkpoint(&model, &ema_model, &opt, done)?;
+            }
+        }
+        bar.finish_and_clear();
+        let wall = started.elapsed().as_secs_f64();
+        let trained = (s.steps - start_step).max(0);
+        let summary = PretrainSummary {
+            steps: s.steps,
+            final_loss: last_loss,
+            wall_s: wall,
+            images_per_s: (trained * s.batch_size) as f64 / wall.max(1e-9),
+            parameters: model.num_parameters(),
+        };
+        let mut ema_model = ema_model;
+        ema_model.scheduler = Some(self.scheduler.clone());
+        Ok((ema_model, summary))
+    }
+
+    /// A grid of EMA samples: rows of one sample per class, then a row of unconditional ones.
+    fn write_grid(
+        &self,
+        model: &DiffusersModel,
+        sched: &DdimScheduler,
+        step: i64,
+    ) -> Result<(), PretrainError> {
+        let classes = self.data.num_classes() as i64;
+        let null = model.unet.config().num_class_embeds.map(|k| k - 1);
+        let rows = 3i64;
+        let mut labels: Vec<i64> = (0..rows * classes).map(|i| i % classes).collect();
+        if let Some(null) = null {
+            labels.extend(std::iter::repeat_n(null, classes as usize));
+        }
+        let keys: Vec<u64> = (0..labels.len() as u64).collect();
+        let y = Tensor::from_slice(&labels).to_device(self.device);
+        let x = sample(
+            &model.unet,
+            sched,
+            &SampleRequest {
+                labels: null.map(|_| &y),
+                keys: &keys,
+                seed: self.settings.seed ^ 0x6121,
+                eta: 0.0,
+                guidance: self.settings.grid_guidance,
+            },
+            self.device,
+        );
+        let path = self
+            .out_dir
+            .join("samples")
+            .join(format!("step-{step:06}.png"));
+        hrf_data::grid::save_grid(&to_images(&x), classes as usize, 2, &path)
+            .map_err(|message| PretrainError::Checkpoint { path, message })
+    }
+
+    fn write_checkpoint(
+        &self,
+        model: &DiffusersModel,
+        ema_model: &DiffusersModel,
+        opt: &AdamW,
+        step: i64,
+    ) -> Result<(), PretrainError> {
+        let root = self.out_dir.join("checkpoints");
+        let dir = root.join(format!("step-{step:06}"));
+        let tmp = root.join(format!(".step-{step:06}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        model.save(&tmp.join("model"), Some(&self.scheduler))?;
+        ema_model.save(&tmp.join("ema"), Some(&self.scheduler))?;
+        let opt_path = tmp.join("optimizer.safetensors");
+        opt.save(&opt_path).map_err(|e| PretrainError::Checkpoint {
+            path: opt_path.clone(),
+            message: e.to_string(),
+        })?;
+        let state = CheckpointState {
+            step,
+            settings: self.settings.clone(),
+        };
+        let state_path = tmp.join("state.json");
+        std::fs::write(
+            &state_path,
+            serde_json::to_string_pretty(&state).expect("json"),
+        )
+        .map_err(io_err(&state_path))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+        let all = checkpoint_dirs(&self.out_dir);
+        for (_, old) in all.iter().take(
+            all.len()
+                .saturating_sub(self.settings.keep_checkpoints.max(1)),
+        ) {
+            std::fs::remove_dir_all(old).map_err(io_err(old))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> PretrainSettings {
+        PretrainSettings {
+            steps: 1000,
+            warmup_steps: 100,
+            min_lr_ratio: 0.1,
+            optimizer: AdamWSettings {
+                lr: 1e-3,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lr_warms_up_then_decays() {
+        let s = settings();
+        assert!((lr_at(&s, 50) - 5e-4).abs() < 1e-12);
+        assert!((lr_at(&s, 100) - 1e-3).abs() < 1e-12);
+        assert!((lr_at(&s, 1000) - 1e-4).abs() < 1e-12);
+        assert!(lr_at(&s, 550) < 1e-3 && lr_at(&s, 550) > 1e-4);
+    }
+
+    #[test]
+    fn batches_cover_each_epoch_once() {
+        let n = 10;
+        let mut seen: Vec<i64> = (0..5)
+            .flat_map(|s| Vec::<i64>::try_from(batch_indices(n, 4, 1, s)).unwrap())
+            .collect();
+        seen.truncate(10);
+        seen.sort();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        // Same (seed, step) → same batch.
+        assert!(batch_indices(n, 4, 1, 3).equal(&batch_indices(n, 4, 1, 3)));
+    }
+}

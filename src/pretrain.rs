@@ -1,0 +1,78 @@
+//! `hrf pretrain PIPELINE.yaml`: DDPM pretraining of a base model (the bundled testbed's recipe).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use hrf_config::model::ModelSource;
+use hrf_config::pretrain::{DataSource, PretrainPipeline};
+use hrf_diffusion::{device, DiffusersModel, SchedulerConfig, UNetConfig};
+use hrf_train::pretrain::Pretrainer;
+
+use crate::UsageError;
+
+pub fn load_model(source: &ModelSource, dev: tch::Device) -> anyhow::Result<DiffusersModel> {
+    Ok(match source {
+        ModelSource::Folder(dir) => DiffusersModel::load(dir, dev)?,
+        ModelSource::Named(name) => {
+            let cfg =
+                UNetConfig::named(name).with_context(|| format!("unknown model config {name}"))?;
+            DiffusersModel::new(&cfg, dev)?
+        }
+    })
+}
+
+pub fn run(file: &Path, resume: bool, quiet: bool) -> anyhow::Result<ExitCode> {
+    let p: PretrainPipeline = hrf_config::pretrain::load(file).map_err(UsageError::from)?;
+    let dev = device::parse_device(&p.model.device)
+        .map_err(|e| UsageError(format!("{}: model.{e}", file.display())))?;
+    let scheduler: SchedulerConfig = serde_json::from_value(p.scheduler.clone())
+        .map_err(|e| UsageError(format!("{}: scheduler: {e}", file.display())))?;
+    scheduler
+        .validate()
+        .map_err(|e| UsageError(format!("{}: scheduler: {e}", file.display())))?;
+
+    let model = load_model(&p.model.source, dev)?;
+    let size = model.unet.config().sample_size.unwrap_or(32) as u32;
+    let channels = hrf_core::Channels::from_count(model.unet.config().in_channels as usize)
+        .context("the model must take 1 or 3 channels")?;
+    let mut data = match p.data.source {
+        DataSource::FashionMnist => {
+            hrf_data::fashion_mnist(p.data.path.as_deref(), hrf_data::Split::Train)?.fit_to(size, 0)
+        }
+        DataSource::Folder => {
+            hrf_data::image_folder(p.data.path.as_deref().expect("validated"), channels, size)?
+        }
+    };
+    if let Some(limit) = p.data.limit {
+        data = data.select(&(0..limit.min(data.len())).collect::<Vec<_>>());
+    }
+    std::fs::create_dir_all(&p.output).with_context(|| p.output.display().to_string())?;
+    std::fs::copy(file, p.output.join("pipeline.yaml"))
+        .with_context(|| p.output.display().to_string())?;
+    eprintln!(
+        "pretraining {} parameters on {} images ({} classes) on {dev:?} for {} steps of {}",
+        model.num_parameters(),
+        data.len(),
+        data.num_classes(),
+        p.training.steps,
+        p.training.batch_size
+    );
+    let trainer = Pretrainer {
+        settings: p.training.clone(),
+        scheduler,
+        data: &data,
+        out_dir: p.output.clone(),
+        device: dev,
+        show_progress: !quiet,
+    };
+    let (ema, summary) = trainer.run(model, resume)?;
+    let final_dir = p.output.join("final");
+    ema.save(&final_dir, None)?;
+    if let Some(export) = &p.export {
+        ema.save(export, None)?;
+        eprintln!("exported the EMA model to {}", export.display());
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(ExitCode::SUCCESS)
+}
