@@ -3,6 +3,8 @@
 
 pub mod jpeg;
 #[cfg(feature = "onnx")]
+pub mod onnx;
+#[cfg(feature = "onnx")]
 pub mod onnx_runtime;
 
 pub use jpeg::{JpegCompressibility, JpegDirection};

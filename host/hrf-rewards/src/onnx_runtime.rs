@@ -7,10 +7,11 @@ use std::sync::OnceLock;
 
 pub const EXPECTED_VERSION: &str = "1.30.0";
 
-#[derive(Debug, Clone)]
 pub struct OnnxRuntime {
     pub path: PathBuf,
     pub version: String,
+    /// ort's process-wide environment; every session is built from it.
+    pub env: ort::environment::Environment,
 }
 
 fn candidates() -> Vec<PathBuf> {
@@ -83,12 +84,12 @@ pub fn init() -> Result<&'static OnnxRuntime, String> {
             )
         })?;
         let builder = ort::init_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        builder
+        let env = builder
             .with_name("hrf")
             .build()
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let version = library_version(&path)?;
-        Ok(OnnxRuntime { path, version })
+        Ok(OnnxRuntime { path, version, env })
     })
     .as_ref()
     .map_err(Clone::clone)

@@ -158,7 +158,12 @@ mod tests {
         };
         let all = req(&[0, 1, 2], &y);
         let one = req(&[1], &Tensor::from_slice(&[10i64]));
-        assert!((all.get(1) - one.get(0)).abs().max().double_value(&[]) < 1e-5);
+        // Same noise; the UNet's float results vary with batch size at the 1e-5 level.
+        let diff = (all.get(1) - one.get(0)).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{diff}");
+        let other = (all.get(0) - one.get(0)).abs().max().double_value(&[]);
+        assert!(other > 1e-2, "different keys must give different samples");
+        assert!(req(&[0, 1, 2], &y).equal(&all), "same request, same bits");
         assert_eq!(to_images(&all).len(), 3);
     }
 }
