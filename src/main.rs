@@ -2,12 +2,16 @@
 //! Thin: parse, set up, call into the host crates, map the outcome to an exit code
 //! (0 ok, 1 failed, 2 usage or configuration error).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod doctor;
+mod eval;
 mod pretrain;
+mod sample;
+mod testbed;
 
 /// A problem with what the user asked for (exit code 2), as opposed to a failed run (1).
 #[derive(Debug)]
@@ -50,13 +54,76 @@ enum Command {
     },
     /// Pretrain a base model with DDPM (class-conditional with a null class) from a pipeline file.
     Pretrain {
-        pipeline: std::path::PathBuf,
+        pipeline: PathBuf,
         /// Continue from the newest checkpoint in the pipeline's output folder.
         #[arg(long)]
         resume: bool,
         /// No progress bar; a log line every `log_every` steps instead.
         #[arg(short, long)]
         quiet: bool,
+    },
+    /// Sample a grid of images from a model folder (deterministic per seed).
+    Sample {
+        #[arg(long)]
+        model: PathBuf,
+        /// A prompt naming a class ("a photo of a sneaker"); default: unconditional.
+        #[arg(long, conflicts_with = "class")]
+        prompt: Option<String>,
+        /// A class index instead of a prompt.
+        #[arg(long)]
+        class: Option<usize>,
+        #[arg(short, default_value_t = 64)]
+        n: usize,
+        #[arg(long, default_value_t = 40)]
+        steps: i64,
+        #[arg(long, default_value_t = 0.0)]
+        eta: f64,
+        /// Classifier-free guidance weight (1 = none).
+        #[arg(long, default_value_t = 1.0)]
+        guidance: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(short, long, default_value = "samples.png")]
+        output: PathBuf,
+        /// Also write one PNG per sample into this folder.
+        #[arg(long)]
+        each: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Evaluate a model on fixed-seed samples: diversity, fidelity and class metrics with the
+    /// independent evaluation classifier, and the mean of any named rewards.
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        /// Samples per set (unconditional; and conditional, spread over the classes).
+        #[arg(short, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 40)]
+        steps: i64,
+        #[arg(long, default_value_t = 0.0)]
+        eta: f64,
+        /// Guidance weight of the conditional set.
+        #[arg(long, default_value_t = 3.0)]
+        guidance: f64,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+        /// A built-in reward to average (repeatable): jpeg-compressibility, jpeg-incompressibility,
+        /// aesthetic, prompt-alignment.
+        #[arg(long = "reward")]
+        rewards: Vec<String>,
+        /// Write the JSON report here instead of printing it.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Check the bundled ONNX models on the real Fashion-MNIST test split: both classifiers'
+    /// accuracy, and the aesthetic model's preference.
+    Testbed {
+        /// The models folder (default: HRF_MODELS, ./models, or the repository's models/).
+        #[arg(long)]
+        models: Option<PathBuf>,
     },
 }
 
@@ -72,6 +139,10 @@ fn main() -> ExitCode {
             };
         }
     };
+    // HRF_THREADS caps libtorch's intra-op threads (e.g. to share a small machine).
+    if let Some(n) = std::env::var("HRF_THREADS").ok().and_then(|v| v.parse::<i32>().ok()) {
+        tch::set_num_threads(n.max(1));
+    }
     let result = match cli.command {
         Command::Doctor { device } => match hrf_diffusion::device::parse_device(&device) {
             Ok(device) => doctor::run(device),
@@ -85,6 +156,53 @@ fn main() -> ExitCode {
             resume,
             quiet,
         } => pretrain::run(&pipeline, resume, quiet),
+        Command::Sample {
+            model,
+            prompt,
+            class,
+            n,
+            steps,
+            eta,
+            guidance,
+            seed,
+            output,
+            each,
+            device,
+        } => sample::run(sample::SampleArgs {
+            model,
+            prompt,
+            class,
+            n,
+            steps,
+            eta,
+            guidance,
+            seed,
+            output,
+            each,
+            device,
+        }),
+        Command::Eval {
+            model,
+            n,
+            steps,
+            eta,
+            guidance,
+            seed,
+            rewards,
+            json,
+            device,
+        } => eval::run(eval::EvalArgs {
+            model,
+            n,
+            steps,
+            eta,
+            guidance,
+            seed,
+            rewards,
+            json,
+            device,
+        }),
+        Command::Testbed { models } => testbed::run(models),
     };
     match result {
         Ok(code) => code,

@@ -68,9 +68,12 @@ pub fn run(file: &Path, resume: bool, quiet: bool) -> anyhow::Result<ExitCode> {
     };
     let (ema, summary) = trainer.run(model, resume)?;
     let final_dir = p.output.join("final");
-    ema.save(&final_dir, None)?;
+    let classes = serde_json::to_string_pretty(&data.class_names)? + "\n";
+    for dir in std::iter::once(&final_dir).chain(p.export.as_ref()) {
+        ema.save(dir, None)?;
+        std::fs::write(dir.join(crate::testbed::CLASSES_FILE), &classes).with_context(|| dir.display().to_string())?;
+    }
     if let Some(export) = &p.export {
-        ema.save(export, None)?;
         eprintln!("exported the EMA model to {}", export.display());
     }
     println!("{}", serde_json::to_string(&summary)?);

@@ -177,7 +177,7 @@ def main():
 
     print("evaluation classifier", flush=True)
     torch.manual_seed(2)
-    ec = train_classifier(EvalClassifier(), xtr, ytr_t, epochs=4, seed=2)
+    ec = train_classifier(EvalClassifier(), xtr, ytr_t, epochs=8, seed=2)
     p2, _ = predict(ec, xte)
     report["fmnist-eval"] = {"test_accuracy": float((p2.argmax(1).numpy() == yte).mean()), "features": 128, "seed": 2}
 

@@ -132,6 +132,18 @@ pub struct Sample {
     pub metadata: serde_json::Value,
 }
 
+/// The class a prompt names: the longest class name the prompt ends with (case-insensitive),
+/// so "a photo of a shirt" is `shirt` and "a photo of a t-shirt" is `t-shirt`.
+pub fn class_of_prompt(classes: &[String], prompt: &str) -> Option<usize> {
+    let p = prompt.trim().trim_end_matches('.').to_lowercase();
+    classes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| p.ends_with(&c.to_lowercase()))
+        .max_by_key(|(_, c)| c.len())
+        .map(|(i, _)| i)
+}
+
 /// A reward's verdict on one sample: one finite value plus named extras for logging.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Score {
@@ -249,6 +261,14 @@ mod tests {
         assert!(Image::new(2, 2, Channels::L8, vec![0; 3]).is_err());
         assert!(Image::new(0, 2, Channels::L8, vec![]).is_err());
         assert!(Image::from_chw_unit(2, 2, Channels::Rgb8, &[0.0; 4]).is_err());
+    }
+
+    #[test]
+    fn prompts_name_their_class() {
+        let classes: Vec<String> = ["t-shirt", "shirt", "bag"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(class_of_prompt(&classes, "a photo of a shirt"), Some(1));
+        assert_eq!(class_of_prompt(&classes, "a photo of a T-shirt."), Some(0));
+        assert_eq!(class_of_prompt(&classes, "a photo of a dog"), None);
     }
 
     #[test]

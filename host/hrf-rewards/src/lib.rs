@@ -1,6 +1,8 @@
 //! hrf-rewards: built-in rewards and the runtimes that host reward models. No tch tensors here:
 //! rewards see 8-bit `Sample`s (hrf-core).
 
+#[cfg(feature = "onnx")]
+pub mod builtin;
 pub mod jpeg;
 #[cfg(feature = "onnx")]
 pub mod onnx;

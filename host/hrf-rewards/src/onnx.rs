@@ -388,16 +388,7 @@ impl OnnxReward {
     }
 }
 
-/// The class a prompt names: the longest class name the prompt ends with (case-insensitive).
-pub fn class_of_prompt(classes: &[String], prompt: &str) -> Option<usize> {
-    let p = prompt.trim().trim_end_matches('.').to_lowercase();
-    classes
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| p.ends_with(&c.to_lowercase()))
-        .max_by_key(|(_, c)| c.len())
-        .map(|(i, _)| i)
-}
+pub use hrf_core::class_of_prompt;
 
 impl Reward for OnnxReward {
     fn info(&self) -> RewardInfo {

@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod ema;
+pub mod evaluation;
 pub mod metrics;
 pub mod pretrain;
 pub mod sampling;
