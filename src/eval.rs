@@ -44,9 +44,14 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let mut ev = Evaluator::new(&models.join(hrf_rewards::builtin::EVAL_CLASSIFIER), &test)?;
     // The yardstick for FID-like: real train images against the real test split.
     let train = hrf_data::fashion_mnist(None, hrf_data::Split::Train)?;
-    let train = train.select(&(0..10_000).collect::<Vec<_>>()).fit_to(size, 0);
+    let train = train
+        .select(&(0..10_000).collect::<Vec<_>>())
+        .fit_to(size, 0);
     let train_images: Vec<_> = (0..train.len()).map(|i| train.image(i)).collect();
-    let fid_ref = metrics::frechet_distance(&ev.classify(&train_images)?.features, &ev.reference_features);
+    let fid_ref = metrics::frechet_distance(
+        &ev.classify(&train_images)?.features,
+        &ev.reference_features,
+    );
 
     let mut report = json!({
         "model": a.model.display().to_string(), "samples": a.n, "steps": a.steps, "eta": a.eta,
@@ -59,7 +64,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         .map(|r| hrf_rewards::builtin::builtin(r, &models, &classes).map_err(UsageError))
         .collect::<Result<_, _>>()?;
 
-    let mut run_set = |name: &str, labels: Option<Vec<i64>>, guidance: f64| -> anyhow::Result<serde_json::Value> {
+    let mut run_set = |name: &str,
+                       labels: Option<Vec<i64>>,
+                       guidance: f64|
+     -> anyhow::Result<serde_json::Value> {
         let images = generate(
             &model.unet,
             &sched,
@@ -80,16 +88,29 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         v["class_entropy_ratio"] = json!(div.class_entropy / (ev.class_names.len() as f64).ln());
         v["guidance"] = json!(guidance);
         let prompts: Vec<Option<String>> = match &labels {
-            Some(l) if name == "conditional" => l.iter().map(|&c| Some(hrf_data::prompt_for(&classes[c as usize]))).collect(),
+            Some(l) if name == "conditional" => l
+                .iter()
+                .map(|&c| Some(hrf_data::prompt_for(&classes[c as usize])))
+                .collect(),
             _ => vec![None; images.len()],
         };
         if let (Some(l), "conditional") = (&labels, name) {
             let pred = classified.predicted();
-            let acc = pred.iter().zip(l).filter(|(p, y)| **p as i64 == **y).count() as f64 / l.len() as f64;
+            let acc = pred
+                .iter()
+                .zip(l)
+                .filter(|(p, y)| **p as i64 == **y)
+                .count() as f64
+                / l.len() as f64;
             v["accuracy"] = json!(acc);
             let per_class: Vec<f64> = (0..classes.len() as i64)
                 .map(|c| {
-                    let f: Vec<Vec<f32>> = l.iter().zip(&classified.features).filter(|(y, _)| **y == c).map(|(_, f)| f.clone()).collect();
+                    let f: Vec<Vec<f32>> = l
+                        .iter()
+                        .zip(&classified.features)
+                        .filter(|(y, _)| **y == c)
+                        .map(|(_, f)| f.clone())
+                        .collect();
                     metrics::vendi_score(&f)
                 })
                 .collect();
@@ -126,9 +147,19 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     report["wall_s"] = json!(started.elapsed().as_secs_f64());
 
-    println!("model {}  ({} samples per set, {} DDIM steps, η = {}, seed {})", a.model.display(), a.n, a.steps, a.eta, a.seed);
+    println!(
+        "model {}  ({} samples per set, {} DDIM steps, η = {}, seed {})",
+        a.model.display(),
+        a.n,
+        a.steps,
+        a.eta,
+        a.seed
+    );
     println!("FID-like(real train 10k, real test) = {fid_ref:.3}");
-    println!("{:<14} {:>8} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9}", "set", "Vendi", "H(class)", "H/ln10", "classes", "FID-like", "ratio", "accuracy");
+    println!(
+        "{:<14} {:>8} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9}",
+        "set", "Vendi", "H(class)", "H/ln10", "classes", "FID-like", "ratio", "accuracy"
+    );
     for set in ["unconditional", "conditional"] {
         let v = &report[set];
         if v.is_null() {
@@ -143,7 +174,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             v["classes_covered"],
             f("fid_like"),
             f("fid_like_ratio"),
-            v.get("accuracy").and_then(|x| x.as_f64()).map_or("-".into(), |x| format!("{:.1}%", x * 100.0)),
+            v.get("accuracy")
+                .and_then(|x| x.as_f64())
+                .map_or("-".into(), |x| format!("{:.1}%", x * 100.0)),
         );
         if let Some(r) = v.get("rewards").and_then(|r| r.as_object()) {
             for (name, m) in r {

@@ -140,7 +140,10 @@ fn main() -> ExitCode {
         }
     };
     // HRF_THREADS caps libtorch's intra-op threads (e.g. to share a small machine).
-    if let Some(n) = std::env::var("HRF_THREADS").ok().and_then(|v| v.parse::<i32>().ok()) {
+    if let Some(n) = std::env::var("HRF_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
         tch::set_num_threads(n.max(1));
     }
     let result = match cli.command {

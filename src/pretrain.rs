@@ -32,6 +32,8 @@ pub fn run(file: &Path, resume: bool, quiet: bool) -> anyhow::Result<ExitCode> {
         .validate()
         .map_err(|e| UsageError(format!("{}: scheduler: {e}", file.display())))?;
 
+    // The initial weights of a named architecture come from the run's seed too.
+    tch::manual_seed(hrf_train::sampling::mix_seed(&[p.training.seed, 0x1417]));
     let model = load_model(&p.model.source, dev)?;
     let size = model.unet.config().sample_size.unwrap_or(32) as u32;
     let channels = hrf_core::Channels::from_count(model.unet.config().in_channels as usize)
@@ -65,13 +67,17 @@ pub fn run(file: &Path, resume: bool, quiet: bool) -> anyhow::Result<ExitCode> {
         out_dir: p.output.clone(),
         device: dev,
         show_progress: !quiet,
+        abort_after_checkpoint: std::env::var("HRF_TEST_ABORT_AFTER_CHECKPOINT")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     };
     let (ema, summary) = trainer.run(model, resume)?;
     let final_dir = p.output.join("final");
     let classes = serde_json::to_string_pretty(&data.class_names)? + "\n";
     for dir in std::iter::once(&final_dir).chain(p.export.as_ref()) {
         ema.save(dir, None)?;
-        std::fs::write(dir.join(crate::testbed::CLASSES_FILE), &classes).with_context(|| dir.display().to_string())?;
+        std::fs::write(dir.join(crate::testbed::CLASSES_FILE), &classes)
+            .with_context(|| dir.display().to_string())?;
     }
     if let Some(export) = &p.export {
         eprintln!("exported the EMA model to {}", export.display());

@@ -23,19 +23,37 @@ pub struct SampleArgs {
 }
 
 /// The label of every sample: the prompted class, or the null class (unconditional).
-pub fn labels_for(model: &DiffusersModel, model_dir: &Path, prompt: Option<&str>, class: Option<usize>, n: usize) -> anyhow::Result<Option<Vec<i64>>> {
+pub fn labels_for(
+    model: &DiffusersModel,
+    model_dir: &Path,
+    prompt: Option<&str>,
+    class: Option<usize>,
+    n: usize,
+) -> anyhow::Result<Option<Vec<i64>>> {
     let Some(k) = model.unet.config().num_class_embeds else {
         if prompt.is_some() || class.is_some() {
-            return Err(UsageError("this model is unconditional: --prompt/--class do not apply".into()).into());
+            return Err(UsageError(
+                "this model is unconditional: --prompt/--class do not apply".into(),
+            )
+            .into());
         }
         return Ok(None);
     };
     let classes = crate::testbed::class_names(model_dir, Some(k))?;
     let label = match (prompt, class) {
-        (Some(p), _) => hrf_core::class_of_prompt(&classes, p)
-            .ok_or_else(|| UsageError(format!("--prompt {p:?} names none of the classes {classes:?}")))? as i64,
+        (Some(p), _) => hrf_core::class_of_prompt(&classes, p).ok_or_else(|| {
+            UsageError(format!(
+                "--prompt {p:?} names none of the classes {classes:?}"
+            ))
+        })? as i64,
         (None, Some(c)) if c < classes.len() => c as i64,
-        (None, Some(c)) => return Err(UsageError(format!("--class {c}: the model has classes 0..{}", classes.len())).into()),
+        (None, Some(c)) => {
+            return Err(UsageError(format!(
+                "--class {c}: the model has classes 0..{}",
+                classes.len()
+            ))
+            .into())
+        }
         (None, None) => k - 1,
     };
     Ok(Some(vec![label; n]))
@@ -70,9 +88,15 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
     hrf_data::grid::save_grid(&images, cols, 2, &a.output).map_err(anyhow::Error::msg)?;
     if let Some(dir) = &a.each {
         for (i, img) in images.iter().enumerate() {
-            hrf_data::grid::save_png(img, &dir.join(format!("{i:05}.png"))).map_err(anyhow::Error::msg)?;
+            hrf_data::grid::save_png(img, &dir.join(format!("{i:05}.png")))
+                .map_err(anyhow::Error::msg)?;
         }
     }
-    eprintln!("{} samples × {} steps in {secs:.1} s → {}", a.n, a.steps, a.output.display());
+    eprintln!(
+        "{} samples × {} steps in {secs:.1} s → {}",
+        a.n,
+        a.steps,
+        a.output.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

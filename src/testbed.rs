@@ -24,7 +24,12 @@ pub fn models_dir() -> PathBuf {
     }
     std::env::current_exe()
         .ok()
-        .and_then(|e| e.parent().and_then(|p| p.parent()).and_then(|p| p.parent()).map(|p| p.join("models")))
+        .and_then(|e| {
+            e.parent()
+                .and_then(|p| p.parent())
+                .and_then(|p| p.parent())
+                .map(|p| p.join("models"))
+        })
         .filter(|p| p.exists())
         .unwrap_or(local)
 }
@@ -37,19 +42,26 @@ pub fn class_names(model_dir: &Path, num_class_embeds: Option<i64>) -> anyhow::R
         return serde_json::from_str(&text).with_context(|| file.display().to_string());
     }
     // Without a classes.json, classes are numbered (the last embedding is the null class).
-    Ok((0..num_class_embeds.unwrap_or(1) - 1).map(|i| format!("class {i}")).collect())
+    Ok((0..num_class_embeds.unwrap_or(1) - 1)
+        .map(|i| format!("class {i}"))
+        .collect())
 }
 
 fn accuracy(model: &Path, images: &[Image], labels: &[u16]) -> anyhow::Result<f64> {
     let mut m = OnnxModel::load(model)?;
     let mut correct = 0usize;
     for (chunk, lab) in images.chunks(1000).zip(labels.chunks(1000)) {
-        let (shape, data) = preprocess(&ImageInput::default(), m.input_shape(), chunk).map_err(anyhow::Error::msg)?;
+        let (shape, data) = preprocess(&ImageInput::default(), m.input_shape(), chunk)
+            .map_err(anyhow::Error::msg)?;
         let outs = m.run(None, shape, data)?;
         let probs = &outs[0].1;
         let k = probs.len() / chunk.len();
         for (row, &y) in probs.chunks(k).zip(lab) {
-            let pred = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+            let pred = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i);
             correct += usize::from(pred == y as usize);
         }
     }
@@ -60,9 +72,15 @@ fn accuracy(model: &Path, images: &[Image], labels: &[u16]) -> anyhow::Result<f6
 /// (horizontal plus vertical) of the 28×28 original scaled to [0, 1].
 pub fn detail(pixels: &[u8], w: usize, h: usize) -> f64 {
     let px = |x: usize, y: usize| pixels[y * w + x] as f64 / 255.0;
-    let dx: f64 = (0..h).flat_map(|y| (1..w).map(move |x| (x, y))).map(|(x, y)| (px(x, y) - px(x - 1, y)).abs()).sum::<f64>()
+    let dx: f64 = (0..h)
+        .flat_map(|y| (1..w).map(move |x| (x, y)))
+        .map(|(x, y)| (px(x, y) - px(x - 1, y)).abs())
+        .sum::<f64>()
         / (h * (w - 1)) as f64;
-    let dy: f64 = (1..h).flat_map(|y| (0..w).map(move |x| (x, y))).map(|(x, y)| (px(x, y) - px(x, y - 1)).abs()).sum::<f64>()
+    let dy: f64 = (1..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .map(|(x, y)| (px(x, y) - px(x, y - 1)).abs())
+        .sum::<f64>()
         / ((h - 1) * w) as f64;
     dx + dy
 }
@@ -94,10 +112,17 @@ pub fn run(models: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let test = raw.clone().fit_to(32, 0);
     let images: Vec<Image> = (0..test.len()).map(|i| test.image(i)).collect();
     let mut ok = true;
-    for (name, file) in [("reward classifier", REWARD_CLASSIFIER), ("eval classifier", EVAL_CLASSIFIER)] {
+    for (name, file) in [
+        ("reward classifier", REWARD_CLASSIFIER),
+        ("eval classifier", EVAL_CLASSIFIER),
+    ] {
         let acc = accuracy(&models.join(file), &images, &test.labels)?;
         ok &= acc >= 0.9;
-        println!("{name:<18} {file:<24} test accuracy {:.2}% on {} real images", acc * 100.0, images.len());
+        println!(
+            "{name:<18} {file:<24} test accuracy {:.2}% on {} real images",
+            acc * 100.0,
+            images.len()
+        );
     }
     let mut aesthetic = builtin::builtin("aesthetic", &models, &[]).map_err(anyhow::Error::msg)?;
     let samples: Vec<Sample> = images[..1000]
@@ -108,7 +133,11 @@ pub fn run(models: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             metadata: serde_json::Value::Null,
         })
         .collect();
-    let scores: Vec<f64> = aesthetic.score(&samples)?.iter().map(|s| s.value as f64).collect();
+    let scores: Vec<f64> = aesthetic
+        .score(&samples)?
+        .iter()
+        .map(|s| s.value as f64)
+        .collect();
     let details: Vec<f64> = (0..1000).map(|i| detail(raw.pixels(i), 28, 28)).collect();
     let rho = spearman(&scores, &details);
     let blank = Sample {
@@ -126,8 +155,19 @@ pub fn run(models: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     ok &= rho >= 0.8 && blank_score < max;
     println!("aesthetic          prefers detail (mean |neighbour difference|): Spearman {rho:.3} on 1000 real test images");
     println!("aesthetic          blank image scores {blank_score:.3}; real images: median {median:.3}, max {max:.3}");
-    println!("{}", if ok { "testbed: ok" } else { "testbed: below target (see above)" });
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    println!(
+        "{}",
+        if ok {
+            "testbed: ok"
+        } else {
+            "testbed: below target (see above)"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[cfg(test)]

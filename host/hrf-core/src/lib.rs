@@ -265,7 +265,10 @@ mod tests {
 
     #[test]
     fn prompts_name_their_class() {
-        let classes: Vec<String> = ["t-shirt", "shirt", "bag"].iter().map(|s| s.to_string()).collect();
+        let classes: Vec<String> = ["t-shirt", "shirt", "bag"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(class_of_prompt(&classes, "a photo of a shirt"), Some(1));
         assert_eq!(class_of_prompt(&classes, "a photo of a T-shirt."), Some(0));
         assert_eq!(class_of_prompt(&classes, "a photo of a dog"), None);

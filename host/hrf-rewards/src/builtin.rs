@@ -8,7 +8,12 @@ use hrf_core::Reward;
 use crate::onnx::{ImageInput, OnnxChain, OnnxReward, ScorePick, StageSpec};
 use crate::{JpegCompressibility, JpegDirection};
 
-pub const NAMES: [&str; 4] = ["jpeg-compressibility", "jpeg-incompressibility", "aesthetic", "prompt-alignment"];
+pub const NAMES: [&str; 4] = [
+    "jpeg-compressibility",
+    "jpeg-incompressibility",
+    "aesthetic",
+    "prompt-alignment",
+];
 
 /// The testbed's reward classifier, aesthetic head and evaluation classifier, under `models`.
 pub const REWARD_CLASSIFIER: &str = "fmnist-classifier.onnx";
@@ -17,10 +22,16 @@ pub const EVAL_CLASSIFIER: &str = "fmnist-eval.onnx";
 
 /// A built-in reward by name; `classes` names the prompt classes (prompt alignment).
 pub fn builtin(name: &str, models: &Path, classes: &[String]) -> Result<Box<dyn Reward>, String> {
-    let chain = |stages: Vec<StageSpec>| OnnxChain::load(ImageInput::default(), &stages, 256).map_err(|e| e.to_string());
+    let chain = |stages: Vec<StageSpec>| {
+        OnnxChain::load(ImageInput::default(), &stages, 256).map_err(|e| e.to_string())
+    };
     match name {
-        "jpeg-compressibility" => Ok(Box::new(JpegCompressibility::new(JpegDirection::Compressibility))),
-        "jpeg-incompressibility" => Ok(Box::new(JpegCompressibility::new(JpegDirection::Incompressibility))),
+        "jpeg-compressibility" => Ok(Box::new(JpegCompressibility::new(
+            JpegDirection::Compressibility,
+        ))),
+        "jpeg-incompressibility" => Ok(Box::new(JpegCompressibility::new(
+            JpegDirection::Incompressibility,
+        ))),
         "aesthetic" => {
             let stages = vec![
                 StageSpec {
@@ -34,7 +45,11 @@ pub fn builtin(name: &str, models: &Path, classes: &[String]) -> Result<Box<dyn 
                     l2_normalize: false,
                 },
             ];
-            Ok(Box::new(OnnxReward::new("aesthetic", chain(stages)?, ScorePick::Column(0))))
+            Ok(Box::new(OnnxReward::new(
+                "aesthetic",
+                chain(stages)?,
+                ScorePick::Column(0),
+            )))
         }
         "prompt-alignment" => {
             let stages = vec![StageSpec {
@@ -48,6 +63,9 @@ pub fn builtin(name: &str, models: &Path, classes: &[String]) -> Result<Box<dyn 
                 ScorePick::PromptedClass(classes.to_vec()),
             )))
         }
-        _ => Err(format!("unknown reward {name:?}; built-ins: {}", NAMES.join(", "))),
+        _ => Err(format!(
+            "unknown reward {name:?}; built-ins: {}",
+            NAMES.join(", ")
+        )),
     }
 }

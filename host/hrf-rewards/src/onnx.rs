@@ -151,10 +151,21 @@ impl OnnxModel {
             .map_err(|e| model_err(path)(e.to_string()))?
             .commit_from_file(path)
             .map_err(|e| model_err(path)(e.to_string()))?;
-        let first = session.inputs().first().ok_or_else(|| model_err(path)("the model has no inputs".into()))?;
+        let first = session
+            .inputs()
+            .first()
+            .ok_or_else(|| model_err(path)("the model has no inputs".into()))?;
         let input_name = first.name().to_string();
-        let input_shape = first.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
-        let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let input_shape = first
+            .dtype()
+            .tensor_shape()
+            .map(|s| s.to_vec())
+            .unwrap_or_default();
+        let output_names = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             session,
@@ -179,14 +190,26 @@ impl OnnxModel {
                 "output index {i} out of range: the model has outputs {:?}",
                 self.output_names
             ))),
-            OutputSel::Name(n) => self.output_names.iter().position(|o| o == n).ok_or_else(|| {
-                model_err(&self.path)(format!("no output named {n:?}; it has {:?}", self.output_names))
-            }),
+            OutputSel::Name(n) => self
+                .output_names
+                .iter()
+                .position(|o| o == n)
+                .ok_or_else(|| {
+                    model_err(&self.path)(format!(
+                        "no output named {n:?}; it has {:?}",
+                        self.output_names
+                    ))
+                }),
         }
     }
 
     /// Runs the model on one f32 input and returns every output as (shape, values).
-    pub fn run(&mut self, input_name: Option<&str>, shape: Vec<i64>, data: Vec<f32>) -> Result<Vec<(Vec<i64>, Vec<f32>)>, OnnxError> {
+    pub fn run(
+        &mut self,
+        input_name: Option<&str>,
+        shape: Vec<i64>,
+        data: Vec<f32>,
+    ) -> Result<Vec<(Vec<i64>, Vec<f32>)>, OnnxError> {
         let name = input_name.unwrap_or(&self.input_name).to_string();
         let path = self.path.clone();
         let err = |e: ort::Error| OnnxError::Model {
@@ -194,7 +217,10 @@ impl OnnxModel {
             message: e.to_string(),
         };
         let tensor = Tensor::from_array((shape, data)).map_err(err)?;
-        let outputs = self.session.run(ort::inputs![name => tensor]).map_err(err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![name => tensor])
+            .map_err(err)?;
         let mut out = Vec::with_capacity(outputs.len());
         for i in 0..outputs.len() {
             let (shape, values) = outputs[i].try_extract_tensor::<f32>().map_err(err)?;
@@ -206,15 +232,29 @@ impl OnnxModel {
 
 /// Converts 8-bit images to the model input described by `spec`, for a model whose first input
 /// has `model_shape`.
-pub fn preprocess(spec: &ImageInput, model_shape: &[i64], images: &[Image]) -> Result<(Vec<i64>, Vec<f32>), String> {
+pub fn preprocess(
+    spec: &ImageInput,
+    model_shape: &[i64],
+    images: &[Image],
+) -> Result<(Vec<i64>, Vec<f32>), String> {
     let first = images.first().ok_or("no images")?;
     let dim = |nchw: usize, nhwc: usize| -> Option<i64> {
-        let i = if spec.layout == Layout::Nchw { nchw } else { nhwc };
+        let i = if spec.layout == Layout::Nchw {
+            nchw
+        } else {
+            nhwc
+        };
         model_shape.get(i).copied().filter(|&d| d > 0)
     };
-    let channels = spec.channels.map(i64::from).or(dim(1, 3)).unwrap_or(first.channels().count() as i64);
+    let channels = spec
+        .channels
+        .map(i64::from)
+        .or(dim(1, 3))
+        .unwrap_or(first.channels().count() as i64);
     if channels != 1 && channels != 3 {
-        return Err(format!("the model takes {channels} channels; only 1 or 3 are supported"));
+        return Err(format!(
+            "the model takes {channels} channels; only 1 or 3 are supported"
+        ));
     }
     let (w, h) = match spec.size {
         Some([w, h]) => (w, h),
@@ -223,7 +263,13 @@ pub fn preprocess(spec: &ImageInput, model_shape: &[i64], images: &[Image]) -> R
             _ => (first.width(), first.height()),
         },
     };
-    let mean = |c: usize| spec.mean.get(c).or(spec.mean.first()).copied().unwrap_or(0.0);
+    let mean = |c: usize| {
+        spec.mean
+            .get(c)
+            .or(spec.mean.first())
+            .copied()
+            .unwrap_or(0.0)
+    };
     let std = |c: usize| spec.std.get(c).or(spec.std.first()).copied().unwrap_or(1.0);
     let c = channels as usize;
     let plane = (w * h) as usize;
@@ -278,7 +324,9 @@ fn fit(img: &Image, w: u32, h: u32, resize: ResizeMode, crop: CropMode) -> Vec<u
                 ((img.height() as f64 * scale).round() as u32).max(h),
             );
             let resized = image::imageops::resize(&buf, rw, rh, filter);
-            image::imageops::crop_imm(&resized, (rw - w) / 2, (rh - h) / 2, w, h).to_image().into_raw()
+            image::imageops::crop_imm(&resized, (rw - w) / 2, (rh - h) / 2, w, h)
+                .to_image()
+                .into_raw()
         }
     }
 }
@@ -291,9 +339,15 @@ pub struct OnnxChain {
 }
 
 impl OnnxChain {
-    pub fn load(input: ImageInput, stages: &[StageSpec], batch_size: usize) -> Result<Self, OnnxError> {
+    pub fn load(
+        input: ImageInput,
+        stages: &[StageSpec],
+        batch_size: usize,
+    ) -> Result<Self, OnnxError> {
         if stages.is_empty() {
-            return Err(OnnxError::Runtime("an onnx reward needs at least one model".into()));
+            return Err(OnnxError::Runtime(
+                "an onnx reward needs at least one model".into(),
+            ));
         }
         let mut loaded = Vec::new();
         for s in stages {
@@ -321,7 +375,10 @@ impl OnnxChain {
         let n = images.len();
         let first_path = self.stages[0].0.path.clone();
         let (mut shape, mut data) = preprocess(&self.input, self.stages[0].0.input_shape(), images)
-            .map_err(|message| OnnxError::Input { path: first_path, message })?;
+            .map_err(|message| OnnxError::Input {
+                path: first_path,
+                message,
+            })?;
         let input_name = self.input.name.clone();
         for (i, (model, out, l2)) in self.stages.iter_mut().enumerate() {
             let name = if i == 0 { input_name.as_deref() } else { None };
@@ -329,7 +386,9 @@ impl OnnxChain {
             let (s, mut v) = outs.swap_remove(*out);
             let k = v.len() / n.max(1);
             if s.first().copied() != Some(n as i64) || k * n != v.len() {
-                return Err(model_err(&model.path)(format!("output shape {s:?} is not [batch {n}, …]")));
+                return Err(model_err(&model.path)(format!(
+                    "output shape {s:?} is not [batch {n}, …]"
+                )));
             }
             if *l2 {
                 for row in v.chunks_mut(k) {
@@ -381,7 +440,9 @@ impl OnnxReward {
                 })?;
                 class_of_prompt(classes, p).ok_or_else(|| RewardError::Failed {
                     reward: self.info().label(),
-                    message: format!("sample {index}: prompt {p:?} names none of the classes {classes:?}"),
+                    message: format!(
+                        "sample {index}: prompt {p:?} names none of the classes {classes:?}"
+                    ),
                 })
             }
         }
@@ -415,7 +476,10 @@ impl Reward for OnnxReward {
                 let col = self.column_for(s.prompt.as_deref(), i)?;
                 let v = *row.get(col).ok_or_else(|| RewardError::Failed {
                     reward: label.clone(),
-                    message: format!("column {col} out of range: the output has {} values", row.len()),
+                    message: format!(
+                        "column {col} out of range: the output has {} values",
+                        row.len()
+                    ),
                 })?;
                 Ok(Score::new(v))
             })

@@ -23,7 +23,12 @@ fn images(f: &serde_json::Value) -> Vec<Image> {
         .unwrap()
         .iter()
         .map(|row| {
-            let px: Vec<u8> = row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
+            let px: Vec<u8> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u8)
+                .collect();
             Image::new(32, 32, Channels::L8, px).unwrap()
         })
         .collect()
@@ -73,9 +78,22 @@ fn aesthetic_chain_matches_python_onnxruntime() {
             metadata: serde_json::Value::Null,
         })
         .collect();
-    let mut reward = hrf_rewards::builtin::builtin("aesthetic", &root().join("models"), &[]).unwrap();
-    let got: Vec<Vec<f32>> = reward.score(&samples).unwrap().into_iter().map(|s| vec![s.value]).collect();
-    let want = serde_json::Value::Array(f["aesthetic"].as_array().unwrap().iter().map(|v| serde_json::json!([v])).collect());
+    let mut reward =
+        hrf_rewards::builtin::builtin("aesthetic", &root().join("models"), &[]).unwrap();
+    let got: Vec<Vec<f32>> = reward
+        .score(&samples)
+        .unwrap()
+        .into_iter()
+        .map(|s| vec![s.value])
+        .collect();
+    let want = serde_json::Value::Array(
+        f["aesthetic"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| serde_json::json!([v]))
+            .collect(),
+    );
     let err = max_err(&got, &want);
     println!("aesthetic: max abs error {err:.2e}");
     assert!(err <= TOL, "{err:e}");
@@ -84,13 +102,27 @@ fn aesthetic_chain_matches_python_onnxruntime() {
 #[test]
 fn prompt_alignment_reads_the_prompted_class() {
     let f = fixture();
-    let classes: Vec<String> = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let probs: Vec<Vec<f32>> = serde_json::from_value(f["fmnist-classifier"]["probs"].clone()).unwrap();
+    let classes: Vec<String> = [
+        "t-shirt",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "ankle boot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let probs: Vec<Vec<f32>> =
+        serde_json::from_value(f["fmnist-classifier"]["probs"].clone()).unwrap();
     let img = images(&f).swap_remove(0);
-    let mut reward = hrf_rewards::builtin::builtin("prompt-alignment", &root().join("models"), &classes).unwrap();
+    let mut reward =
+        hrf_rewards::builtin::builtin("prompt-alignment", &root().join("models"), &classes)
+            .unwrap();
     let samples: Vec<Sample> = [0usize, 7, 9]
         .iter()
         .map(|&c| Sample {

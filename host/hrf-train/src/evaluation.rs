@@ -25,11 +25,18 @@ pub struct Generation<'a> {
 
 /// Generates `n` samples in batches; sample i is keyed by i, so the set does not depend on the
 /// batch size.
-pub fn generate(unet: &UNet2DModel, sched: &DdimScheduler, g: &Generation<'_>, device: Device) -> Vec<Image> {
+pub fn generate(
+    unet: &UNet2DModel,
+    sched: &DdimScheduler,
+    g: &Generation<'_>,
+    device: Device,
+) -> Vec<Image> {
     let mut out = Vec::with_capacity(g.n);
     let keys: Vec<u64> = (0..g.n as u64).collect();
     for chunk in keys.chunks(g.batch_size.max(1)) {
-        let labels = g.labels.map(|l| Tensor::from_slice(&l[chunk[0] as usize..chunk[0] as usize + chunk.len()]));
+        let labels = g
+            .labels
+            .map(|l| Tensor::from_slice(&l[chunk[0] as usize..chunk[0] as usize + chunk.len()]));
         let x = sample(
             unet,
             sched,
@@ -66,7 +73,12 @@ impl Classified {
     pub fn predicted(&self) -> Vec<usize> {
         self.probs
             .iter()
-            .map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(k, _)| k))
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(k, _)| k)
+            })
             .collect()
     }
 }
@@ -88,18 +100,25 @@ impl Evaluator {
         let mut probs = Vec::with_capacity(images.len());
         let mut features = Vec::with_capacity(images.len());
         for chunk in images.chunks(500) {
-            let (shape, data) = preprocess(&self.input, self.model.input_shape(), chunk).map_err(|message| OnnxError::Input {
-                path: self.model.path.clone(),
-                message,
-            })?;
+            let (shape, data) =
+                preprocess(&self.input, self.model.input_shape(), chunk).map_err(|message| {
+                    OnnxError::Input {
+                        path: self.model.path.clone(),
+                        message,
+                    }
+                })?;
             let outs = self.model.run(None, shape, data)?;
             if outs.len() < 2 {
                 return Err(OnnxError::Model {
                     path: self.model.path.clone(),
-                    message: "an evaluation classifier needs two outputs: probs and features".into(),
+                    message: "an evaluation classifier needs two outputs: probs and features"
+                        .into(),
                 });
             }
-            for (dst, (_, values)) in [&mut probs, &mut features].into_iter().zip(outs.into_iter().take(2)) {
+            for (dst, (_, values)) in [&mut probs, &mut features]
+                .into_iter()
+                .zip(outs.into_iter().take(2))
+            {
                 let k = values.len() / chunk.len();
                 dst.extend(values.chunks(k).map(|r| r.to_vec()));
             }
@@ -110,6 +129,9 @@ impl Evaluator {
     /// Diversity of a set of samples, with the Fréchet distance to the reference set.
     pub fn diversity(&mut self, images: &[Image]) -> Result<(Diversity, Classified), OnnxError> {
         let c = self.classify(images)?;
-        Ok((metrics::diversity(&c.probs, &c.features, Some(&self.reference_features)), c))
+        Ok((
+            metrics::diversity(&c.probs, &c.features, Some(&self.reference_features)),
+            c,
+        ))
     }
 }

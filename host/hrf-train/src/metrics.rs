@@ -14,7 +14,10 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     }
     let scale: f64 = (0..n * n).map(|k| a[k].powi(2)).sum::<f64>().max(1e-300);
     for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).map(|(i, j)| m[i * n + j].powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+            .map(|(i, j)| m[i * n + j].powi(2))
+            .sum();
         if off <= 1e-26 * scale {
             break;
         }
@@ -61,7 +64,12 @@ fn unit_rows(features: &[Vec<f32>]) -> Vec<Vec<f64>> {
     features
         .iter()
         .map(|r| {
-            let norm = r.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+            let norm = r
+                .iter()
+                .map(|&x| (x as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12);
             r.iter().map(|&x| x as f64 / norm).collect()
         })
         .collect()
@@ -223,8 +231,13 @@ pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
     let diff: f64 = mu1.iter().zip(&mu2).map(|(x, y)| (x - y).powi(2)).sum();
     let r1 = sqrtm_psd(&s1, d);
     let inner = matmul(&matmul(&r1, &s2, d), &r1, d);
-    let sym: Vec<f64> = (0..d * d).map(|k| 0.5 * (inner[k] + inner[(k % d) * d + k / d])).collect();
-    let tr_sqrt: f64 = symmetric_eigenvalues(&sym, d).into_iter().map(|l| l.max(0.0).sqrt()).sum();
+    let sym: Vec<f64> = (0..d * d)
+        .map(|k| 0.5 * (inner[k] + inner[(k % d) * d + k / d]))
+        .collect();
+    let tr_sqrt: f64 = symmetric_eigenvalues(&sym, d)
+        .into_iter()
+        .map(|l| l.max(0.0).sqrt())
+        .sum();
     let tr: f64 = (0..d).map(|i| s1[i * d + i] + s2[i * d + i]).sum();
     (diff + tr - 2.0 * tr_sqrt).max(0.0)
 }
@@ -243,7 +256,11 @@ pub struct Diversity {
     pub fid_like: Option<f64>,
 }
 
-pub fn diversity(probs: &[Vec<f32>], features: &[Vec<f32>], reference: Option<&[Vec<f32>]>) -> Diversity {
+pub fn diversity(
+    probs: &[Vec<f32>],
+    features: &[Vec<f32>],
+    reference: Option<&[Vec<f32>]>,
+) -> Diversity {
     let classes = probs.first().map_or(0, |r| r.len());
     let hist = class_histogram(probs, classes);
     let n = probs.len();
@@ -266,10 +283,20 @@ mod tests {
     fn vendi_of_identical_and_orthogonal_sets() {
         let same = vec![vec![0.3f32, -1.0, 2.0]; 50];
         assert!((vendi_score(&same) - 1.0).abs() < 1e-9);
-        let ortho: Vec<Vec<f32>> = (0..8).map(|i| (0..8).map(|j| if i == j { 2.5 } else { 0.0 }).collect()).collect();
+        let ortho: Vec<Vec<f32>> = (0..8)
+            .map(|i| (0..8).map(|j| if i == j { 2.5 } else { 0.0 }).collect())
+            .collect();
         assert!((vendi_score(&ortho) - 8.0).abs() < 1e-9);
         // Two orthogonal directions, equally often: 2.
-        let two: Vec<Vec<f32>> = (0..10).map(|i| if i % 2 == 0 { vec![1.0, 0.0] } else { vec![0.0, 3.0] }).collect();
+        let two: Vec<Vec<f32>> = (0..10)
+            .map(|i| {
+                if i % 2 == 0 {
+                    vec![1.0, 0.0]
+                } else {
+                    vec![0.0, 3.0]
+                }
+            })
+            .collect();
         assert!((vendi_score(&two) - 2.0).abs() < 1e-9);
     }
 
@@ -284,12 +311,19 @@ mod tests {
         let set: Vec<Vec<f32>> = (0..200)
             .map(|i| {
                 let x = i as f32;
-                vec![(x * 0.37).sin(), (x * 1.3).cos() * 2.0, (x * 0.11).sin() + 0.5 * (x * 0.7).cos()]
+                vec![
+                    (x * 0.37).sin(),
+                    (x * 1.3).cos() * 2.0,
+                    (x * 0.11).sin() + 0.5 * (x * 0.7).cos(),
+                ]
             })
             .collect();
         assert!(frechet_distance(&set, &set) < 1e-8);
         // A shifted copy: the distance is the squared shift (covariances equal).
-        let shifted: Vec<Vec<f32>> = set.iter().map(|r| vec![r[0] + 1.0, r[1], r[2] - 2.0]).collect();
+        let shifted: Vec<Vec<f32>> = set
+            .iter()
+            .map(|r| vec![r[0] + 1.0, r[1], r[2] - 2.0])
+            .collect();
         assert!((frechet_distance(&set, &shifted) - 5.0).abs() < 1e-4);
     }
 
@@ -303,7 +337,9 @@ mod tests {
 
     #[test]
     fn is_like_score_bounds() {
-        let confident_uniform: Vec<Vec<f32>> = (0..10).map(|i| (0..10).map(|j| if i == j { 1.0 } else { 0.0 }).collect()).collect();
+        let confident_uniform: Vec<Vec<f32>> = (0..10)
+            .map(|i| (0..10).map(|j| if i == j { 1.0 } else { 0.0 }).collect())
+            .collect();
         assert!((inception_like_score(&confident_uniform) - 10.0).abs() < 1e-9);
         let collapsed = vec![vec![1.0f32, 0.0]; 5];
         assert!((inception_like_score(&collapsed) - 1.0).abs() < 1e-12);

@@ -141,6 +141,9 @@ pub struct Pretrainer<'a> {
     pub out_dir: PathBuf,
     pub device: Device,
     pub show_progress: bool,
+    /// Test hook: end the process (exit code 137, as SIGKILL) right after the checkpoint of this
+    /// step is written, to prove that `--resume` continues exactly.
+    pub abort_after_checkpoint: Option<i64>,
 }
 
 impl Pretrainer<'_> {
@@ -307,6 +310,9 @@ impl Pretrainer<'_> {
             }
             if done % s.checkpoint_every == 0 || done == s.steps {
                 self.write_checkpoint(&model, &ema_model, &opt, done)?;
+                if self.abort_after_checkpoint == Some(done) {
+                    std::process::exit(137);
+                }
             }
         }
         bar.finish_and_clear();
