@@ -450,7 +450,7 @@ impl UNet2DModel {
         match (&self.class_embedding, class_labels) {
             (Some(e), Some(labels)) => {
                 assert_eq!(labels.size(), [batch], "one class label per sample");
-                emb = emb + labels.apply(e);
+                emb += labels.apply(e);
             }
             (None, None) => {}
             (Some(_), None) => panic!("class-conditional UNet called without class labels"),

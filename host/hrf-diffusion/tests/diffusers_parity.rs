@@ -138,6 +138,7 @@ fn ddim_fixture(name: &'static str) -> DdimFixture {
 }
 
 #[test]
+#[allow(clippy::needless_range_loop)] // i indexes several recorded tensors at once
 fn ddim_steps_and_log_probs_match_diffusers() {
     for name in SCHEDULERS {
         let f = ddim_fixture(name);

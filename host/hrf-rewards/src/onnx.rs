@@ -124,6 +124,9 @@ pub struct StageSpec {
     pub l2_normalize: bool,
 }
 
+/// One output of a run: its shape and its values, row-major.
+pub type OutputValues = (Vec<i64>, Vec<f32>);
+
 /// A loaded ONNX model.
 pub struct OnnxModel {
     pub path: PathBuf,
@@ -209,7 +212,7 @@ impl OnnxModel {
         input_name: Option<&str>,
         shape: Vec<i64>,
         data: Vec<f32>,
-    ) -> Result<Vec<(Vec<i64>, Vec<f32>)>, OnnxError> {
+    ) -> Result<Vec<OutputValues>, OnnxError> {
         let name = input_name.unwrap_or(&self.input_name).to_string();
         let path = self.path.clone();
         let err = |e: ort::Error| OnnxError::Model {
@@ -484,5 +487,89 @@ impl Reward for OnnxReward {
                 Ok(Score::new(v))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grey(w: u32, h: u32, f: impl Fn(u32, u32) -> u8) -> Image {
+        let data = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| f(x, y))
+            .collect();
+        Image::new(w, h, Channels::L8, data).unwrap()
+    }
+
+    #[test]
+    fn testbed_defaults_map_bytes_to_unit_range() {
+        let img = grey(2, 1, |x, _| if x == 0 { 0 } else { 255 });
+        let (shape, data) = preprocess(&ImageInput::default(), &[-1, 1, 1, 2], &[img]).unwrap();
+        assert_eq!(shape, [1, 1, 1, 2]);
+        assert_eq!(data, [-1.0, 1.0]);
+    }
+
+    #[test]
+    fn clip_style_input_is_rgb_nhwc_cropped_and_normalised() {
+        // A 4×2 grey image whose left half is black and right half white, fed to a model that
+        // takes 2×2 RGB NHWC: resize the shorter side to 2 (→ 4×2 stays), crop the centre 2×2.
+        let img = grey(4, 2, |x, _| if x < 2 { 0 } else { 255 });
+        let spec = ImageInput {
+            layout: Layout::Nhwc,
+            size: Some([2, 2]),
+            resize: ResizeMode::Nearest,
+            crop: CropMode::Center,
+            mean: vec![0.0, 0.5, 1.0],
+            std: vec![1.0, 0.5, 2.0],
+            channels: Some(3),
+            ..ImageInput::default()
+        };
+        let (shape, data) = preprocess(&spec, &[-1, 224, 224, 3], &[img]).unwrap();
+        assert_eq!(shape, [1, 2, 2, 3]);
+        // Pixel (0,0) is black: per channel (0 − mean)/std; pixel (1,0) is white: (1 − mean)/std.
+        assert_eq!(&data[0..3], &[0.0, -1.0, -0.5]);
+        assert_eq!(&data[3..6], &[1.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn rgb_to_grey_uses_luma_and_sizes_come_from_the_model() {
+        let img = Image::new(
+            2,
+            2,
+            Channels::Rgb8,
+            vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255],
+        )
+        .unwrap();
+        let spec = ImageInput {
+            mean: vec![0.0],
+            std: vec![1.0],
+            ..ImageInput::default()
+        };
+        let (shape, data) = preprocess(&spec, &[-1, 1, 2, 2], &[img]).unwrap();
+        assert_eq!(shape, [1, 1, 2, 2]);
+        let want = [0.299f32, 0.587, 0.114, 1.0];
+        for (a, b) in data.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{data:?}");
+        }
+    }
+
+    #[test]
+    fn yaml_shaped_specs_deserialize() {
+        let spec: ImageInput = serde_json::from_str(
+            r#"{"layout": "nhwc", "size": [224, 224], "crop": "center", "resize": "bicubic"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.layout, Layout::Nhwc);
+        assert_eq!(spec.crop, CropMode::Center);
+        assert!(serde_json::from_str::<ImageInput>(r#"{"layuot": "nhwc"}"#).is_err());
+        let stage: StageSpec = serde_json::from_str(
+            r#"{"model": "clip.onnx", "output": "image_embeds", "l2_normalize": true}"#,
+        )
+        .unwrap();
+        assert_eq!(stage.output, OutputSel::Name("image_embeds".into()));
+        let stage: StageSpec =
+            serde_json::from_str(r#"{"model": "head.onnx", "output": 0}"#).unwrap();
+        assert_eq!(stage.output, OutputSel::Index(0));
     }
 }
