@@ -14,15 +14,32 @@ use serde_json::json;
 use crate::sample::scheduler_for;
 use crate::UsageError;
 
+#[derive(clap::Args)]
 pub struct EvalArgs {
+    /// A diffusers UNet2DModel folder (a run's best/ or final/, or models/testbed).
+    #[arg(long)]
     pub model: PathBuf,
+    /// Samples per set (unconditional; and conditional, spread evenly over the classes).
+    #[arg(short, default_value_t = 1000)]
     pub n: usize,
+    #[arg(long, default_value_t = 40)]
     pub steps: i64,
+    #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
+    /// Guidance weight of the conditional set.
+    #[arg(long, default_value_t = 3.0)]
     pub guidance: f64,
+    #[arg(long, default_value_t = 1234)]
     pub seed: u64,
+    /// A built-in reward to average (repeatable): jpeg-compressibility, jpeg-incompressibility,
+    /// aesthetic, prompt-alignment.
+    #[arg(long = "reward")]
     pub rewards: Vec<String>,
+    /// Write the JSON report here instead of printing it.
+    #[arg(long)]
     pub json: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
     pub device: String,
 }
 

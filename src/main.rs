@@ -63,61 +63,10 @@ enum Command {
         quiet: bool,
     },
     /// Sample a grid of images from a model folder (deterministic per seed).
-    Sample {
-        #[arg(long)]
-        model: PathBuf,
-        /// A prompt naming a class ("a photo of a sneaker"); default: unconditional.
-        #[arg(long, conflicts_with = "class")]
-        prompt: Option<String>,
-        /// A class index instead of a prompt.
-        #[arg(long)]
-        class: Option<usize>,
-        #[arg(short, default_value_t = 64)]
-        n: usize,
-        #[arg(long, default_value_t = 40)]
-        steps: i64,
-        #[arg(long, default_value_t = 0.0)]
-        eta: f64,
-        /// Classifier-free guidance weight (1 = none).
-        #[arg(long, default_value_t = 1.0)]
-        guidance: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(short, long, default_value = "samples.png")]
-        output: PathBuf,
-        /// Also write one PNG per sample into this folder.
-        #[arg(long)]
-        each: Option<PathBuf>,
-        #[arg(long, default_value = "auto")]
-        device: String,
-    },
+    Sample(sample::SampleArgs),
     /// Evaluate a model on fixed-seed samples: diversity, fidelity and class metrics with the
     /// independent evaluation classifier, and the mean of any named rewards.
-    Eval {
-        #[arg(long)]
-        model: PathBuf,
-        /// Samples per set (unconditional; and conditional, spread over the classes).
-        #[arg(short, default_value_t = 1000)]
-        n: usize,
-        #[arg(long, default_value_t = 40)]
-        steps: i64,
-        #[arg(long, default_value_t = 0.0)]
-        eta: f64,
-        /// Guidance weight of the conditional set.
-        #[arg(long, default_value_t = 3.0)]
-        guidance: f64,
-        #[arg(long, default_value_t = 1234)]
-        seed: u64,
-        /// A built-in reward to average (repeatable): jpeg-compressibility, jpeg-incompressibility,
-        /// aesthetic, prompt-alignment.
-        #[arg(long = "reward")]
-        rewards: Vec<String>,
-        /// Write the JSON report here instead of printing it.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        #[arg(long, default_value = "auto")]
-        device: String,
-    },
+    Eval(eval::EvalArgs),
     /// Check the bundled ONNX models on the real Fashion-MNIST test split: both classifiers'
     /// accuracy, and the aesthetic model's preference.
     Testbed {
@@ -159,52 +108,8 @@ fn main() -> ExitCode {
             resume,
             quiet,
         } => pretrain::run(&pipeline, resume, quiet),
-        Command::Sample {
-            model,
-            prompt,
-            class,
-            n,
-            steps,
-            eta,
-            guidance,
-            seed,
-            output,
-            each,
-            device,
-        } => sample::run(sample::SampleArgs {
-            model,
-            prompt,
-            class,
-            n,
-            steps,
-            eta,
-            guidance,
-            seed,
-            output,
-            each,
-            device,
-        }),
-        Command::Eval {
-            model,
-            n,
-            steps,
-            eta,
-            guidance,
-            seed,
-            rewards,
-            json,
-            device,
-        } => eval::run(eval::EvalArgs {
-            model,
-            n,
-            steps,
-            eta,
-            guidance,
-            seed,
-            rewards,
-            json,
-            device,
-        }),
+        Command::Sample(args) => sample::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Testbed { models } => testbed::run(models),
     };
     match result {

@@ -8,17 +8,35 @@ use hrf_train::evaluation::{generate, Generation};
 
 use crate::UsageError;
 
+#[derive(clap::Args)]
 pub struct SampleArgs {
+    /// A diffusers UNet2DModel folder.
+    #[arg(long)]
     pub model: PathBuf,
+    /// A prompt naming a class ("a photo of a sneaker"); default: unconditional.
+    #[arg(long, conflicts_with = "class")]
     pub prompt: Option<String>,
+    /// A class index instead of a prompt.
+    #[arg(long)]
     pub class: Option<usize>,
+    #[arg(short, default_value_t = 64)]
     pub n: usize,
+    #[arg(long, default_value_t = 40)]
     pub steps: i64,
+    #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
+    /// Classifier-free guidance weight (1 = none).
+    #[arg(long, default_value_t = 1.0)]
     pub guidance: f64,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[arg(short, long, default_value = "samples.png")]
     pub output: PathBuf,
+    /// Also write one PNG per sample into this folder.
+    #[arg(long)]
     pub each: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
     pub device: String,
 }
 

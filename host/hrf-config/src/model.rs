@@ -42,13 +42,7 @@ pub const NAMED_CONFIGS: [&str; 3] = ["testbed", "ddpm-celebahq-256", "ddpm-cifa
 impl ModelSpecRaw {
     /// Checks the section; `file` is the YAML it came from (paths are relative to its folder).
     pub fn validate(&self, file: &Path) -> Result<ModelSpec, ConfigErrors> {
-        let err = |field: &str, message: String| ConfigError {
-            file: file.to_path_buf(),
-            line: None,
-            column: None,
-            field: Some(field.into()),
-            message,
-        };
+        let err = |field: &str, message: String| ConfigError::field(file, field, message);
         let mut problems = Vec::new();
         let base = file.parent().unwrap_or(Path::new("."));
         let source = match (&self.weights, &self.config) {

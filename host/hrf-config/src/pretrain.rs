@@ -135,13 +135,7 @@ pub struct PretrainPipeline {
 impl PretrainFile {
     pub fn validate(self, file: &Path) -> Result<PretrainPipeline, ConfigErrors> {
         let mut problems = Vec::new();
-        let err = |field: &str, message: String| ConfigError {
-            file: file.to_path_buf(),
-            line: None,
-            column: None,
-            field: Some(field.into()),
-            message,
-        };
+        let err = |field: &str, message: String| ConfigError::field(file, field, message);
         let base = file.parent().unwrap_or(Path::new("."));
         let model = self
             .model

@@ -197,19 +197,7 @@ impl UNetConfig {
     pub const NAMED: [&'static str; 3] = ["testbed", "ddpm-celebahq-256", "ddpm-cifar10-32"];
 
     pub fn from_json_file(path: &Path) -> Result<Self, DiffusionError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DiffusionError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| DiffusionError::Config {
-            path: path.to_path_buf(),
-            message: format!("line {} column {}: {e}", e.line(), e.column()),
-        })?;
-        cfg.validate().map_err(|message| DiffusionError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(cfg)
+        crate::read_json_config(path, Self::validate)
     }
 
     /// The JSON diffusers expects, with its class marker.

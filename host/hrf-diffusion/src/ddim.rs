@@ -78,19 +78,7 @@ impl Default for SchedulerConfig {
 
 impl SchedulerConfig {
     pub fn from_json_file(path: &Path) -> Result<Self, DiffusionError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DiffusionError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| DiffusionError::Config {
-            path: path.to_path_buf(),
-            message: format!("line {} column {}: {e}", e.line(), e.column()),
-        })?;
-        cfg.validate().map_err(|message| DiffusionError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(cfg)
+        crate::read_json_config(path, Self::validate)
     }
 
     pub fn to_diffusers_json(&self) -> serde_json::Value {

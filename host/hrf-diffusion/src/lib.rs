@@ -12,7 +12,27 @@ pub use ddim::{DdimScheduler, DdimStep, PrevSample, SchedulerConfig};
 pub use model::DiffusersModel;
 pub use unet::UNet2DModel;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Reads a diffusers JSON config (unknown fields ignored, as diffusers does) and validates it.
+pub(crate) fn read_json_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, DiffusionError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DiffusionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let cfg: T = serde_json::from_str(&text).map_err(|e| DiffusionError::Config {
+        path: path.to_path_buf(),
+        message: format!("line {} column {}: {e}", e.line(), e.column()),
+    })?;
+    validate(&cfg).map_err(|message| DiffusionError::Config {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(cfg)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiffusionError {
