@@ -2,6 +2,7 @@
 //! DDPO, HRF and HRF-D build on these. Never parses YAML: it takes validated settings.
 
 pub mod adamw;
+pub mod advantages;
 pub mod ema;
 pub mod evaluation;
 pub mod metrics;
