@@ -34,8 +34,77 @@ class Tracker:
         return advantages
 
 
+def ppo_fixture():
+    """The clipped PPO loss of ddpo-pytorch on one batch of stored DDIM steps of a tiny UNet, with
+    its gradient on two named parameters. Samples sit at different steps (as in HRF batches)."""
+    import math
+
+    import torch
+    from diffusers import DDIMScheduler, UNet2DModel
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8, norm_num_groups=4, num_class_embeds=3,
+    )
+    folder = os.path.join(OUT, "ppo_unet")
+    unet.save_pretrained(folder, safe_serialization=True)
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
+    n = 10
+    sched.set_timesteps(n)
+    g = torch.Generator().manual_seed(1)
+    steps = torch.tensor([0, 3, 5, 8])
+    b = len(steps)
+    x = torch.randn(b, 1, 8, 8, generator=g)
+    labels = torch.tensor([0, 2, 1, 2])
+    z = torch.randn(b, 1, 8, 8, generator=g)
+    t = sched.timesteps[steps]
+
+    def step_stats(out):
+        """Per-sample DDIM mean and σ at η = 1 (ddpo-pytorch's ddim_step_with_logprob)."""
+        ratio = sched.config.num_train_timesteps // n
+        a_t = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+        prev_t = t - ratio
+        a_prev = torch.where(prev_t >= 0, sched.alphas_cumprod[prev_t.clamp(min=0)], sched.final_alpha_cumprod).view(-1, 1, 1, 1)
+        x0 = ((x - (1 - a_t) ** 0.5 * out) / a_t**0.5).clamp(-1, 1)
+        var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+        std = var**0.5
+        mean = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * out
+        return mean, std
+
+    with torch.no_grad():
+        mean, std = step_stats(unet(x, t, class_labels=labels).sample)
+        prev = mean + std * z
+
+    def log_prob(mean, std):
+        lp = -((prev.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
+        return lp.mean(dim=(1, 2, 3))
+
+    with torch.no_grad():
+        old = log_prob(mean, std) + torch.tensor([0.08, -0.01, 0.002, -0.12])
+    adv = torch.tensor([1.5, -0.7, 2.0, -2.5])
+    clip_range = 0.05
+    mean, std = step_stats(unet(x, t, class_labels=labels).sample)
+    lp = log_prob(mean, std)
+    ratio = torch.exp(lp - old)
+    loss = torch.mean(torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)))
+    loss.backward()
+    names = ["conv_in.weight", "down_blocks.1.attentions.0.to_q.weight"]
+    params = dict(unet.named_parameters())
+    save_file({
+        "sample": x, "prev": prev, "steps": steps, "class_labels": labels, "old_log_prob": old,
+        "advantages": adv, "log_prob": lp.detach(), "ratio": ratio.detach(), "loss": loss.detach().reshape(1),
+        **{f"grad.{k}": params[k].grad.contiguous() for k in names},
+    }, os.path.join(OUT, "ppo_step.safetensors"))
+    print("ppo loss", loss.item(), "ratios", ratio.tolist(),
+          "clipfrac", (torch.abs(ratio - 1) > clip_range).float().mean().item())
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    ppo_fixture()
     rng = np.random.default_rng(0)
     classes = ["a photo of a sneaker", "a photo of a bag", "a photo of a coat", "a photo of a shirt"]
     tracker = Tracker(buffer_size=6, min_count=4)

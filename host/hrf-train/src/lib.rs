@@ -6,6 +6,7 @@ pub mod advantages;
 pub mod ema;
 pub mod evaluation;
 pub mod metrics;
+pub mod ppo;
 pub mod pretrain;
 pub mod sampling;
 
