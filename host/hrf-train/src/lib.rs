@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod ppo;
 pub mod pretrain;
 pub mod sampling;
+pub mod trajectory;
 
 pub use adamw::{AdamW, AdamWConfig};
