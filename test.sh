@@ -15,5 +15,6 @@ fi
 LIBTORCH=/nonexistent cargo test --release -p hrf-core -p hrf-config -p hrf-rewards
 
 echo "[test] whole workspace"
-cargo test --release --workspace
+# Tests run in parallel threads: one libtorch thread each avoids oversubscribing the cores.
+OMP_NUM_THREADS=1 cargo test --release --workspace
 echo "[test] done in $((SECONDS - t0)) s"

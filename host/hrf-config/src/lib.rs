@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+pub mod ddpo;
 pub mod model;
 pub mod pretrain;
 
