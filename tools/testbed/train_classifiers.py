@@ -1,7 +1,7 @@
 """The testbed's ONNX models, trained on the real Fashion-MNIST train split (Debian's IDX files).
 
-    tools/parity/env.sh   # the Python reference venv (torch 2.11), plus: pip install onnx onnxscript onnxruntime==1.30.0
-    .deps/pyref/bin/python tools/testbed/train_classifiers.py
+    tools/parity/env.sh && .deps/pyref/bin/pip install -r tools/testbed/requirements.txt
+    TORCH_THREADS=1 .deps/pyref/bin/python tools/testbed/train_classifiers.py   # ~35 min on 1 core
 
 Writes to models/:
 - fmnist-classifier.onnx   reward classifier (prompt alignment, class coverage): outputs
