@@ -188,7 +188,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             f("vendi"),
             f("class_entropy"),
             f("class_entropy_ratio"),
-            v["classes_covered"],
+            v["classes_covered"].as_u64().unwrap_or(0),
             f("fid_like"),
             f("fid_like_ratio"),
             v.get("accuracy")
