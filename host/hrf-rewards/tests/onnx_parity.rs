@@ -102,21 +102,10 @@ fn aesthetic_chain_matches_python_onnxruntime() {
 #[test]
 fn prompt_alignment_reads_the_prompted_class() {
     let f = fixture();
-    let classes: Vec<String> = [
-        "t-shirt",
-        "trouser",
-        "pullover",
-        "dress",
-        "coat",
-        "sandal",
-        "shirt",
-        "sneaker",
-        "bag",
-        "ankle boot",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let classes: Vec<String> = hrf_data::FASHION_MNIST_CLASSES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let probs: Vec<Vec<f32>> =
         serde_json::from_value(f["fmnist-classifier"]["probs"].clone()).unwrap();
     let img = images(&f).swap_remove(0);
