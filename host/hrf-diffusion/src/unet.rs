@@ -413,11 +413,6 @@ impl UNet2DModel {
         &self.config
     }
 
-    /// Whether the model takes class labels (a class-conditional testbed model does).
-    pub fn is_class_conditional(&self) -> bool {
-        self.class_embedding.is_some()
-    }
-
     /// ε (or v, or x₀, as the scheduler's `prediction_type` says) for a batch.
     ///
     /// * `sample`: `[B, C, H, W]`
