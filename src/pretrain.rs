@@ -11,13 +11,18 @@ use hrf_train::pretrain::Pretrainer;
 
 use crate::UsageError;
 
-pub fn load_model(source: &ModelSource, dev: tch::Device) -> anyhow::Result<DiffusersModel> {
+/// Loads a model folder, or builds a named architecture with initial weights from `seed`.
+pub fn load_model(
+    source: &ModelSource,
+    dev: tch::Device,
+    seed: u64,
+) -> anyhow::Result<DiffusersModel> {
     Ok(match source {
         ModelSource::Folder(dir) => DiffusersModel::load(dir, dev)?,
         ModelSource::Named(name) => {
             let cfg =
                 UNetConfig::named(name).with_context(|| format!("unknown model config {name}"))?;
-            DiffusersModel::new(&cfg, dev)?
+            DiffusersModel::new_seeded(&cfg, dev, seed)?
         }
     })
 }
@@ -33,8 +38,8 @@ pub fn run(file: &Path, resume: bool, quiet: bool) -> anyhow::Result<ExitCode> {
         .map_err(|e| UsageError(format!("{}: scheduler: {e}", file.display())))?;
 
     // The initial weights of a named architecture come from the run's seed too.
-    tch::manual_seed(hrf_train::sampling::mix_seed(&[p.training.seed, 0x1417]));
-    let model = load_model(&p.model.source, dev)?;
+    let init_seed = hrf_train::sampling::mix_seed(&[p.training.seed, 0x1417]) as u64;
+    let model = load_model(&p.model.source, dev, init_seed)?;
     let size = model.unet.config().sample_size.unwrap_or(32) as u32;
     let channels = hrf_core::Channels::from_count(model.unet.config().in_channels as usize)
         .context("the model must take 1 or 3 channels")?;

@@ -8,5 +8,7 @@ pub mod jpeg;
 pub mod onnx;
 #[cfg(feature = "onnx")]
 pub mod onnx_runtime;
+pub mod set;
 
 pub use jpeg::{JpegCompressibility, JpegDirection};
+pub use set::{Component, RewardSet, RewardWorker, SetScores};

@@ -6,15 +6,19 @@
 use hrf_config::ddpo::{
     AdvantageMode, AdvantageSettings, Method, SamplingSettings, StepReduction, TrainingSettings,
 };
-use hrf_core::{check_scores, Reward, RewardError, Sample};
-use hrf_diffusion::{DdimScheduler, DiffusersModel};
+use std::collections::BTreeMap;
+
+use hrf_core::{RewardError, Sample};
+use hrf_diffusion::{DdimScheduler, DiffusersModel, PrevSample};
+use hrf_rewards::{RewardWorker, SetScores};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::advantages::{self, PerPromptTracker};
 use crate::ppo::{ppo_loss, StepBatch};
-use crate::sampling::{mix_seed, to_images};
+use crate::sampling::to_images;
 use crate::trajectory::{sample_trajectories, Trajectories, TrajectoryRequest};
+use crate::rng::KeyedRng;
 use crate::AdamW;
 
 /// What one epoch did, for metrics.jsonl.
@@ -23,26 +27,50 @@ pub struct EpochStats {
     pub epoch: u64,
     pub reward_mean: f64,
     pub reward_std: f64,
+    /// Mean of each reward component's own values.
+    pub reward_components: BTreeMap<String, f64>,
     pub loss: f64,
     pub clipfrac: f64,
     pub approx_kl: f64,
+    /// Mean per-step KL to the frozen base model (0 when `kl_coef` is 0).
+    pub kl_to_base: f64,
     /// Mean pre-clip gradient norm over the optimiser steps.
     pub grad_norm: f64,
     pub optimizer_steps: usize,
     pub trained_steps_per_sample: usize,
     pub sample_s: f64,
-    pub reward_s: f64,
+    /// Time spent waiting for rewards after sampling (they are computed while sampling).
+    pub reward_wait_s: f64,
     pub train_s: f64,
 }
 
 /// The prompts a conditional model is trained on: (text, class label).
 pub type Prompt = (String, i64);
 
+/// What an epoch produced.
+pub struct EpochOutcome {
+    pub stats: EpochStats,
+    pub samples: Vec<Sample>,
+    pub scores: SetScores,
+}
+
+/// Why an epoch did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum EpochError {
+    #[error(transparent)]
+    Reward(#[from] RewardError),
+    /// Interrupted while sampling: nothing of the epoch was trained.
+    #[error("interrupted")]
+    Interrupted,
+}
+
 pub struct Ddpo<'a> {
     pub sampling: SamplingSettings,
     pub training: TrainingSettings,
     pub advantages: AdvantageSettings,
     pub model: &'a DiffusersModel,
+    /// The frozen base model, for the KL-to-base term (needed when `kl_coef` > 0).
+    pub base: Option<&'a DiffusersModel>,
     pub scheduler: DdimScheduler,
     pub optimizer: AdamW,
     pub tracker: Option<PerPromptTracker>,
@@ -51,32 +79,53 @@ pub struct Ddpo<'a> {
     pub device: Device,
 }
 
+/// Observes an epoch: progress and the stop request (Ctrl-C).
+pub trait EpochObserver {
+    /// A sampling batch (`phase` "sample") or a train batch ("train") finished.
+    fn advanced(&mut self, _phase: &'static str, _done: usize, _total: usize, _reward: f64) {}
+    /// True when the run should stop at the next safe point.
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
+/// An observer that sees nothing and never stops.
+pub struct Unobserved;
+impl EpochObserver for Unobserved {}
+
 impl Ddpo<'_> {
     fn label_and_prompt(&self, epoch: u64, key: u64) -> (Option<i64>, Option<String>) {
         let null = self.model.unet.config().num_class_embeds.map(|k| k - 1);
         if self.prompts.is_empty() {
             return (null, None);
         }
-        let pick =
-            mix_seed(&[self.training.seed, 0x9807, epoch, key]) as usize % self.prompts.len();
+        let pick = KeyedRng::new(&[self.training.seed, 0x9807, epoch, key])
+            .below(self.prompts.len() as u64) as usize;
         let (text, label) = &self.prompts[pick];
         (Some(*label), Some(text.clone()))
     }
 
-    /// Runs epoch `epoch`; returns its stats and the epoch's final samples.
+    /// Runs epoch `epoch`: samples it (rewards scored by `rewards` while the next batch samples),
+    /// then trains on it. A stop request during sampling abandons the epoch untrained
+    /// (`EpochError::Interrupted`); once training has begun the epoch is finished.
     pub fn epoch(
         &mut self,
         epoch: u64,
-        reward: &mut dyn Reward,
-    ) -> Result<(EpochStats, Vec<Sample>), RewardError> {
+        rewards: &mut RewardWorker,
+        observer: &mut dyn EpochObserver,
+    ) -> Result<EpochOutcome, EpochError> {
         let (s, t) = (&self.sampling, &self.training);
         let total = s.batch_size * s.batches_per_epoch;
         let started = std::time::Instant::now();
 
-        // 1. Sample the whole epoch.
+        // 1. Sample the whole epoch; each batch goes to the reward thread as soon as it exists.
         let mut batches: Vec<Trajectories> = Vec::new();
         let mut samples: Vec<Sample> = Vec::with_capacity(total);
         for b in 0..s.batches_per_epoch {
+            if observer.stop_requested() {
+                rewards.drain();
+                return Err(EpochError::Interrupted);
+            }
             let keys: Vec<u64> = (0..s.batch_size)
                 .map(|j| (b * s.batch_size + j) as u64)
                 .collect();
@@ -101,89 +150,92 @@ impl Ddpo<'_> {
                 },
                 self.device,
             );
-            for (image, (_, prompt)) in to_images(&tr.final_samples()).into_iter().zip(lp) {
-                samples.push(Sample {
+            let batch: Vec<Sample> = to_images(&tr.final_samples())
+                .into_iter()
+                .zip(lp)
+                .map(|(image, (_, prompt))| Sample {
                     image,
                     prompt,
                     metadata: serde_json::json!({"epoch": epoch}),
-                });
-            }
+                })
+                .collect();
+            samples.extend(batch.iter().cloned());
+            rewards.submit(batch);
             batches.push(tr);
+            observer.advanced("sample", b + 1, s.batches_per_epoch, f64::NAN);
         }
         let sample_s = started.elapsed().as_secs_f64();
 
         // 2. Rewards → clipped advantages.
         let reward_start = std::time::Instant::now();
-        let info = reward.info();
-        let scores = reward.score(&samples)?;
-        check_scores(&info, samples.len(), &scores)?;
-        let sign = if info.higher_is_better { 1.0 } else { -1.0 };
-        let rewards: Vec<f64> = scores.iter().map(|sc| sign * sc.value as f64).collect();
-        let reward_s = reward_start.elapsed().as_secs_f64();
+        let mut scores = SetScores::default();
+        for _ in 0..s.batches_per_epoch {
+            match rewards.recv() {
+                Ok(sc) => scores.extend(sc),
+                Err(e) => {
+                    rewards.drain();
+                    return Err(e.into());
+                }
+            }
+        }
+        let reward_wait_s = reward_start.elapsed().as_secs_f64();
+        let rewards_v = &scores.total;
         let mut adv = match (self.advantages.mode, self.tracker.as_mut()) {
             (AdvantageMode::PerPrompt, Some(tracker)) => {
                 let prompts: Vec<String> = samples
                     .iter()
                     .map(|x| x.prompt.clone().unwrap_or_default())
                     .collect();
-                tracker.update(&prompts, &rewards)
+                tracker.update(&prompts, rewards_v)
             }
-            _ => advantages::epoch_advantages(&rewards),
+            _ => advantages::epoch_advantages(rewards_v),
         };
         advantages::clip(&mut adv, t.adv_clip);
 
         // 3. Train.
         let train_start = std::time::Instant::now();
-        let latents = Tensor::cat(
-            &batches
-                .iter()
-                .map(|b| b.latents.shallow_clone())
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let old_lp = Tensor::cat(
-            &batches
-                .iter()
-                .map(|b| b.log_probs.shallow_clone())
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let labels = batches[0].labels.as_ref().map(|_| {
-            Tensor::cat(
-                &batches
-                    .iter()
-                    .map(|b| b.labels.as_ref().unwrap().shallow_clone())
-                    .collect::<Vec<_>>(),
-                0,
-            )
-        });
+        let cat = |f: &dyn Fn(&Trajectories) -> Tensor| {
+            Tensor::cat(&batches.iter().map(f).collect::<Vec<_>>(), 0)
+        };
+        let latents = cat(&|b| b.latents.shallow_clone());
+        let old_lp = cat(&|b| b.log_probs.shallow_clone());
+        let labels = batches[0]
+            .labels
+            .as_ref()
+            .map(|_| cat(&|b| b.labels.as_ref().expect("all or none").shallow_clone()));
+        drop(batches);
         let adv_t = Tensor::from_slice(&adv.iter().map(|&a| a as f32).collect::<Vec<_>>())
             .to_device(self.device);
         let trainable = self.scheduler.trainable_steps(0);
         let k = ((trainable.len() as f64 * t.timestep_fraction) as usize).clamp(1, trainable.len());
         let train_batches = total.div_ceil(t.batch_size);
         let (mut loss_sum, mut cf_sum, mut kl_sum, mut slots) = (0f64, 0f64, 0f64, 0usize);
-        let (mut norm_sum, mut opt_steps) = (0f64, 0usize);
+        let (mut norm_sum, mut opt_steps, mut base_kl_sum) = (0f64, 0usize, 0f64);
         let clip_range = if t.method == Method::DdpoSf {
             f64::INFINITY
         } else {
             t.clip_range
         };
+        let per_update = match t.method {
+            Method::DdpoSf => train_batches,
+            Method::DdpoIs => t.grad_accum,
+        } as f64;
+        let scale = match t.step_reduction {
+            StepReduction::Mean => 1.0 / (k as f64 * per_update),
+            StepReduction::Sum => 1.0 / per_update,
+        };
+        let base = if t.kl_coef > 0.0 { self.base } else { None };
         let lr = t.optimizer.lr;
 
         for inner in 0..t.inner_epochs as u64 {
-            tch::manual_seed(mix_seed(&[t.seed, 0x5417, epoch, inner]));
-            let order =
-                Vec::<i64>::try_from(Tensor::randperm(total as i64, (Kind::Int64, Device::Cpu)))
-                    .expect("i64");
-            let perms: Vec<Vec<i64>> = (0..total)
-                .map(|_| {
-                    Vec::<i64>::try_from(Tensor::randperm(
-                        trainable.len() as i64,
-                        (Kind::Int64, Device::Cpu),
-                    ))
-                    .expect("i64")
-                })
+            let mut rng = KeyedRng::new(&[t.seed, 0x5417, epoch, inner]);
+            let order: Vec<i64> = rng
+                .permutation(total)
+                .into_iter()
+                .map(|i| i as i64)
+                .collect();
+            let perms: Vec<Vec<usize>> = (0..total)
+                .map(|_| rng.permutation(trainable.len()))
                 .collect();
             self.optimizer.zero_grad();
             for (bi, rows) in order.chunks(t.batch_size).enumerate() {
@@ -192,46 +244,51 @@ impl Ddpo<'_> {
                 let olp = old_lp.index_select(0, &rows_t);
                 let a = adv_t.index_select(0, &rows_t);
                 let y = labels.as_ref().map(|l| l.index_select(0, &rows_t));
+                let ar = Tensor::arange(rows.len() as i64, (Kind::Int64, self.device));
                 for slot in 0..k {
                     let pos: Vec<i64> = rows
                         .iter()
-                        .map(|&r| trainable[perms[r as usize][slot] as usize] as i64)
+                        .map(|&r| trainable[perms[r as usize][slot]] as i64)
                         .collect();
                     let pos_t = Tensor::from_slice(&pos).to_device(self.device);
-                    let n = rows.len() as i64;
-                    let ar = Tensor::arange(n, (Kind::Int64, self.device));
                     let x_t = lat.index(&[Some(&ar), Some(&pos_t)]);
                     let x_prev = lat.index(&[Some(&ar), Some(&(&pos_t + 1))]);
                     let old = olp.index(&[Some(&ar), Some(&pos_t)]);
+                    let batch = StepBatch {
+                        sample: &x_t,
+                        prev: &x_prev,
+                        step_index: &pos_t,
+                        labels: y.as_ref(),
+                        old_log_prob: &old,
+                        advantages: &a,
+                    };
                     let out = ppo_loss(
                         &self.model.unet,
                         &self.scheduler,
-                        &StepBatch {
-                            sample: &x_t,
-                            prev: &x_prev,
-                            step_index: &pos_t,
-                            labels: y.as_ref(),
-                            old_log_prob: &old,
-                            advantages: &a,
-                        },
+                        &batch,
                         s.eta,
                         s.guidance,
                         clip_range,
                     );
-                    let loss = if t.method == Method::DdpoSf {
+                    let mut loss = if t.method == Method::DdpoSf {
                         // REINFORCE: −mean(A · log p_θ).
                         -(&a * &out.log_prob).mean(Kind::Float)
                     } else {
                         out.loss
                     };
-                    let per_update = match t.method {
-                        Method::DdpoSf => train_batches,
-                        Method::DdpoIs => t.grad_accum,
-                    } as f64;
-                    let scale = match t.step_reduction {
-                        StepReduction::Mean => 1.0 / (k as f64 * per_update),
-                        StepReduction::Sum => 1.0 / per_update,
-                    };
+                    if let Some(base) = base {
+                        let kl = kl_to_base(
+                            &base.unet,
+                            &self.scheduler,
+                            &batch,
+                            &out.mean,
+                            &out.std,
+                            s.eta,
+                            s.guidance,
+                        );
+                        base_kl_sum += kl.double_value(&[]);
+                        loss = loss + kl * t.kl_coef;
+                    }
                     (&loss * scale).backward();
                     loss_sum += loss.double_value(&[]);
                     cf_sum += out.clipfrac;
@@ -249,33 +306,84 @@ impl Ddpo<'_> {
                     self.optimizer.zero_grad();
                     opt_steps += 1;
                 }
+                observer.advanced(
+                    "train",
+                    inner as usize * train_batches + bi + 1,
+                    t.inner_epochs * train_batches,
+                    f64::NAN,
+                );
             }
         }
-        let mean = rewards.iter().sum::<f64>() / rewards.len() as f64;
-        let std =
-            (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rewards.len() as f64).sqrt();
+        let (mean, std) = mean_std(rewards_v);
+        let per_slot = |x: f64| x / slots.max(1) as f64;
         let stats = EpochStats {
             epoch,
             reward_mean: mean,
             reward_std: std,
-            loss: loss_sum / slots.max(1) as f64,
-            clipfrac: cf_sum / slots.max(1) as f64,
-            approx_kl: kl_sum / slots.max(1) as f64,
+            reward_components: scores
+                .components
+                .iter()
+                .map(|(name, v)| (name.clone(), mean_std(v).0))
+                .collect(),
+            loss: per_slot(loss_sum),
+            clipfrac: per_slot(cf_sum),
+            approx_kl: per_slot(kl_sum),
+            kl_to_base: per_slot(base_kl_sum),
             grad_norm: norm_sum / opt_steps.max(1) as f64,
             optimizer_steps: opt_steps,
             trained_steps_per_sample: k,
             sample_s,
-            reward_s,
+            reward_wait_s,
             train_s: train_start.elapsed().as_secs_f64(),
         };
-        Ok((stats, samples))
+        Ok(EpochOutcome {
+            stats,
+            samples,
+            scores,
+        })
     }
+}
+
+/// Mean and population standard deviation.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// The DPOK-style KL of the policy's step distribution to the frozen base model's at the same
+/// x_t: both are Gaussians with the same σ, so KL = ‖μ_θ − μ_base‖² / (2σ²), averaged over
+/// non-batch dimensions like the log-prob, then over the batch. Degenerate steps are never
+/// trained, so σ > 0 here.
+pub fn kl_to_base(
+    base: &hrf_diffusion::UNet2DModel,
+    sched: &DdimScheduler,
+    b: &StepBatch<'_>,
+    policy_mean: &Tensor,
+    std: &Tensor,
+    eta: f64,
+    guidance: f64,
+) -> Tensor {
+    let base_mean = tch::no_grad(|| {
+        let t = sched.timesteps_at(b.step_index);
+        let out = crate::sampling::guided_output(base, b.sample, &t, b.labels, guidance);
+        sched
+            .step(&out, b.step_index, b.sample, eta, PrevSample::Given(b.prev))
+            .mean
+    });
+    let reduce: Vec<i64> = (1..policy_mean.dim() as i64).collect();
+    let sq = (policy_mean - base_mean)
+        .square()
+        .mean_dim(reduce.as_slice(), false, Kind::Float);
+    (sq / (std.square() * 2.0)).mean(Kind::Float)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hrf_core::{RewardInfo, Score};
+    use hrf_core::{Reward, RewardInfo, Score};
+    use hrf_rewards::{Component, RewardSet};
     use hrf_diffusion::{SchedulerConfig, UNetConfig};
 
     /// Mean brightness of the image: a reward whose gradient direction is easy to see.
@@ -303,8 +411,7 @@ mod tests {
     }
 
     fn run(method: Method, grad_accum: usize, epochs: u64) -> (Vec<EpochStats>, Tensor) {
-        tch::manual_seed(1);
-        let model = DiffusersModel::new(&UNetConfig::testbed(), Device::Cpu).unwrap();
+        let model = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 1).unwrap();
         let training = TrainingSettings {
             method,
             batch_size: 3,
@@ -331,13 +438,19 @@ mod tests {
             optimizer: AdamW::new(params, training.optimizer.into()),
             training,
             model: &model,
+            base: None,
             tracker: None,
             prompts: vec![],
             device: Device::Cpu,
         };
+        let mut worker = RewardWorker::spawn(RewardSet::new(vec![Component {
+            name: "brightness".into(),
+            weight: 1.0,
+            reward: Box::new(Brightness),
+        }]));
         let mut stats = Vec::new();
         for e in 0..epochs {
-            stats.push(ddpo.epoch(e, &mut Brightness).unwrap().0);
+            stats.push(ddpo.epoch(e, &mut worker, &mut Unobserved).unwrap().stats);
         }
         let w = model.vs.variables()["conv_out.weight"].detach().copy();
         (stats, w)

@@ -9,6 +9,7 @@ pub mod evaluation;
 pub mod metrics;
 pub mod ppo;
 pub mod pretrain;
+pub mod rng;
 pub mod sampling;
 pub mod trajectory;
 

@@ -31,6 +31,10 @@ pub struct PpoLoss {
     pub clipfrac: f64,
     /// ½·mean((log p_θ − log p_old)²).
     pub approx_kl: f64,
+    /// μ_θ of the step (with its graph), for the KL-to-base term.
+    pub mean: Tensor,
+    /// σ of the step per sample, `[B]`.
+    pub std: Tensor,
 }
 
 pub fn ppo_loss(
@@ -45,6 +49,7 @@ pub fn ppo_loss(
     let out = guided_output(unet, b.sample, &t, b.labels, guidance);
     let step = sched.step(&out, b.step_index, b.sample, eta, PrevSample::Given(b.prev));
     let log_prob = step.log_prob;
+    let (mean, std) = (step.mean, step.std);
     let delta = &log_prob - b.old_log_prob;
     let ratio = delta.exp();
     let unclipped = -b.advantages * &ratio;
@@ -64,5 +69,7 @@ pub fn ppo_loss(
         log_prob,
         clipfrac,
         approx_kl,
+        mean,
+        std,
     }
 }

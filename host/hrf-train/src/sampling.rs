@@ -4,6 +4,8 @@
 use hrf_diffusion::{DdimScheduler, PrevSample, UNet2DModel};
 use tch::{Device, Kind, Tensor};
 
+use crate::rng::KeyedRng;
+
 /// SplitMix64: a fixed, documented mix of the key parts into a torch seed.
 pub fn mix_seed(parts: &[u64]) -> i64 {
     let mut z: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -17,16 +19,19 @@ pub fn mix_seed(parts: &[u64]) -> i64 {
 }
 
 /// Gaussian noise for a batch where row i is keyed by `keys[i]` (e.g. the sample's index) and
-/// `stream` (e.g. the step), independent of batch composition.
+/// `stream` (e.g. the step), independent of batch composition and of the device: drawn on the
+/// host from `KeyedRng`, then copied to `device`.
 pub fn keyed_noise(seed: u64, keys: &[u64], stream: u64, shape: &[i64], device: Device) -> Tensor {
-    let rows: Vec<Tensor> = keys
-        .iter()
-        .map(|&k| {
-            tch::manual_seed(mix_seed(&[seed, k, stream]));
-            Tensor::randn(shape, (Kind::Float, Device::Cpu))
-        })
-        .collect();
-    Tensor::stack(&rows, 0).to_device(device)
+    let per_row: i64 = shape.iter().product();
+    let mut buf = vec![0f32; per_row as usize * keys.len()];
+    if per_row > 0 {
+        for (row, &k) in buf.chunks_mut(per_row as usize).zip(keys) {
+            KeyedRng::new(&[seed, k, stream]).fill_normal(row);
+        }
+    }
+    let mut full = vec![keys.len() as i64];
+    full.extend_from_slice(shape);
+    Tensor::from_slice(&buf).view(full.as_slice()).to_device(device)
 }
 
 /// The label that means "no class" for a class-conditional model (its last embedding row).
@@ -139,7 +144,7 @@ mod tests {
 
     #[test]
     fn samples_are_deterministic_per_seed_and_key() {
-        let model = DiffusersModel::new(&UNetConfig::testbed(), Device::Cpu).unwrap();
+        let model = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 2).unwrap();
         let sched = DdimScheduler::new(SchedulerConfig::default(), 4, 1e-4).unwrap();
         let y = Tensor::from_slice(&[1i64, 10, 3]);
         let req = |keys: &'static [u64], labels: &Tensor| {

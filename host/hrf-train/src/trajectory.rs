@@ -87,8 +87,7 @@ mod tests {
     /// sample's steps shuffled, equal the sampling-time ones: every ratio is 1 within 1e-5.
     #[test]
     fn recomputed_log_probs_equal_sampling_time_ones() {
-        tch::manual_seed(11);
-        let model = DiffusersModel::new(&UNetConfig::testbed(), Device::Cpu).unwrap();
+        let model = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 11).unwrap();
         let sched = DdimScheduler::new(SchedulerConfig::default(), 6, 1e-4).unwrap();
         let keys: Vec<u64> = (0..6).collect();
         let labels = Tensor::from_slice(&[0i64, 3, 10, 7, 10, 1]);
@@ -109,23 +108,15 @@ mod tests {
         assert_eq!(tr.latents.size(), [6, 7, 1, 32, 32]);
         let trainable = sched.trainable_steps(0);
         // Train batch of 4 (sample batch 6), each sample with its own permutation of its steps.
-        tch::manual_seed(3);
-        let perms: Vec<Vec<i64>> = (0..6)
-            .map(|_| {
-                Vec::<i64>::try_from(Tensor::randperm(
-                    trainable.len() as i64,
-                    (Kind::Int64, Device::Cpu),
-                ))
-                .unwrap()
-            })
-            .collect();
+        let mut rng = crate::rng::KeyedRng::new(&[3]);
+        let perms: Vec<Vec<usize>> = (0..6).map(|_| rng.permutation(trainable.len())).collect();
         let mut worst = 0f64;
         for chunk in [vec![4usize, 1, 5, 0], vec![2, 3]] {
             let rows = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>());
             for slot in 0..trainable.len() {
                 let step_pos: Vec<i64> = chunk
                     .iter()
-                    .map(|&i| trainable[perms[i][slot] as usize] as i64)
+                    .map(|&i| trainable[perms[i][slot]] as i64)
                     .collect();
                 let pos = Tensor::from_slice(&step_pos);
                 let pick = |t: &Tensor, offset: i64| {
