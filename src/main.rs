@@ -1,6 +1,6 @@
 //! `hrf-engine`: the hrf command line (started through the `hrf` launcher, which finds libtorch).
 //! Thin: parse, set up, call into the host crates, map the outcome to an exit code
-//! (0 ok, 1 failed, 2 usage or configuration error).
+//! (0 ok, 1 failed, 2 usage or configuration error, 130 interrupted).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod doctor;
 mod eval;
 mod pretrain;
+mod run;
 mod sample;
 mod testbed;
 
@@ -62,6 +63,17 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Fine-tune a model with reinforcement learning as a pipeline file says (DDPO-IS, DDPO-SF).
+    Run(run::RunArgs),
+    /// Check a pipeline file: every problem, with its place, at once.
+    Validate {
+        pipeline: PathBuf,
+        /// Overrides, as for `hrf run`.
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Print the JSON schema of pipeline files.
+    Schema,
     /// Sample a grid of images from a model folder (deterministic per seed).
     Sample(sample::SampleArgs),
     /// Evaluate a model on fixed-seed samples: diversity, fidelity and class metrics with the
@@ -108,6 +120,9 @@ fn main() -> ExitCode {
             resume,
             quiet,
         } => pretrain::run(&pipeline, resume, quiet),
+        Command::Run(args) => run::run(args),
+        Command::Validate { pipeline, sets } => run::validate(&pipeline, &sets),
+        Command::Schema => run::schema(),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Testbed { models } => testbed::run(models),

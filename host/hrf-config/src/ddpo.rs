@@ -1,11 +1,12 @@
 //! Settings of the RL fine-tuning loop (DESIGN.md §3.2, §3.4): sampling, the DDPO-IS / DDPO-SF
 //! update, advantages. Defaults are ddpo-pytorch's where DESIGN.md §3.4 says so.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::pretrain::AdamWSettings;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// DDPO with importance sampling and ratio clipping (PPO-style).
@@ -14,7 +15,7 @@ pub enum Method {
     DdpoSf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepReduction {
     /// Gradients averaged over the trained step slots (ddpo-pytorch).
@@ -23,7 +24,7 @@ pub enum StepReduction {
     Sum,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum AdvantageMode {
     Epoch,
@@ -31,7 +32,7 @@ pub enum AdvantageMode {
     Group,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdvantageSettings {
     pub mode: AdvantageMode,
@@ -49,7 +50,7 @@ impl Default for AdvantageSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingSettings {
     /// DDIM steps N.
@@ -76,7 +77,7 @@ impl Default for SamplingSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingSettings {
     pub method: Method,
@@ -93,6 +94,8 @@ pub struct TrainingSettings {
     pub step_reduction: StepReduction,
     /// Weight of the KL-to-base regulariser (0: off).
     pub kl_coef: f64,
+    /// Set from `run.seed` by validation; not a YAML field (one seed per run).
+    #[serde(skip)]
     pub seed: u64,
 }
 

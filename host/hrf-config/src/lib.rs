@@ -9,8 +9,12 @@ use serde::de::DeserializeOwned;
 pub mod ddpo;
 pub mod model;
 pub mod pretrain;
+pub mod reward;
+pub mod run;
+mod span;
 
 pub use model::{ModelSource, ModelSpec};
+pub use run::{load_with_overrides, run_schema, RunPipeline};
 
 /// One problem in a configuration file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,12 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::{ConfigError, ConfigErrors};
 
 /// `model:` as written in YAML.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpecRaw {
     /// A diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors),

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub mod grid;
+pub mod plot;
 
 use hrf_core::{Channels, Image};
 

@@ -58,7 +58,11 @@ impl DiffusersModel {
     /// A freshly initialised model whose initial weights depend on `seed` alone. libtorch's
     /// initialisers draw from its process-global generator; a lock keeps concurrent seeded
     /// constructions (parallel tests, several models in one run) from interleaving their draws.
-    pub fn new_seeded(config: &UNetConfig, device: Device, seed: u64) -> Result<Self, DiffusionError> {
+    pub fn new_seeded(
+        config: &UNetConfig,
+        device: Device,
+        seed: u64,
+    ) -> Result<Self, DiffusionError> {
         static TORCH_GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = TORCH_GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
         tch::manual_seed(seed as i64);

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use hrf_core::{Channels, Image, Reward, RewardError, RewardInfo, Sample, Score};
 use ort::session::Session;
 use ort::value::Tensor;
-use serde::{Deserialize, Serialize};
+
+/// The specification types live in hrf-config (the pipeline YAML names them); re-exported here so
+/// the runtime and its callers keep one path.
+pub use hrf_config::reward::{CropMode, ImageInput, Layout, OutputSel, ResizeMode, StageSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
@@ -20,108 +23,6 @@ pub enum OnnxError {
     Runtime(String),
     #[error("{path}: {message}")]
     Input { path: PathBuf, message: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Layout {
-    #[default]
-    Nchw,
-    Nhwc,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ResizeMode {
-    Nearest,
-    #[default]
-    Bilinear,
-    Bicubic,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CropMode {
-    /// Resize straight to the input size (aspect ratio not kept).
-    #[default]
-    None,
-    /// Resize the shorter side to the input size, then crop the centre (CLIP's preprocessing).
-    Center,
-}
-
-/// How 8-bit images become an image model's input tensor. Defaults fit the testbed classifiers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ImageInput {
-    /// The input's name; default: the model's first input.
-    pub name: Option<String>,
-    pub layout: Layout,
-    /// Width and height fed to the model; default: the model's fixed size, else the image's.
-    pub size: Option<[u32; 2]>,
-    pub resize: ResizeMode,
-    pub crop: CropMode,
-    /// Per-channel mean and std applied to x/255 (one value applies to every channel).
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-    /// Channels the model takes: grey images are repeated to RGB, RGB reduced to luma for 1.
-    /// Default: the model's channel dimension.
-    pub channels: Option<u8>,
-}
-
-impl Default for ImageInput {
-    fn default() -> Self {
-        Self {
-            name: None,
-            layout: Layout::Nchw,
-            size: None,
-            resize: ResizeMode::Bilinear,
-            crop: CropMode::None,
-            mean: vec![0.5],
-            std: vec![0.5],
-            channels: None,
-        }
-    }
-}
-
-impl ImageInput {
-    /// CLIP ViT preprocessing (224 px, bicubic, centre crop, CLIP's mean/std, RGB).
-    pub fn clip() -> Self {
-        Self {
-            size: Some([224, 224]),
-            resize: ResizeMode::Bicubic,
-            crop: CropMode::Center,
-            mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
-            std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
-            channels: Some(3),
-            ..Self::default()
-        }
-    }
-}
-
-/// Which output of a model a stage passes on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum OutputSel {
-    Index(usize),
-    Name(String),
-}
-
-impl Default for OutputSel {
-    fn default() -> Self {
-        Self::Index(0)
-    }
-}
-
-/// One model of a chain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageSpec {
-    pub model: PathBuf,
-    #[serde(default)]
-    pub output: OutputSel,
-    /// L2-normalise each row of the selected output before the next stage.
-    #[serde(default)]
-    pub l2_normalize: bool,
 }
 
 /// One output of a run: its shape and its values, row-major.
@@ -552,24 +453,5 @@ mod tests {
         for (a, b) in data.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{data:?}");
         }
-    }
-
-    #[test]
-    fn yaml_shaped_specs_deserialize() {
-        let spec: ImageInput = serde_json::from_str(
-            r#"{"layout": "nhwc", "size": [224, 224], "crop": "center", "resize": "bicubic"}"#,
-        )
-        .unwrap();
-        assert_eq!(spec.layout, Layout::Nhwc);
-        assert_eq!(spec.crop, CropMode::Center);
-        assert!(serde_json::from_str::<ImageInput>(r#"{"layuot": "nhwc"}"#).is_err());
-        let stage: StageSpec = serde_json::from_str(
-            r#"{"model": "clip.onnx", "output": "image_embeds", "l2_normalize": true}"#,
-        )
-        .unwrap();
-        assert_eq!(stage.output, OutputSel::Name("image_embeds".into()));
-        let stage: StageSpec =
-            serde_json::from_str(r#"{"model": "head.onnx", "output": 0}"#).unwrap();
-        assert_eq!(stage.output, OutputSel::Index(0));
     }
 }

@@ -16,9 +16,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::advantages::{self, PerPromptTracker};
 use crate::ppo::{ppo_loss, StepBatch};
+use crate::rng::KeyedRng;
 use crate::sampling::to_images;
 use crate::trajectory::{sample_trajectories, Trajectories, TrajectoryRequest};
-use crate::rng::KeyedRng;
 use crate::AdamW;
 
 /// What one epoch did, for metrics.jsonl.
@@ -383,8 +383,8 @@ pub fn kl_to_base(
 mod tests {
     use super::*;
     use hrf_core::{Reward, RewardInfo, Score};
-    use hrf_rewards::{Component, RewardSet};
     use hrf_diffusion::{SchedulerConfig, UNetConfig};
+    use hrf_rewards::{Component, RewardSet};
 
     /// Mean brightness of the image: a reward whose gradient direction is easy to see.
     struct Brightness;

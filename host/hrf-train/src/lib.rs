@@ -7,9 +7,11 @@ pub mod ddpo;
 pub mod ema;
 pub mod evaluation;
 pub mod metrics;
+pub mod plots;
 pub mod ppo;
 pub mod pretrain;
 pub mod rng;
+pub mod run;
 pub mod sampling;
 pub mod trajectory;
 

@@ -243,7 +243,7 @@ pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 }
 
 /// The diversity report of one set of samples.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Diversity {
     pub samples: usize,
     pub vendi: f64,

@@ -115,7 +115,10 @@ mod tests {
             assert_eq!(p, vec![0, 1, 2, 3, 4]);
         }
         // Each value leads 4,000 times in expectation (sd ≈ 57).
-        assert!(first.iter().all(|&c| (3_700..4_300).contains(&c)), "{first:?}");
+        assert!(
+            first.iter().all(|&c| (3_700..4_300).contains(&c)),
+            "{first:?}"
+        );
         assert!(rng.permutation(0).is_empty());
     }
 

@@ -31,7 +31,9 @@ pub fn keyed_noise(seed: u64, keys: &[u64], stream: u64, shape: &[i64], device: 
     }
     let mut full = vec![keys.len() as i64];
     full.extend_from_slice(shape);
-    Tensor::from_slice(&buf).view(full.as_slice()).to_device(device)
+    Tensor::from_slice(&buf)
+        .view(full.as_slice())
+        .to_device(device)
 }
 
 /// The label that means "no class" for a class-conditional model (its last embedding row).
@@ -85,6 +87,18 @@ pub fn sample(
     req: &SampleRequest<'_>,
     device: Device,
 ) -> Tensor {
+    sample_observed(unet, sched, req, device, &mut |_, _| {})
+}
+
+/// `sample`, calling `on_step(i, x̂₀)` with the prediction of x₀ made at every step i (the
+/// reward trajectory of DESIGN.md §3.3 item 6 scores these).
+pub fn sample_observed(
+    unet: &UNet2DModel,
+    sched: &DdimScheduler,
+    req: &SampleRequest<'_>,
+    device: Device,
+    on_step: &mut dyn FnMut(usize, &Tensor),
+) -> Tensor {
     let cfg = unet.config();
     let size = cfg.sample_size.unwrap_or(32);
     let shape = [cfg.in_channels, size, size];
@@ -97,16 +111,14 @@ pub fn sample(
             let ts = Tensor::full([b], t, (Kind::Int64, device));
             let out = guided_output(unet, &x, &ts, labels.as_ref(), req.guidance);
             let idx = Tensor::full([b], i as i64, (Kind::Int64, device));
-            x = if req.eta > 0.0 {
-                let z = keyed_noise(req.seed, req.keys, i as u64 + 1, &shape, device);
-                sched
-                    .step(&out, &idx, &x, req.eta, PrevSample::Noise(&z))
-                    .prev
+            let z = if req.eta > 0.0 {
+                keyed_noise(req.seed, req.keys, i as u64 + 1, &shape, device)
             } else {
-                sched
-                    .step(&out, &idx, &x, 0.0, PrevSample::Noise(&x.zeros_like()))
-                    .prev
+                x.zeros_like()
             };
+            let step = sched.step(&out, &idx, &x, req.eta, PrevSample::Noise(&z));
+            on_step(i, &step.pred_original);
+            x = step.prev;
         }
         x
     })

@@ -1,0 +1,133 @@
+//! Reward specifications shared by the YAML pipeline and the reward runtimes: how an ONNX
+//! image model's input is prepared and how models chain. Plain data (serde); hrf-rewards runs them.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    #[default]
+    Nchw,
+    Nhwc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    Nearest,
+    #[default]
+    Bilinear,
+    Bicubic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CropMode {
+    /// Resize straight to the input size (aspect ratio not kept).
+    #[default]
+    None,
+    /// Resize the shorter side to the input size, then crop the centre (CLIP's preprocessing).
+    Center,
+}
+
+/// How 8-bit images become an image model's input tensor. Defaults fit the testbed classifiers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageInput {
+    /// The input's name; default: the model's first input.
+    pub name: Option<String>,
+    pub layout: Layout,
+    /// Width and height fed to the model; default: the model's fixed size, else the image's.
+    pub size: Option<[u32; 2]>,
+    pub resize: ResizeMode,
+    pub crop: CropMode,
+    /// Per-channel mean and std applied to x/255 (one value applies to every channel).
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// Channels the model takes: grey images are repeated to RGB, RGB reduced to luma for 1.
+    /// Default: the model's channel dimension.
+    pub channels: Option<u8>,
+}
+
+impl Default for ImageInput {
+    fn default() -> Self {
+        Self {
+            name: None,
+            layout: Layout::Nchw,
+            size: None,
+            resize: ResizeMode::Bilinear,
+            crop: CropMode::None,
+            mean: vec![0.5],
+            std: vec![0.5],
+            channels: None,
+        }
+    }
+}
+
+impl ImageInput {
+    /// CLIP ViT preprocessing (224 px, bicubic, centre crop, CLIP's mean/std, RGB).
+    pub fn clip() -> Self {
+        Self {
+            size: Some([224, 224]),
+            resize: ResizeMode::Bicubic,
+            crop: CropMode::Center,
+            mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
+            std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
+            channels: Some(3),
+            ..Self::default()
+        }
+    }
+}
+
+/// Which output of a model a stage passes on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OutputSel {
+    Index(usize),
+    Name(String),
+}
+
+impl Default for OutputSel {
+    fn default() -> Self {
+        Self::Index(0)
+    }
+}
+
+/// One model of a chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    pub model: PathBuf,
+    #[serde(default)]
+    pub output: OutputSel,
+    /// L2-normalise each row of the selected output before the next stage.
+    #[serde(default)]
+    pub l2_normalize: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_shaped_specs_deserialize() {
+        let spec: ImageInput = serde_json::from_str(
+            r#"{"layout": "nhwc", "size": [224, 224], "crop": "center", "resize": "bicubic"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.layout, Layout::Nhwc);
+        assert_eq!(spec.crop, CropMode::Center);
+        assert!(serde_json::from_str::<ImageInput>(r#"{"layuot": "nhwc"}"#).is_err());
+        let stage: StageSpec = serde_json::from_str(
+            r#"{"model": "clip.onnx", "output": "image_embeds", "l2_normalize": true}"#,
+        )
+        .unwrap();
+        assert_eq!(stage.output, OutputSel::Name("image_embeds".into()));
+        let stage: StageSpec =
+            serde_json::from_str(r#"{"model": "head.onnx", "output": 0}"#).unwrap();
+        assert_eq!(stage.output, OutputSel::Index(0));
+    }
+}

@@ -1,0 +1,1477 @@
+//! `hrf run` pipelines (DESIGN.md §3, §6): the YAML as written (`RunFile`, unknown keys refused),
+//! `--set key.path=value` overrides, and the validated `RunPipeline` (paths resolved against the
+//! YAML's folder, defaults filled, cross-field rules checked, every problem reported at once).
+//! `run_schema` is the JSON Schema of the file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::ddpo::{AdvantageMode, AdvantageSettings, Method, SamplingSettings, TrainingSettings};
+use crate::model::{ModelSource, ModelSpec, ModelSpecRaw};
+use crate::reward::{ImageInput, StageSpec};
+use crate::span::SpanIndex;
+use crate::{parse_yaml, ConfigError, ConfigErrors};
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+/// A run pipeline as written in YAML.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "hrf run pipeline")]
+pub struct RunFile {
+    pub model: ModelSpecRaw,
+    /// diffusers scheduler fields (scheduler_config.json's), used when the model folder has no
+    /// scheduler_config.json.
+    #[serde(default)]
+    pub scheduler: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub sampling: SamplingSettings,
+    #[serde(default)]
+    pub training: TrainingSettings,
+    /// Default: `per-prompt` when prompts are given, else `epoch`.
+    #[serde(default)]
+    pub advantages: Option<AdvantagesRaw>,
+    /// A list of prompts, or `{file: prompts.txt}` (one per line; blank lines and `#` comments
+    /// skipped; relative to the YAML file). Omitted: unconditional sampling.
+    #[serde(default)]
+    pub prompts: Option<PromptsRaw>,
+    /// At least one; the training reward is their weighted sum.
+    pub rewards: Vec<RewardRaw>,
+    #[serde(default)]
+    pub evaluation: EvaluationRaw,
+    pub run: RunSettingsRaw,
+}
+
+/// `advantages:` as written; `mode` defaults by whether there are prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdvantagesRaw {
+    pub mode: Option<AdvantageMode>,
+    /// Per-prompt tracker: rewards kept per prompt.
+    pub buffer_size: usize,
+    /// Per-prompt tracker: below this many, the epoch's statistics are used.
+    pub min_count: usize,
+}
+
+impl Default for AdvantagesRaw {
+    fn default() -> Self {
+        let d = AdvantageSettings::default();
+        Self {
+            mode: None,
+            buffer_size: d.buffer_size,
+            min_count: d.min_count,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
+#[serde(untagged)]
+pub enum PromptsRaw {
+    List(Vec<String>),
+    File(PromptsFile),
+}
+
+// By hand rather than `untagged`, whose error ("did not match any variant") says nothing, and
+// which would buffer the value and lose the place of errors inside it.
+impl<'de> Deserialize<'de> for PromptsRaw {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PromptsRaw;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of prompts or {file: path}")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<PromptsRaw, A::Error> {
+                Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(PromptsRaw::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PromptsRaw, A::Error> {
+                Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(PromptsRaw::File)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptsFile {
+    /// A text file, one prompt per line, relative to the YAML file.
+    pub file: String,
+}
+
+/// The reward kinds: the built-ins by name, and `onnx` for a model chain given by path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RewardKindName {
+    /// JPEG (q95) size in kB, negated: smaller files score higher.
+    JpegCompressibility,
+    /// JPEG (q95) size in kB.
+    JpegIncompressibility,
+    /// The testbed's aesthetic head on the reward classifier's features.
+    Aesthetic,
+    /// The reward classifier's probability of the prompted class (needs prompts).
+    PromptAlignment,
+    /// A chain of ONNX models (`stages`), their input preparation (`input`) and the score taken
+    /// from the last output (`score`).
+    Onnx,
+}
+
+impl RewardKindName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JpegCompressibility => "jpeg-compressibility",
+            Self::JpegIncompressibility => "jpeg-incompressibility",
+            Self::Aesthetic => "aesthetic",
+            Self::PromptAlignment => "prompt-alignment",
+            Self::Onnx => "onnx",
+        }
+    }
+}
+
+/// One entry of `rewards:` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewardRaw {
+    pub kind: RewardKindName,
+    /// Required for `onnx`; built-ins default to their kind. Unique, [A-Za-z0-9._-]+.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Weight in the combined reward: finite, non-zero.
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// `onnx` only: the models, in order; paths relative to the YAML file.
+    #[serde(default)]
+    pub stages: Option<Vec<StageSpec>>,
+    /// `onnx` only: how images become the first model's input.
+    #[serde(default)]
+    pub input: Option<ImageInput>,
+    /// `onnx` only: `{column: N}` (default column 0) or `prompted-class`.
+    #[serde(default)]
+    pub score: Option<ScoreRaw>,
+    /// `onnx` with `score: prompted-class`: the class names of the output columns; default: the
+    /// model folder's classes.json.
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+    /// Images per reward call.
+    #[serde(default = "default_reward_batch")]
+    pub batch_size: usize,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn default_reward_batch() -> usize {
+    256
+}
+
+/// What an ONNX reward scores: a fixed output column, or the column of the prompted class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ScoreRaw {
+    Column(usize),
+    PromptedClass,
+}
+
+/// `evaluation:` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluationRaw {
+    /// Evaluate every this many epochs; 0: only the final evaluation.
+    pub every: usize,
+    /// Seed of the fixed evaluation noise (the same for every run compared).
+    pub seed: u64,
+    /// Samples per evaluation during training.
+    pub samples: usize,
+    /// Samples of the final evaluation.
+    pub final_samples: usize,
+    pub batch_size: usize,
+    /// DDIM η of evaluation sampling.
+    pub eta: f64,
+    /// Guidance weight; default: sampling.guidance.
+    pub guidance: Option<f64>,
+    /// How the best checkpoint is chosen.
+    pub best_by: BestBy,
+}
+
+impl Default for EvaluationRaw {
+    fn default() -> Self {
+        Self {
+            every: 5,
+            seed: 1234,
+            samples: 128,
+            final_samples: 1000,
+            batch_size: 64,
+            eta: 0.0,
+            guidance: None,
+            best_by: BestBy::Reward,
+        }
+    }
+}
+
+/// The rule that picks the best checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BestBy {
+    /// The highest evaluation reward.
+    #[default]
+    Reward,
+    /// The highest evaluation reward among evaluations whose Vendi score is at least
+    /// `min_vendi_ratio` × the base model's.
+    #[serde(rename = "reward-with-diversity")]
+    RewardAndDiversity { min_vendi_ratio: f64 },
+}
+
+/// `run:` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettingsRaw {
+    /// The run's name, [A-Za-z0-9._-]+; its folder is `<output>/<name>-<timestamp>`.
+    pub name: String,
+    /// Where run folders go, relative to the YAML file.
+    #[serde(default = "default_output")]
+    pub output: String,
+    /// Seed of the training noise and shuffles.
+    #[serde(default)]
+    pub seed: u64,
+    /// Save a checkpoint every this many epochs.
+    #[serde(default = "default_save_every")]
+    pub save_every: usize,
+    /// Checkpoints kept (best/ and final/ apart).
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+}
+
+fn default_output() -> String {
+    "runs".into()
+}
+
+fn default_save_every() -> usize {
+    5
+}
+
+fn default_keep() -> usize {
+    2
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated pipeline.
+
+/// A validated run pipeline: paths resolved (absolute), every default filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPipeline {
+    /// The YAML file, as given.
+    pub file: PathBuf,
+    /// Its text, as given (before `--set` overrides).
+    pub text: String,
+    pub model: ModelSpec,
+    /// A mapping of diffusers scheduler fields, when the YAML gives one.
+    pub scheduler: Option<Value>,
+    pub sampling: SamplingSettings,
+    /// `seed` is `run.seed`.
+    pub training: TrainingSettings,
+    pub advantages: AdvantageSettings,
+    /// Empty: unconditional.
+    pub prompts: Vec<String>,
+    pub rewards: Vec<RewardSpec>,
+    pub evaluation: EvaluationSettings,
+    pub run: RunSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardSpec {
+    pub name: String,
+    pub weight: f64,
+    pub kind: RewardKind,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RewardKind {
+    /// A built-in reward, by its kind (`jpeg-compressibility`, `aesthetic`, …).
+    Builtin(String),
+    Onnx {
+        /// Model paths resolved against the YAML's folder.
+        stages: Vec<StageSpec>,
+        input: ImageInput,
+        score: ScoreSpec,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScoreSpec {
+    Column(usize),
+    /// The prompted class's column; the class names when the YAML gives them, else the model
+    /// folder's classes.json.
+    PromptedClass(Option<Vec<String>>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvaluationSettings {
+    pub every: usize,
+    pub seed: u64,
+    pub samples: usize,
+    pub final_samples: usize,
+    pub batch_size: usize,
+    pub eta: f64,
+    pub guidance: f64,
+    pub best_by: BestBy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSettings {
+    pub name: String,
+    /// Resolved against the YAML's folder.
+    pub output: PathBuf,
+    pub seed: u64,
+    pub save_every: usize,
+    pub keep: usize,
+}
+
+impl RunPipeline {
+    /// The pipeline with every default filled, in the YAML's shape (written to the run folder
+    /// as pipeline.resolved.*). It is itself a valid pipeline: loading it gives this one back.
+    /// `Serialize` writes the same, with the sections in the file's order.
+    pub fn resolved(&self) -> Value {
+        serde_json::to_value(self).expect("plain data")
+    }
+}
+
+/// The serialized shape of a `RunPipeline`: the YAML's, every default written out.
+#[derive(Serialize)]
+struct Resolved<'a> {
+    model: ResolvedModel<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduler: Option<&'a Value>,
+    sampling: &'a SamplingSettings,
+    training: &'a TrainingSettings,
+    advantages: &'a AdvantageSettings,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    prompts: &'a [String],
+    rewards: Vec<ResolvedReward<'a>>,
+    evaluation: &'a EvaluationSettings,
+    run: &'a RunSettings,
+}
+
+#[derive(Serialize)]
+struct ResolvedModel<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weights: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<&'a str>,
+    device: &'a str,
+}
+
+#[derive(Serialize)]
+struct ResolvedReward<'a> {
+    kind: &'a str,
+    name: &'a str,
+    weight: f64,
+    batch_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stages: Option<&'a [StageSpec]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a ImageInput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<ScoreRaw>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classes: Option<&'a [String]>,
+}
+
+impl Serialize for RunPipeline {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (weights, config) = match &self.model.source {
+            ModelSource::Folder(p) => (Some(p.as_path()), None),
+            ModelSource::Named(n) => (None, Some(n.as_str())),
+        };
+        let rewards = self
+            .rewards
+            .iter()
+            .map(|r| {
+                let mut out = ResolvedReward {
+                    kind: "onnx",
+                    name: &r.name,
+                    weight: r.weight,
+                    batch_size: r.batch_size,
+                    stages: None,
+                    input: None,
+                    score: None,
+                    classes: None,
+                };
+                match &r.kind {
+                    RewardKind::Builtin(kind) => out.kind = kind,
+                    RewardKind::Onnx {
+                        stages,
+                        input,
+                        score,
+                    } => {
+                        out.stages = Some(stages);
+                        out.input = Some(input);
+                        match score {
+                            ScoreSpec::Column(c) => out.score = Some(ScoreRaw::Column(*c)),
+                            ScoreSpec::PromptedClass(classes) => {
+                                out.score = Some(ScoreRaw::PromptedClass);
+                                out.classes = classes.as_deref();
+                            }
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        Resolved {
+            model: ResolvedModel {
+                weights,
+                config,
+                device: &self.model.device,
+            },
+            scheduler: self.scheduler.as_ref(),
+            sampling: &self.sampling,
+            training: &self.training,
+            advantages: &self.advantages,
+            prompts: &self.prompts,
+            rewards,
+            evaluation: &self.evaluation,
+            run: &self.run,
+        }
+        .serialize(s)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+/// Reads, overrides (`--set key.path=value`, applied in order) and validates a run pipeline.
+/// Every problem comes back at once, with line:column where the value is in the file.
+pub fn load_with_overrides(file: &Path, sets: &[String]) -> Result<RunPipeline, ConfigErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse(file, &text, sets)
+}
+
+/// Reads and validates a run pipeline.
+pub fn load(file: &Path) -> Result<RunPipeline, ConfigErrors> {
+    load_with_overrides(file, &[])
+}
+
+/// `load_with_overrides` on text already read from `file` (relative paths resolve against
+/// `file`'s folder).
+pub fn parse(file: &Path, text: &str, sets: &[String]) -> Result<RunPipeline, ConfigErrors> {
+    let index = SpanIndex::of(text);
+    let (raw, overridden) = if sets.is_empty() {
+        (parse_yaml::<RunFile>(file, text)?, Vec::new())
+    } else {
+        let mut doc: Value = parse_yaml(file, text)?;
+        if doc.is_null() {
+            doc = Value::Object(Map::new());
+        }
+        let mut problems = Vec::new();
+        let mut overridden = Vec::new();
+        for set in sets {
+            match apply_set(&mut doc, set) {
+                Ok(path) => overridden.push(path),
+                Err(message) => problems.push(ConfigError::field(
+                    file,
+                    "--set",
+                    format!("{set:?}: {message}"),
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        // JSON is YAML: parse the merged document as text so that serde errors still name
+        // their place, then carry that place back to the file (or to the override).
+        let merged = serde_json::to_string_pretty(&doc).expect("plain data");
+        let raw = parse_yaml::<RunFile>(file, &merged).map_err(|e| {
+            let merged_index = SpanIndex::of(&merged);
+            ConfigErrors(
+                e.0.into_iter()
+                    .map(|mut err| {
+                        let path = err
+                            .line
+                            .and_then(|l| merged_index.path_at_line(l))
+                            .map(str::to_string);
+                        err.line = None;
+                        err.column = None;
+                        if let Some(p) = path.filter(|p| !p.is_empty()) {
+                            err.field = Some(p);
+                        }
+                        err
+                    })
+                    .collect(),
+            )
+        });
+        let raw = raw.map_err(|e| locate(e, &index, &overridden))?;
+        (raw, overridden)
+    };
+    raw.validate(file, text.to_string())
+        .map_err(|e| locate(e, &index, &overridden))
+}
+
+/// Gives each error that names a field, and has no place yet, the place of that field (or of its
+/// nearest written ancestor) in the file, unless an override set it.
+fn locate(errors: ConfigErrors, index: &SpanIndex, overridden: &[String]) -> ConfigErrors {
+    let is_overridden = |field: &str| {
+        overridden.iter().any(|o| {
+            field == o
+                || field
+                    .strip_prefix(o.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+        })
+    };
+    let mut errors: Vec<ConfigError> = errors
+        .0
+        .into_iter()
+        .map(|mut e| {
+            if e.line.is_none() {
+                if let Some(f) = e.field.as_deref().filter(|f| *f != "--set") {
+                    if !is_overridden(f) {
+                        if let Some((l, c)) = index.get(f) {
+                            e.line = Some(l);
+                            e.column = Some(c);
+                        }
+                    }
+                }
+            }
+            e
+        })
+        .collect();
+    // In the file's order; those without a place (overrides) last.
+    errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+    ConfigErrors(errors)
+}
+
+/// One `--set key.path=value`: the value is YAML (`3e-4`, `[a, b]`, `{column: 1}`, text);
+/// missing mappings on the way are created; `rewards.0.weight` and `rewards[0].weight` index a
+/// list. Returns the canonical path it set.
+fn apply_set(doc: &mut Value, set: &str) -> Result<String, String> {
+    let (path, value) = set
+        .split_once('=')
+        .ok_or("expected key.path=value (no `=`)")?;
+    let path = path.trim();
+    if path.is_empty() {
+        return Err("empty key path".into());
+    }
+    let segments: Vec<&str> = path.split(['.', '[']).collect();
+    let segments: Vec<&str> = segments
+        .iter()
+        .map(|s| s.strip_suffix(']').unwrap_or(s))
+        .collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(format!("malformed key path {path:?}"));
+    }
+    let value: Value = if value.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_saphyr::from_str(value).map_err(|e| format!("the value is not YAML: {e}"))?
+    };
+    let mut canonical = String::new();
+    let mut cur = doc;
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        if cur.is_null() {
+            *cur = Value::Object(Map::new());
+        }
+        let here = if canonical.is_empty() {
+            "the document".to_string()
+        } else {
+            canonical.clone()
+        };
+        cur = match cur {
+            Value::Object(m) => {
+                if !canonical.is_empty() {
+                    canonical.push('.');
+                }
+                canonical.push_str(seg);
+                m.entry(seg.to_string()).or_insert(Value::Null)
+            }
+            Value::Array(items) => {
+                let n = items.len();
+                let idx = seg
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&k| k < n)
+                    .ok_or_else(|| format!("{here} is a list of {n}; {seg:?} is not an index"))?;
+                canonical.push_str(&format!("[{idx}]"));
+                &mut items[idx]
+            }
+            other => {
+                return Err(format!(
+                    "{here} is {}, not a mapping",
+                    match other {
+                        Value::Bool(_) => "a boolean",
+                        Value::Number(_) => "a number",
+                        _ => "text",
+                    }
+                ))
+            }
+        };
+        if last {
+            *cur = value;
+            break;
+        }
+    }
+    Ok(canonical)
+}
+
+/// Problems found so far, each naming its field.
+struct Problems<'a> {
+    file: &'a Path,
+    list: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn push(&mut self, field: impl AsRef<str>, message: impl Into<String>) {
+        self.list
+            .push(ConfigError::field(self.file, field.as_ref(), message));
+    }
+
+    /// `v` must be finite and satisfy `ok`; `rule` says what is expected.
+    fn real(&mut self, field: impl AsRef<str>, v: f64, ok: impl Fn(f64) -> bool, rule: &str) {
+        if !(v.is_finite() && ok(v)) {
+            self.push(field, format!("must be {rule}, got {v}"));
+        }
+    }
+
+    fn at_least(&mut self, field: impl AsRef<str>, v: usize, min: usize) {
+        if v < min {
+            let rule = if min == 1 {
+                "positive".to_string()
+            } else {
+                format!("≥ {min}")
+            };
+            self.push(field, format!("must be {rule}, got {v}"));
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl RunFile {
+    /// Checks the pipeline read from `file` (relative paths resolve against its folder) and
+    /// fills its defaults. Errors name their field; `load` adds their line:column.
+    pub fn validate(self, file: &Path, text: String) -> Result<RunPipeline, ConfigErrors> {
+        let mut p = Problems {
+            file,
+            list: Vec::new(),
+        };
+        // Resolved paths are absolute so that the resolved pipeline stands on its own.
+        let abs_file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        let base = abs_file.parent().unwrap_or(Path::new(".")).to_path_buf();
+
+        let model = match self.model.validate(&abs_file) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                for mut err in e.0 {
+                    err.file = file.to_path_buf();
+                    p.list.push(err);
+                }
+                None
+            }
+        };
+
+        let s = &self.sampling;
+        if s.steps < 2 {
+            p.push("sampling.steps", format!("must be ≥ 2, got {}", s.steps));
+        }
+        p.at_least("sampling.batch_size", s.batch_size, 1);
+        p.at_least("sampling.batches_per_epoch", s.batches_per_epoch, 1);
+        p.real(
+            "sampling.eta",
+            s.eta,
+            |v| (0.0..=1.0).contains(&v),
+            "in [0, 1]",
+        );
+        p.real("sampling.guidance", s.guidance, |v| v >= 0.0, "≥ 0");
+        p.real("sampling.sigma_min", s.sigma_min, |v| v >= 0.0, "≥ 0");
+
+        let t = &self.training;
+        p.at_least("training.epochs", t.epochs, 1);
+        p.at_least("training.inner_epochs", t.inner_epochs, 1);
+        p.at_least("training.batch_size", t.batch_size, 1);
+        p.at_least("training.grad_accum", t.grad_accum, 1);
+        let o = &t.optimizer;
+        p.real("training.optimizer.lr", o.lr, |v| v > 0.0, "positive");
+        p.real(
+            "training.optimizer.weight_decay",
+            o.weight_decay,
+            |v| v >= 0.0,
+            "≥ 0",
+        );
+        let unit = |v: f64| (0.0..1.0).contains(&v);
+        p.real("training.optimizer.beta1", o.beta1, unit, "in [0, 1)");
+        p.real("training.optimizer.beta2", o.beta2, unit, "in [0, 1)");
+        p.real("training.optimizer.eps", o.eps, |v| v > 0.0, "positive");
+        p.real(
+            "training.max_grad_norm",
+            t.max_grad_norm,
+            |v| v > 0.0,
+            "positive",
+        );
+        p.real("training.adv_clip", t.adv_clip, |v| v > 0.0, "positive");
+        p.real("training.clip_range", t.clip_range, |v| v > 0.0, "positive");
+        p.real(
+            "training.timestep_fraction",
+            t.timestep_fraction,
+            |v| v > 0.0 && v <= 1.0,
+            "in (0, 1]",
+        );
+        p.real("training.kl_coef", t.kl_coef, |v| v >= 0.0, "≥ 0");
+        if t.method == Method::DdpoSf && t.inner_epochs != 1 {
+            p.push(
+                "training.inner_epochs",
+                format!(
+                    "ddpo-sf takes one optimiser step per epoch: inner_epochs must be 1, got {}",
+                    t.inner_epochs
+                ),
+            );
+        }
+
+        let prompts = match &self.prompts {
+            None => Vec::new(),
+            Some(PromptsRaw::List(list)) => {
+                if list.is_empty() {
+                    p.push("prompts", "empty: give prompts or leave `prompts` out");
+                }
+                for (i, prompt) in list.iter().enumerate() {
+                    if prompt.trim().is_empty() {
+                        p.push(format!("prompts[{i}]"), "empty prompt");
+                    }
+                }
+                list.clone()
+            }
+            Some(PromptsRaw::File(PromptsFile { file: f })) => {
+                let path = base.join(f);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        let list: Vec<String> = text
+                            .lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                            .map(str::to_string)
+                            .collect();
+                        if list.is_empty() {
+                            p.push("prompts.file", format!("{} has no prompts", path.display()));
+                        }
+                        list
+                    }
+                    Err(e) => {
+                        p.push(
+                            "prompts.file",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        let conditional = self.prompts.is_some();
+
+        let a = self.advantages.unwrap_or_default();
+        let mode = a.mode.unwrap_or(if conditional {
+            AdvantageMode::PerPrompt
+        } else {
+            AdvantageMode::Epoch
+        });
+        if mode == AdvantageMode::PerPrompt && !conditional {
+            p.push("advantages.mode", "per-prompt advantages need `prompts`");
+        }
+        if mode == AdvantageMode::Group && matches!(t.method, Method::DdpoIs | Method::DdpoSf) {
+            p.push(
+                "advantages.mode",
+                "group advantages need method hrf or hrf-d",
+            );
+        }
+        p.at_least("advantages.buffer_size", a.buffer_size, 1);
+        p.at_least("advantages.min_count", a.min_count, 1);
+        if a.min_count > a.buffer_size {
+            p.push(
+                "advantages.min_count",
+                format!(
+                    "must be ≤ buffer_size ({}), got {}",
+                    a.buffer_size, a.min_count
+                ),
+            );
+        }
+
+        if self.rewards.is_empty() {
+            p.push("rewards", "give at least one reward");
+        }
+        let mut rewards = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, r) in self.rewards.into_iter().enumerate() {
+            let at = |f: &str| format!("rewards[{i}].{f}");
+            let kind = r.kind.as_str();
+            let name = match (&r.name, r.kind) {
+                (Some(n), _) => n.clone(),
+                (None, RewardKindName::Onnx) => {
+                    p.push(at("name"), "an onnx reward needs a name");
+                    String::new()
+                }
+                (None, _) => kind.to_string(),
+            };
+            if !name.is_empty() {
+                if !valid_name(&name) {
+                    p.push(
+                        at("name"),
+                        format!("{name:?}: use letters, digits, '.', '_' and '-'"),
+                    );
+                } else if !names.insert(name.clone()) {
+                    p.push(at("name"), format!("duplicate reward name {name:?}"));
+                }
+            }
+            if !(r.weight.is_finite() && r.weight != 0.0) {
+                p.push(
+                    at("weight"),
+                    format!("must be finite and non-zero, got {}", r.weight),
+                );
+            }
+            p.at_least(at("batch_size"), r.batch_size, 1);
+            let kind = if r.kind == RewardKindName::Onnx {
+                let stages = r.stages.unwrap_or_default();
+                if stages.is_empty() {
+                    p.push(at("stages"), "an onnx reward needs at least one model");
+                }
+                let stages: Vec<StageSpec> = stages
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, mut s)| {
+                        s.model = base.join(&s.model);
+                        if !s.model.is_file() {
+                            p.push(
+                                at(&format!("stages[{k}].model")),
+                                format!("{} not found", s.model.display()),
+                            );
+                        }
+                        s
+                    })
+                    .collect();
+                let score = match r.score.unwrap_or(ScoreRaw::Column(0)) {
+                    ScoreRaw::Column(c) => {
+                        if r.classes.is_some() {
+                            p.push(at("classes"), "only `score: prompted-class` takes classes");
+                        }
+                        ScoreSpec::Column(c)
+                    }
+                    ScoreRaw::PromptedClass => {
+                        if !conditional {
+                            p.push(at("score"), "prompted-class needs `prompts`");
+                        }
+                        if r.classes.as_ref().is_some_and(|c| c.is_empty()) {
+                            p.push(at("classes"), "empty: give the class names or leave it out");
+                        }
+                        ScoreSpec::PromptedClass(r.classes)
+                    }
+                };
+                RewardKind::Onnx {
+                    stages,
+                    input: r.input.unwrap_or_default(),
+                    score,
+                }
+            } else {
+                for (field, given) in [
+                    ("stages", r.stages.is_some()),
+                    ("input", r.input.is_some()),
+                    ("score", r.score.is_some()),
+                    ("classes", r.classes.is_some()),
+                ] {
+                    if given {
+                        p.push(
+                            at(field),
+                            format!("only onnx rewards take `{field}`; {kind} is built in"),
+                        );
+                    }
+                }
+                if r.kind == RewardKindName::PromptAlignment && !conditional {
+                    p.push(at("kind"), "prompt-alignment needs `prompts`");
+                }
+                RewardKind::Builtin(kind.to_string())
+            };
+            rewards.push(RewardSpec {
+                name,
+                weight: r.weight,
+                kind,
+                batch_size: r.batch_size,
+            });
+        }
+
+        let e = &self.evaluation;
+        p.at_least("evaluation.samples", e.samples, 2);
+        p.at_least("evaluation.final_samples", e.final_samples, 2);
+        p.at_least("evaluation.batch_size", e.batch_size, 1);
+        p.real(
+            "evaluation.eta",
+            e.eta,
+            |v| (0.0..=1.0).contains(&v),
+            "in [0, 1]",
+        );
+        let guidance = e.guidance.unwrap_or(s.guidance);
+        if let Some(g) = e.guidance {
+            p.real("evaluation.guidance", g, |v| v >= 0.0, "≥ 0");
+        }
+        if let BestBy::RewardAndDiversity { min_vendi_ratio } = e.best_by {
+            p.real(
+                "evaluation.best_by.reward-with-diversity.min_vendi_ratio",
+                min_vendi_ratio,
+                |v| v >= 0.0,
+                "≥ 0",
+            );
+        }
+
+        let r = &self.run;
+        if !valid_name(&r.name) {
+            p.push(
+                "run.name",
+                format!("{:?}: use letters, digits, '.', '_' and '-'", r.name),
+            );
+        }
+        p.at_least("run.save_every", r.save_every, 1);
+        p.at_least("run.keep", r.keep, 1);
+
+        match model {
+            Some(model) if p.list.is_empty() => Ok(RunPipeline {
+                file: file.to_path_buf(),
+                text,
+                model,
+                scheduler: self.scheduler.map(Value::Object),
+                sampling: self.sampling,
+                training: TrainingSettings {
+                    seed: self.run.seed,
+                    ..self.training
+                },
+                advantages: AdvantageSettings {
+                    mode,
+                    buffer_size: a.buffer_size,
+                    min_count: a.min_count,
+                },
+                prompts,
+                rewards,
+                evaluation: EvaluationSettings {
+                    every: e.every,
+                    seed: e.seed,
+                    samples: e.samples,
+                    final_samples: e.final_samples,
+                    batch_size: e.batch_size,
+                    eta: e.eta,
+                    guidance,
+                    best_by: e.best_by,
+                },
+                run: RunSettings {
+                    name: self.run.name,
+                    output: base.join(&self.run.output),
+                    seed: self.run.seed,
+                    save_every: self.run.save_every,
+                    keep: self.run.keep,
+                },
+            }),
+            _ => Err(ConfigErrors(p.list)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The JSON Schema.
+
+/// The JSON Schema (draft 2020-12) of a run pipeline file.
+pub fn run_schema() -> Value {
+    let mut schema =
+        serde_json::to_value(schemars::schema_for!(RunFile)).expect("a schema is plain data");
+    // AdamWSettings' own defaults are pretraining's; a run's optimizer defaults are training's.
+    let defaults = json!(TrainingSettings::default().optimizer);
+    if let Some(props) = schema
+        .pointer_mut("/$defs/AdamWSettings/properties")
+        .and_then(Value::as_object_mut)
+    {
+        for (name, prop) in props.iter_mut() {
+            if let (Some(p), Some(d)) = (prop.as_object_mut(), defaults.get(name)) {
+                p.insert("default".into(), d.clone());
+            }
+        }
+    }
+    schema
+}
+
+/// `run_schema()` as `hrf schema` prints it and configs/pipeline.schema.json holds it.
+pub fn run_schema_text() -> String {
+    let mut s = serde_json::to_string_pretty(&run_schema()).expect("plain data");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ddpo::StepReduction;
+
+    /// A folder with a model, an ONNX file and a prompts file; removed on drop.
+    struct Fixture(PathBuf);
+
+    impl Fixture {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("hrf-run-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("models/base")).unwrap();
+            std::fs::create_dir_all(dir.join("configs")).unwrap();
+            std::fs::write(dir.join("models/base/config.json"), "{}").unwrap();
+            std::fs::write(dir.join("models/head.onnx"), "onnx").unwrap();
+            std::fs::write(
+                dir.join("configs/prompts.txt"),
+                "# classes\na photo of a shirt\n\n  a photo of a sneaker  \n",
+            )
+            .unwrap();
+            Self(dir)
+        }
+
+        /// Writes `configs/p.yaml` and loads it.
+        fn load(&self, text: &str, sets: &[&str]) -> Result<RunPipeline, ConfigErrors> {
+            let file = self.0.join("configs/p.yaml");
+            std::fs::write(&file, text).unwrap();
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            load_with_overrides(&file, &sets)
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const MINIMAL: &str = "\
+model: {weights: ../models/base}
+rewards:
+  - {kind: jpeg-compressibility}
+run: {name: ddpo-compressibility}
+";
+
+    const FULL: &str = "\
+model: {weights: ../models/base, device: cpu}
+scheduler: {num_train_timesteps: 1000, beta_schedule: linear}
+sampling: {steps: 20, eta: 1.0, guidance: 2.0, batch_size: 8, batches_per_epoch: 4}
+training:
+  method: ddpo-is
+  epochs: 3
+  optimizer: {lr: 3.0e-4, weight_decay: 0.0}
+  inner_epochs: 2
+  step_reduction: sum
+advantages: {buffer_size: 64}
+prompts: {file: prompts.txt}
+rewards:
+  - {kind: prompt-alignment, weight: 2}
+  - kind: onnx
+    name: my-score
+    weight: -0.5
+    stages:
+      - {model: ../models/head.onnx, output: features, l2_normalize: true}
+      - {model: ../models/head.onnx}
+    input: {layout: nhwc, size: [224, 224]}
+    score: prompted-class
+    classes: [shirt, sneaker]
+    batch_size: 16
+evaluation:
+  every: 0
+  samples: 16
+  best_by: {reward-with-diversity: {min_vendi_ratio: 0.8}}
+run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
+";
+
+    fn messages(e: &ConfigErrors) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn a_minimal_pipeline_gets_every_default() {
+        let fx = Fixture::new("minimal");
+        let p = fx.load(MINIMAL, &[]).unwrap();
+        assert_eq!(
+            p.model.source,
+            ModelSource::Folder(fx.0.join("configs/../models/base"))
+        );
+        assert_eq!(p.scheduler, None);
+        assert_eq!(p.sampling, SamplingSettings::default());
+        assert_eq!(p.training, TrainingSettings::default());
+        assert_eq!(p.advantages, AdvantageSettings::default());
+        assert!(p.prompts.is_empty());
+        assert_eq!(
+            p.rewards,
+            [RewardSpec {
+                name: "jpeg-compressibility".into(),
+                weight: 1.0,
+                kind: RewardKind::Builtin("jpeg-compressibility".into()),
+                batch_size: 256,
+            }]
+        );
+        assert_eq!(p.evaluation.every, 5);
+        assert_eq!(p.evaluation.guidance, p.sampling.guidance);
+        assert_eq!(p.evaluation.best_by, BestBy::Reward);
+        assert_eq!(p.run.output, fx.0.join("configs/runs"));
+        assert_eq!((p.run.seed, p.run.save_every, p.run.keep), (0, 5, 2));
+        assert_eq!(p.text, MINIMAL);
+    }
+
+    #[test]
+    fn a_full_pipeline_parses_and_resolves() {
+        let fx = Fixture::new("full");
+        let p = fx.load(FULL, &[]).unwrap();
+        assert_eq!(p.model.device, "cpu");
+        assert_eq!(p.scheduler.as_ref().unwrap()["num_train_timesteps"], 1000);
+        assert_eq!(p.sampling.steps, 20);
+        assert_eq!(p.sampling.sigma_min, 1e-4);
+        assert_eq!(p.training.optimizer.lr, 3e-4);
+        assert_eq!(p.training.optimizer.beta2, 0.999);
+        assert_eq!(p.training.step_reduction, StepReduction::Sum);
+        assert_eq!(p.training.seed, 7, "training.seed is run.seed");
+        // Prompts are given, so the advantage mode defaults to the per-prompt tracker.
+        assert_eq!(p.advantages.mode, AdvantageMode::PerPrompt);
+        assert_eq!((p.advantages.buffer_size, p.advantages.min_count), (64, 16));
+        assert_eq!(p.prompts, ["a photo of a shirt", "a photo of a sneaker"]);
+        assert_eq!(p.rewards[0].name, "prompt-alignment");
+        assert_eq!(p.rewards[0].weight, 2.0);
+        let RewardKind::Onnx {
+            stages,
+            input,
+            score,
+        } = &p.rewards[1].kind
+        else {
+            panic!("{:?}", p.rewards[1]);
+        };
+        assert_eq!(stages[0].model, fx.0.join("configs/../models/head.onnx"));
+        assert_eq!(
+            stages[0].output,
+            crate::reward::OutputSel::Name("features".into())
+        );
+        assert!(stages[0].l2_normalize && !stages[1].l2_normalize);
+        assert_eq!(input.size, Some([224, 224]));
+        assert_eq!(input.mean, [0.5]);
+        assert_eq!(
+            *score,
+            ScoreSpec::PromptedClass(Some(vec!["shirt".into(), "sneaker".into()]))
+        );
+        assert_eq!(p.rewards[1].batch_size, 16);
+        assert_eq!(p.evaluation.guidance, 2.0);
+        assert_eq!(
+            p.evaluation.best_by,
+            BestBy::RewardAndDiversity {
+                min_vendi_ratio: 0.8
+            }
+        );
+        assert_eq!(p.run.output, fx.0.join("configs/../runs"));
+    }
+
+    #[test]
+    fn the_resolved_pipeline_loads_back_to_the_same_pipeline() {
+        let fx = Fixture::new("resolved");
+        let tricky = MINIMAL.replace(
+            "run:",
+            "prompts: ['1', 'yes', 'null', 'a: b', '#x']\nscheduler: {beta_start: 0.0001}\nrun:",
+        );
+        for text in [MINIMAL, FULL, &tricky] {
+            let p = fx.load(text, &[]).unwrap();
+            let json = serde_json::to_string_pretty(&p).unwrap();
+            let yaml = serde_saphyr::to_string(&p).unwrap();
+            assert!(yaml.starts_with("model:"), "{yaml}");
+            for (name, resolved) in [("json", json), ("yaml", yaml)] {
+                // From another folder: every path in it is absolute.
+                let other = fx.0.join(format!("elsewhere/pipeline.resolved.{name}"));
+                std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+                std::fs::write(&other, &resolved).unwrap();
+                let back = load(&other).unwrap_or_else(|e| panic!("{e}\n{resolved}"));
+                assert_eq!(
+                    RunPipeline {
+                        file: p.file.clone(),
+                        text: p.text.clone(),
+                        ..back
+                    },
+                    p,
+                    "{resolved}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let fx = Fixture::new("unknown");
+        let text = MINIMAL.replace("run:", "training:\n  epocs: 3\nrun:");
+        let e = fx.load(&text, &[]).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].line, Some(5), "{e}");
+        assert!(messages(&e).contains("epocs"), "{e}");
+        // training.seed is run.seed: not a training field.
+        let text = MINIMAL.replace("run:", "training: {seed: 3}\nrun:");
+        let e = fx.load(&text, &[]).unwrap_err();
+        assert_eq!(e.0[0].line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_refused_with_their_line() {
+        let fx = Fixture::new("types");
+        let text = MINIMAL.replace("run:", "sampling:\n  steps: many\nrun:");
+        let e = fx.load(&text, &[]).unwrap_err();
+        assert_eq!(e.0[0].line, Some(5), "{e}");
+        let text = MINIMAL.replace("run:", "scheduler: [1, 2]\nrun:");
+        let e = fx.load(&text, &[]).unwrap_err();
+        assert_eq!(e.0[0].line, Some(4), "{e}");
+        let text = MINIMAL.replace("jpeg-compressibility", "jpeg");
+        let e = fx.load(&text, &[]).unwrap_err();
+        assert_eq!(e.0[0].line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn a_missing_model_folder_is_named() {
+        let fx = Fixture::new("model");
+        let e = fx
+            .load(&MINIMAL.replace("models/base", "models/nope"), &[])
+            .unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].field.as_deref(), Some("model.weights"));
+        assert_eq!(e.0[0].line, Some(1), "{e}");
+        assert!(messages(&e).contains("p.yaml:1:"), "{e}");
+    }
+
+    #[test]
+    fn a_negative_learning_rate_is_named_with_its_place() {
+        let fx = Fixture::new("lr");
+        let text = MINIMAL.replace("run:", "training:\n  optimizer:\n    lr: -1e-4\nrun:");
+        let e = fx.load(&text, &[]).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        let err = &e.0[0];
+        assert_eq!(err.field.as_deref(), Some("training.optimizer.lr"));
+        assert_eq!((err.line, err.column), (Some(6), Some(9)), "{e}");
+        assert!(messages(&e).contains("p.yaml:6:9: training.optimizer.lr: must be positive"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let fx = Fixture::new("many");
+        let text = "\
+model: {weights: ../models/base}
+sampling: {steps: 1, eta: 2}
+training: {method: ddpo-sf, inner_epochs: 2, timestep_fraction: 0, optimizer: {beta1: 1}}
+advantages: {mode: group}
+rewards:
+  - {kind: prompt-alignment}
+  - {kind: onnx, stages: [{model: missing.onnx}], score: {column: 1}, classes: [a]}
+  - {kind: aesthetic, weight: 0, input: {layout: nhwc}}
+  - {kind: aesthetic}
+evaluation: {samples: 1}
+run: {name: 'a b', keep: 0}
+";
+        let e = fx.load(text, &[]).unwrap_err();
+        let want = [
+            ("sampling.steps", 2),
+            ("sampling.eta", 2),
+            ("training.inner_epochs", 3),
+            ("training.timestep_fraction", 3),
+            ("training.optimizer.beta1", 3),
+            ("advantages.mode", 4),
+            ("rewards[0].kind", 6),
+            ("rewards[1].name", 7),
+            ("rewards[1].stages[0].model", 7),
+            ("rewards[1].classes", 7),
+            ("rewards[2].weight", 8),
+            ("rewards[2].input", 8),
+            ("rewards[3].name", 9),
+            ("evaluation.samples", 10),
+            ("run.name", 11),
+            ("run.keep", 11),
+        ];
+        for (field, line) in want {
+            let found = e.0.iter().find(|x| x.field.as_deref() == Some(field));
+            let found = found.unwrap_or_else(|| panic!("no error for {field}:\n{e}"));
+            assert_eq!(found.line, Some(line), "{field}:\n{e}");
+        }
+        assert_eq!(e.0.len(), want.len(), "{e}");
+        let msg = messages(&e);
+        assert!(
+            msg.contains("group advantages need method hrf or hrf-d"),
+            "{msg}"
+        );
+        assert!(msg.contains("duplicate reward name \"aesthetic\""), "{msg}");
+        assert!(msg.contains("ddpo-sf"), "{msg}");
+    }
+
+    #[test]
+    fn per_prompt_advantages_need_prompts() {
+        let fx = Fixture::new("per-prompt");
+        let text = MINIMAL.replace("run:", "advantages: {mode: per-prompt}\nrun:");
+        let e = fx.load(&text, &[]).unwrap_err();
+        assert_eq!(e.0[0].field.as_deref(), Some("advantages.mode"), "{e}");
+        assert_eq!(e.0[0].line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn prompts_come_from_a_file_relative_to_the_yaml() {
+        let fx = Fixture::new("prompts");
+        let text = MINIMAL.replace("run:", "prompts: {file: prompts.txt}\nrun:");
+        let p = fx.load(&text, &[]).unwrap();
+        assert_eq!(p.prompts, ["a photo of a shirt", "a photo of a sneaker"]);
+        assert_eq!(p.advantages.mode, AdvantageMode::PerPrompt);
+
+        let e = fx
+            .load(&text.replace("prompts.txt", "nope.txt"), &[])
+            .unwrap_err();
+        assert_eq!(e.0[0].field.as_deref(), Some("prompts.file"), "{e}");
+        assert!(messages(&e).contains("nope.txt"), "{e}");
+
+        std::fs::write(fx.0.join("configs/empty.txt"), "# nothing\n\n").unwrap();
+        let e = fx
+            .load(&text.replace("prompts.txt", "empty.txt"), &[])
+            .unwrap_err();
+        assert!(messages(&e).contains("has no prompts"), "{e}");
+    }
+
+    #[test]
+    fn overrides_set_any_field() {
+        let fx = Fixture::new("overrides");
+        let p = fx
+            .load(
+                MINIMAL,
+                &[
+                    "training.optimizer.lr=3e-4",
+                    "prompts=[a photo of a shirt, a photo of a bag]",
+                    "run.name=sweep-1",
+                    "rewards[0].weight=2",
+                    "rewards.0.batch_size=8",
+                    "evaluation.best_by={reward-with-diversity: {min_vendi_ratio: 0.5}}",
+                    "scheduler.beta_schedule=linear",
+                ],
+            )
+            .unwrap();
+        assert_eq!(p.training.optimizer.lr, 3e-4);
+        assert_eq!(p.prompts, ["a photo of a shirt", "a photo of a bag"]);
+        assert_eq!(p.advantages.mode, AdvantageMode::PerPrompt);
+        assert_eq!(p.run.name, "sweep-1");
+        assert_eq!((p.rewards[0].weight, p.rewards[0].batch_size), (2.0, 8));
+        assert_eq!(
+            p.evaluation.best_by,
+            BestBy::RewardAndDiversity {
+                min_vendi_ratio: 0.5
+            }
+        );
+        assert_eq!(p.scheduler, Some(json!({"beta_schedule": "linear"})));
+        // The text is the file's, not the overridden document.
+        assert_eq!(p.text, MINIMAL);
+    }
+
+    #[test]
+    fn bad_overrides_are_reported() {
+        let fx = Fixture::new("bad-overrides");
+        let e = fx
+            .load(
+                MINIMAL,
+                &[
+                    "training.optimizer.lr",
+                    "=3",
+                    "run.name.x=1",
+                    "rewards[3].weight=1",
+                    "a..b=1",
+                    "run.name=[unclosed",
+                ],
+            )
+            .unwrap_err();
+        assert_eq!(e.0.len(), 6, "{e}");
+        assert!(
+            e.0.iter().all(|x| x.field.as_deref() == Some("--set")),
+            "{e}"
+        );
+        assert!(messages(&e).contains("\"training.optimizer.lr\": expected key.path=value"));
+    }
+
+    #[test]
+    fn errors_in_overridden_values_name_their_field() {
+        let fx = Fixture::new("override-errors");
+        // An overridden value: its field, no place in the file.
+        let text = MINIMAL.replace("run:", "training:\n  optimizer:\n    lr: 1e-4\nrun:");
+        let e = fx.load(&text, &["training.optimizer.lr=-1"]).unwrap_err();
+        assert_eq!(
+            e.0[0].field.as_deref(),
+            Some("training.optimizer.lr"),
+            "{e}"
+        );
+        assert_eq!(e.0[0].line, None, "{e}");
+        // A problem the override did not touch keeps its place.
+        let text = MINIMAL.replace("run:", "training:\n  optimizer:\n    lr: -1\nrun:");
+        let e = fx.load(&text, &["run.seed=3"]).unwrap_err();
+        assert_eq!(
+            e.0[0].field.as_deref(),
+            Some("training.optimizer.lr"),
+            "{e}"
+        );
+        assert_eq!(e.0[0].line, Some(6), "{e}");
+        // Serde errors too: a wrong type set on the command line, an unknown key in the file.
+        let e = fx.load(MINIMAL, &["sampling.steps=many"]).unwrap_err();
+        assert_eq!(e.0[0].field.as_deref(), Some("sampling.steps"), "{e}");
+        assert_eq!(e.0[0].line, None, "{e}");
+        let text = MINIMAL.replace("run:", "training:\n  epocs: 3\nrun:");
+        let e = fx.load(&text, &["run.seed=3"]).unwrap_err();
+        assert_eq!(e.0[0].line, Some(5), "{e}");
+        assert!(messages(&e).contains("epocs"), "{e}");
+    }
+
+    #[test]
+    fn the_schema_refuses_unknown_keys_and_spells_enums_in_kebab_case() {
+        let s = run_schema();
+        let text = s.to_string();
+        assert_eq!(s["additionalProperties"], false, "{s:#}");
+        assert_eq!(
+            s["$defs"]["TrainingSettings"]["additionalProperties"],
+            false
+        );
+        assert!(s["$defs"]["TrainingSettings"]["properties"]
+            .get("seed")
+            .is_none());
+        for word in [
+            "ddpo-sf",
+            "per-prompt",
+            "jpeg-compressibility",
+            "reward-with-diversity",
+        ] {
+            assert!(text.contains(&format!("\"{word}\"")), "{word}");
+        }
+    }
+
+    /// configs/pipeline.schema.json is generated; regenerate with
+    /// `hrf schema > configs/pipeline.schema.json` or `HRF_UPDATE_SCHEMA=1 cargo test -p hrf-config`.
+    #[test]
+    fn the_checked_in_schema_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/pipeline.schema.json");
+        let want = run_schema_text();
+        if std::env::var_os("HRF_UPDATE_SCHEMA").is_some_and(|v| v == "1") {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "{} is out of date: regenerate it with `hrf schema > configs/pipeline.schema.json` \
+             (or HRF_UPDATE_SCHEMA=1 cargo test -p hrf-config)",
+            path.display()
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! Where each node of a YAML document sits: a map from dotted field paths (`training.optimizer.lr`,
+//! `rewards[1].stages[0].model`) to line:column, so that validation, which sees values, can still
+//! point at the text.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// Line and column (1-based) of every node of one document, by field path.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SpanIndex(BTreeMap<String, (u64, u64)>);
+
+impl SpanIndex {
+    /// Indexes `text`; a document that does not parse gives an empty index (its syntax error is
+    /// reported by the typed parse).
+    pub(crate) fn of(text: &str) -> Self {
+        let mut index = BTreeMap::new();
+        if let Ok(root) = serde_saphyr::from_str::<Spanned<Node>>(text) {
+            collect(String::new(), &root, &mut index);
+        }
+        Self(index)
+    }
+
+    /// The place of `path`, or of its nearest ancestor that the document has (a value left to
+    /// its default has no place of its own; its section does).
+    pub(crate) fn get(&self, path: &str) -> Option<(u64, u64)> {
+        let mut p = path;
+        loop {
+            if let Some(&loc) = self.0.get(p) {
+                return Some(loc);
+            }
+            p = parent(p)?;
+        }
+    }
+
+    /// The deepest node that starts on `line`.
+    pub(crate) fn path_at_line(&self, line: u64) -> Option<&str> {
+        self.0
+            .iter()
+            .filter(|(_, &(l, _))| l == line)
+            .max_by_key(|(p, &(_, c))| (depth(p), c))
+            .map(|(p, _)| p.as_str())
+    }
+}
+
+/// `a.b[2]` → `a.b`, `a.b` → `a`, `a` → `` (the root), `` → none.
+pub(crate) fn parent(path: &str) -> Option<&str> {
+    if path.is_empty() {
+        return None;
+    }
+    Some(&path[..path.rfind(['.', '[']).unwrap_or(0)])
+}
+
+fn depth(path: &str) -> usize {
+    path.matches(['.', '[']).count()
+}
+
+fn collect(path: String, node: &Spanned<Node>, index: &mut BTreeMap<String, (u64, u64)>) {
+    let loc = node.referenced;
+    if loc.line() > 0 {
+        index.insert(path.clone(), (loc.line(), loc.column()));
+    }
+    match &node.value {
+        Node::Map(entries) => {
+            for (k, v) in entries {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                collect(p, v, index);
+            }
+        }
+        Node::Seq(items) => {
+            for (i, v) in items.iter().enumerate() {
+                collect(format!("{path}[{i}]"), v, index);
+            }
+        }
+        Node::Leaf => {}
+    }
+}
+
+/// A YAML node's shape, each child with its place.
+enum Node {
+    Map(Vec<(String, Spanned<Node>)>),
+    Seq(Vec<Spanned<Node>>),
+    Leaf,
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+macro_rules! leaf {
+    ($($f:ident: $t:ty),*) => {
+        $(fn $f<E: de::Error>(self, _: $t) -> Result<Node, E> { Ok(Node::Leaf) })*
+    };
+}
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    leaf!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_i128: i128, visit_u128: u128,
+          visit_f64: f64, visit_str: &str, visit_bytes: &[u8]);
+
+    fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Node::Leaf)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Node::Leaf)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        Node::deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element::<Spanned<Node>>()? {
+            items.push(v);
+        }
+        Ok(Node::Seq(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(Key(k)) = map.next_key::<Key>()? {
+            entries.push((k, map.next_value::<Spanned<Node>>()?));
+        }
+        Ok(Node::Map(entries))
+    }
+}
+
+/// A mapping key as text (YAML allows numbers and booleans as keys).
+struct Key(String);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a scalar key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(Key(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Key, E> {
+                Ok(Key(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Key, E> {
+                Ok(Key(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Key, E> {
+                Ok(Key(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Key, E> {
+                Ok(Key(v.to_string()))
+            }
+        }
+        d.deserialize_any(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_has_its_place() {
+        let text = "training:\n  optimizer:\n    lr: -1\nrewards:\n  - kind: onnx\n    stages: [{model: a.onnx}]\n";
+        let idx = SpanIndex::of(text);
+        assert_eq!(idx.get("training.optimizer.lr"), Some((3, 9)));
+        assert_eq!(idx.get("rewards[0].kind"), Some((5, 11)));
+        assert_eq!(idx.get("rewards[0].stages[0].model").map(|l| l.0), Some(6));
+        // Absent fields fall back to their section.
+        assert_eq!(
+            idx.get("training.optimizer.beta1"),
+            idx.get("training.optimizer")
+        );
+        assert_eq!(idx.path_at_line(3), Some("training.optimizer.lr"));
+    }
+
+    #[test]
+    fn parents() {
+        assert_eq!(parent("a.b[2]"), Some("a.b"));
+        assert_eq!(parent("a.b"), Some("a"));
+        assert_eq!(parent("a"), Some(""));
+        assert_eq!(parent(""), None);
+    }
+}

@@ -1,0 +1,255 @@
+//! End-to-end tests of `hrf run` on tiny CPU pipelines: bad input refused with its place and
+//! nothing written, exact resumption after SIGKILL at three places, Ctrl-C, dry runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn hrf(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hrf"));
+    c.args(args)
+        .env("HRF_THREADS", "1")
+        .env("HRF_MODELS", repo().join("models"));
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("hrf starts")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hrf-run-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A conditional run with ddpo-pytorch's per-prompt tracker (min_count reached in the second
+/// epoch), rewards on the worker thread, an evaluation mid-run, checkpoints every epoch.
+fn tiny(dir: &Path) -> String {
+    format!(
+        "model: {{weights: {}, device: cpu}}
+sampling: {{steps: 5, batch_size: 4, batches_per_epoch: 2, guidance: 1.0}}
+training:
+  method: ddpo-is
+  epochs: 3
+  batch_size: 3
+  timestep_fraction: 0.5
+  clip_range: 0.2
+  optimizer: {{lr: 1.0e-4}}
+advantages: {{mode: per-prompt, buffer_size: 8, min_count: 3}}
+prompts: [a photo of a sneaker, a photo of a bag]
+rewards:
+  - {{kind: jpeg-compressibility}}
+evaluation: {{every: 2, samples: 6, final_samples: 8, batch_size: 6}}
+run: {{name: tiny, output: {}, seed: 5, save_every: 1, keep: 2}}
+",
+        repo().join("models/testbed").display(),
+        dir.join("out").display()
+    )
+}
+
+/// metrics.jsonl without the timing fields.
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    fn strip(v: &mut serde_json::Value) {
+        if let Some(m) = v.as_object_mut() {
+            m.retain(|k, _| !k.ends_with("_s"));
+            for x in m.values_mut() {
+                strip(x);
+            }
+        }
+    }
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            strip(&mut v);
+            v
+        })
+        .collect()
+}
+
+fn weights(run: &Path) -> Vec<u8> {
+    std::fs::read(run.join("final/diffusion_pytorch_model.safetensors")).unwrap()
+}
+
+#[test]
+fn runs_resume_exactly_after_sigkill_anywhere() {
+    let d = tmp("resume");
+    let pipeline = d.join("tiny.yaml");
+    std::fs::write(&pipeline, tiny(&d)).unwrap();
+    let p = pipeline.to_str().unwrap();
+
+    let whole = d.join("whole");
+    let o = hrf(&["run", p, "-q", "--run-dir", whole.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = metrics(&whole);
+    // Base eval, 3 epochs, the mid-run eval after epoch 2, the final eval.
+    assert_eq!(reference.len(), 6, "{reference:#?}");
+    assert!(whole.join("plots/reward.png").exists() && whole.join("best").exists());
+    assert!(whole.join("samples/epoch-0001.png").exists());
+    assert!(reference
+        .iter()
+        .all(|l| l["kind"] != "epoch" || l["loss"].as_f64().unwrap().is_finite()));
+
+    for kill in ["sampling:1", "training:1", "checkpoint:1"] {
+        let run = d.join(kill.replace(':', "-"));
+        let o = hrf(
+            &["run", p, "-q", "--run-dir", run.to_str().unwrap()],
+            &[("HRF_TEST_KILL_AT", kill)],
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(o.status.signal(), Some(9), "{kill}: {}", text(&o));
+        let o = hrf(&["run", "-q", "--resume", run.to_str().unwrap()], &[]);
+        assert!(o.status.success(), "{kill}: {}", text(&o));
+        assert_eq!(metrics(&run), reference, "{kill}: metrics differ");
+        assert!(
+            weights(&run) == weights(&whole),
+            "{kill}: final weights differ"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            leftovers.len(),
+            2,
+            "{kill}: keep 2 checkpoints: {leftovers:?}"
+        );
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn ctrl_c_checkpoints_and_exits_130() {
+    let d = tmp("sigint");
+    let pipeline = d.join("tiny.yaml");
+    std::fs::write(&pipeline, tiny(&d).replace("epochs: 3", "epochs: 40")).unwrap();
+    let run = d.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hrf"))
+        .args(["run", pipeline.to_str().unwrap(), "-q", "--run-dir"])
+        .arg(&run)
+        .env("HRF_THREADS", "1")
+        .env("HRF_MODELS", repo().join("models"))
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch's line, then interrupt.
+    let started = std::time::Instant::now();
+    while metrics_lines(&run) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "no epoch finished");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let done = metrics_lines(&run);
+    assert!(done < 42, "stopped early");
+    assert!(std::fs::read_dir(run.join("checkpoints")).unwrap().count() >= 1);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+fn metrics_lines(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn bad_pipelines_exit_2_naming_the_place_and_write_nothing() {
+    let d = tmp("bad");
+    let good = tiny(&d);
+    let cases: [(&str, String, &[&str]); 5] = [
+        (
+            "unknown key",
+            good.replace("  batch_size: 3", "  batch_size: 3\n  bach_size: 3"),
+            &["bad.yaml:7:", "bach_size"],
+        ),
+        (
+            "wrong type",
+            good.replace("epochs: 3", "epochs: three"),
+            &["bad.yaml:5:"],
+        ),
+        (
+            "missing model",
+            good.replace("models/testbed", "models/nope"),
+            &["bad.yaml", "model.weights"],
+        ),
+        (
+            "negative lr",
+            good.replace("lr: 1.0e-4", "lr: -1.0e-4"),
+            &["bad.yaml", "training.optimizer.lr"],
+        ),
+        (
+            "two errors",
+            good.replace("lr: 1.0e-4", "lr: -1.0e-4")
+                .replace("timestep_fraction: 0.5", "timestep_fraction: 2"),
+            &["training.optimizer.lr", "training.timestep_fraction"],
+        ),
+    ];
+    let f = d.join("bad.yaml");
+    for (what, yaml, needles) in cases {
+        std::fs::write(&f, yaml).unwrap();
+        for cmd in ["run", "validate"] {
+            let o = hrf(&[cmd, f.to_str().unwrap()], &[]);
+            assert_eq!(o.status.code(), Some(2), "{what}: {}", text(&o));
+            for n in needles {
+                assert!(text(&o).contains(n), "{what}: no {n:?} in {}", text(&o));
+            }
+        }
+        assert!(!d.join("out").exists(), "{what}: nothing is written");
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn dry_run_scores_a_batch_and_writes_nothing() {
+    let d = tmp("dry");
+    let f = d.join("tiny.yaml");
+    std::fs::write(&f, tiny(&d)).unwrap();
+    let o = hrf(&["run", f.to_str().unwrap(), "--dry-run"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("per epoch") && text(&o).contains("jpeg-compressibility"),
+        "{}",
+        text(&o)
+    );
+    assert!(!d.join("out").exists());
+    let o = hrf(&["validate", f.to_str().unwrap()], &[]);
+    assert!(
+        o.status.success() && text(&o).contains("ok"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn shipped_pipelines_validate_and_the_schema_is_current() {
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") && !name.contains("pretrain") {
+            let o = hrf(&["validate", path.to_str().unwrap()], &[]);
+            assert!(o.status.success(), "{name}: {}", text(&o));
+        }
+    }
+    let o = hrf(&["schema"], &[]);
+    assert!(o.status.success());
+    let checked_in = std::fs::read_to_string(repo().join("configs/pipeline.schema.json")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        checked_in.trim(),
+        "regenerate with `hrf schema > configs/pipeline.schema.json`"
+    );
+}
