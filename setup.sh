@@ -2,7 +2,7 @@
 # Sets up hrf on a fresh Debian machine that reaches only the package registries, builds it,
 # and runs the main job on the bundled default. Idempotent: a second run only checks.
 #
-#   ./setup.sh            install, build, run the default job
+#   ./setup.sh            install, build, run the default job (hrf doctor, then the quickstart run)
 #   ./setup.sh --no-run   install and build only (used by ./test.sh and CI)
 #
 # Everything lands in .deps/ (git-ignored). Nothing is exported to the user's shell: the build
@@ -102,4 +102,6 @@ say "set-up done in $((SECONDS - t0)) s"
 if ((run_default)); then
   say "running: hrf doctor"
   target/release/hrf doctor
+  say "running the default job: hrf run configs/quickstart.yaml"
+  target/release/hrf run configs/quickstart.yaml
 fi
