@@ -287,7 +287,7 @@ impl Ddpo<'_> {
                             s.guidance,
                         );
                         base_kl_sum += kl.double_value(&[]);
-                        loss = loss + kl * t.kl_coef;
+                        loss += kl * t.kl_coef;
                     }
                     (&loss * scale).backward();
                     loss_sum += loss.double_value(&[]);
