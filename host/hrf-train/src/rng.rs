@@ -3,7 +3,7 @@
 //! device, or libtorch's process-global generator (which parallel callers would race on).
 
 /// SplitMix64 finaliser over the key parts: a fixed, documented mix.
-fn mix(parts: &[u64]) -> u64 {
+pub fn mix(parts: &[u64]) -> u64 {
     let mut z: u64 = 0x9E37_79B9_7F4A_7C15;
     for &p in parts {
         z = z.wrapping_add(p).wrapping_add(0x9E37_79B9_7F4A_7C15);

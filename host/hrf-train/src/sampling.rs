@@ -6,16 +6,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::rng::KeyedRng;
 
-/// SplitMix64: a fixed, documented mix of the key parts into a torch seed.
+/// The key parts mixed into a non-negative torch-style seed (63 bits).
 pub fn mix_seed(parts: &[u64]) -> i64 {
-    let mut z: u64 = 0x9E37_79B9_7F4A_7C15;
-    for &p in parts {
-        z = z.wrapping_add(p).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-    }
-    (z >> 1) as i64
+    (crate::rng::mix(parts) >> 1) as i64
 }
 
 /// Gaussian noise for a batch where row i is keyed by `keys[i]` (e.g. the sample's index) and
