@@ -97,7 +97,12 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
 
 /// Reads and parses a YAML file.
 pub fn read_yaml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigErrors> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
+    parse_yaml(file, &read_text(file)?)
+}
+
+/// Reads a configuration file's text; a failure names the file.
+pub fn read_text(file: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(file).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: file.to_path_buf(),
             line: None,
@@ -105,6 +110,5 @@ pub fn read_yaml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigErrors> {
             field: None,
             message: format!("cannot read: {e}"),
         }])
-    })?;
-    parse_yaml(file, &text)
+    })
 }

@@ -457,15 +457,7 @@ impl Serialize for RunPipeline {
 /// Reads, overrides (`--set key.path=value`, applied in order) and validates a run pipeline.
 /// Every problem comes back at once, with line:column where the value is in the file.
 pub fn load_with_overrides(file: &Path, sets: &[String]) -> Result<RunPipeline, ConfigErrors> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.to_path_buf(),
-            line: None,
-            column: None,
-            field: None,
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
+    let text = crate::read_text(file)?;
     parse(file, &text, sets)
 }
 

@@ -40,6 +40,11 @@ pub fn save_grid(images: &[Image], cols: usize, zoom: u32, path: &Path) -> Resul
             }
         }
     }
+    write_canvas(&canvas, path)
+}
+
+/// Writes an RGB canvas as a PNG via a temporary file in the same folder, then renames it.
+pub(crate) fn write_canvas(canvas: &image::RgbImage, path: &Path) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

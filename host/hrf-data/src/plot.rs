@@ -72,14 +72,7 @@ pub struct Chart {
 /// Renders `chart` and writes it as a PNG via a temporary file in the same folder, then renames it.
 pub fn save_chart(chart: &Chart, path: &Path) -> Result<(), String> {
     let canvas = render_chart(chart)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let tmp = path.with_extension("png.tmp");
-    canvas
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    crate::grid::write_canvas(&canvas, path)
 }
 
 /// Renders `chart` as a `WIDTH`×`HEIGHT` RGB image.
