@@ -84,6 +84,67 @@ fn weights(run: &Path) -> Vec<u8> {
     std::fs::read(run.join("final/diffusion_pytorch_model.safetensors")).unwrap()
 }
 
+/// The run's best/ and final/ load in `hrf sample`, `hrf eval` and Python diffusers.
+fn models_load_elsewhere(run: &Path) {
+    let (best, last) = (run.join("best"), run.join("final"));
+    let grid = run.join("final-samples.png");
+    let o = hrf(
+        &[
+            "sample",
+            "--model",
+            last.to_str().unwrap(),
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "-o",
+            grid.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        o.status.success() && grid.exists(),
+        "hrf sample: {}",
+        text(&o)
+    );
+    let report = run.join("best-eval.json");
+    let o = hrf(
+        &[
+            "eval",
+            "--model",
+            best.to_str().unwrap(),
+            "-n",
+            "10",
+            "--steps",
+            "3",
+            "--json",
+            report.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        o.status.success() && report.exists(),
+        "hrf eval: {}",
+        text(&o)
+    );
+    if std::env::var("HRF_PARITY_PYTHON").as_deref() == Ok("skip") {
+        eprintln!("HRF_PARITY_PYTHON=skip: Python diffusers check not run");
+        return;
+    }
+    let python = repo().join(".deps/pyref/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run tools/parity/env.sh (or set HRF_PARITY_PYTHON=skip)",
+        python.display()
+    );
+    let o = Command::new(python)
+        .arg(repo().join("tools/parity/check_run_models.py"))
+        .args([&best, &last])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "Python diffusers: {}", text(&o));
+}
+
 #[test]
 fn runs_resume_exactly_after_sigkill_anywhere() {
     let d = tmp("resume");
@@ -102,6 +163,7 @@ fn runs_resume_exactly_after_sigkill_anywhere() {
     assert!(reference
         .iter()
         .all(|l| l["kind"] != "epoch" || l["loss"].as_f64().unwrap().is_finite()));
+    models_load_elsewhere(&whole);
 
     for kill in ["sampling:1", "training:1", "checkpoint:1"] {
         let run = d.join(kill.replace(':', "-"));

@@ -81,7 +81,8 @@ pub struct Ddpo<'a> {
 
 /// Observes an epoch: progress and the stop request (Ctrl-C).
 pub trait EpochObserver {
-    /// A sampling batch (`phase` "sample") or a train batch ("train") finished.
+    /// A sampling batch (`phase` "sample") or a train batch ("train") finished; `reward` is the
+    /// epoch's mean reward once it is known (NaN while sampling).
     fn advanced(&mut self, _phase: &'static str, _done: usize, _total: usize, _reward: f64) {}
     /// True when the run should stop at the next safe point.
     fn stop_requested(&self) -> bool {
@@ -180,6 +181,7 @@ impl Ddpo<'_> {
         }
         let reward_wait_s = reward_start.elapsed().as_secs_f64();
         let rewards_v = &scores.total;
+        let (reward_mean, reward_std) = mean_std(rewards_v);
         let mut adv = match (self.advantages.mode, self.tracker.as_mut()) {
             (AdvantageMode::PerPrompt, Some(tracker)) => {
                 let prompts: Vec<String> = samples
@@ -310,16 +312,15 @@ impl Ddpo<'_> {
                     "train",
                     inner as usize * train_batches + bi + 1,
                     t.inner_epochs * train_batches,
-                    f64::NAN,
+                    reward_mean,
                 );
             }
         }
-        let (mean, std) = mean_std(rewards_v);
         let per_slot = |x: f64| x / slots.max(1) as f64;
         let stats = EpochStats {
             epoch,
-            reward_mean: mean,
-            reward_std: std,
+            reward_mean,
+            reward_std,
             reward_components: scores
                 .components
                 .iter()

@@ -166,13 +166,23 @@ pub struct RunSummary {
 struct Progress<'a> {
     bar: indicatif::ProgressBar,
     epoch: u64,
+    /// Time left for the epochs after this one, from the mean epoch time so far.
+    later_epochs: Option<std::time::Duration>,
     kill_at: Option<KillPoint>,
     stop: &'a std::sync::atomic::AtomicBool,
 }
 
 impl EpochObserver for Progress<'_> {
-    fn advanced(&mut self, phase: &'static str, done: usize, total: usize, _reward: f64) {
-        self.bar.set_message(format!("{phase} {done}/{total}"));
+    fn advanced(&mut self, phase: &'static str, done: usize, total: usize, reward: f64) {
+        let mut msg = format!("{phase} {done}/{total}");
+        if reward.is_finite() {
+            msg.push_str(&format!(" · reward {reward:.4}"));
+        }
+        if let Some(later) = self.later_epochs {
+            let left = later + self.bar.eta();
+            msg.push_str(&format!(" · run ETA {}", indicatif::HumanDuration(left)));
+        }
+        self.bar.set_message(msg);
         self.bar.inc(1);
         match (phase, self.kill_at) {
             ("sample", Some(KillPoint::Sampling(e))) | ("train", Some(KillPoint::Training(e)))
@@ -515,7 +525,12 @@ impl Run<'_> {
             + p.training.inner_epochs
                 * (p.sampling.batch_size * p.sampling.batches_per_epoch)
                     .div_ceil(p.training.batch_size)) as u64;
+        let (loop_start, first_epoch) = (std::time::Instant::now(), state.epochs_done);
         for epoch in state.epochs_done..epochs {
+            let later_epochs = (epoch > first_epoch).then(|| {
+                loop_start.elapsed().div_f64((epoch - first_epoch) as f64)
+                    * (epochs - epoch - 1) as u32
+            });
             let bar = if self.verbosity == Verbosity::Quiet {
                 indicatif::ProgressBar::hidden()
             } else {
@@ -531,6 +546,7 @@ impl Run<'_> {
             let mut progress = Progress {
                 bar,
                 epoch,
+                later_epochs,
                 kill_at: self.kill_at,
                 stop: self.stop,
             };
@@ -575,6 +591,20 @@ impl Run<'_> {
                     s.reward_wait_s,
                     s.train_s
                 );
+                if self.verbosity == Verbosity::Verbose {
+                    let parts: Vec<String> = s
+                        .reward_components
+                        .iter()
+                        .map(|(name, m)| format!("{name} {m:.4}"))
+                        .collect();
+                    eprintln!(
+                        "  components: {} · KL to base {:.3e} · optimiser steps {} · classes {:?}",
+                        parts.join(", "),
+                        s.kl_to_base,
+                        s.optimizer_steps,
+                        histogram.as_deref().unwrap_or(&[])
+                    );
+                }
             }
             state.epochs_done = epoch + 1;
             state.tracker.clone_from(&ddpo.tracker);
