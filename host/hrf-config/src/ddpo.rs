@@ -13,6 +13,18 @@ pub enum Method {
     DdpoIs,
     /// DDPO-SF: REINFORCE, one optimiser step per epoch.
     DdpoSf,
+    /// Hierarchical Reward Fine-tuning: trajectories of interest re-noised from an anchor to a
+    /// start index k drawn from a sliding window schedule; clipping scaled by the window.
+    Hrf,
+    /// HRF-D: k chosen per anchor from the reward gain and the diversity loss of candidate starts.
+    HrfD,
+}
+
+impl Method {
+    /// HRF and HRF-D (anchored groups, window-scaled clipping).
+    pub fn is_hierarchical(self) -> bool {
+        matches!(self, Self::Hrf | Self::HrfD)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -77,8 +89,54 @@ impl Default for SamplingSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
+/// Where a DDPO ablation starts training each sample's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StartIndex {
+    /// Every sample trains the steps k..N−1.
+    Fixed(usize),
+    /// Each sample draws its own k uniformly from 0..N, every epoch, without a schedule.
+    Uniform,
+}
+
+/// One cluster of the window schedule, resolved: its start indices and its epoch count.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct WindowCluster {
+    pub steps: Vec<usize>,
+    pub epochs: usize,
+}
+
+/// HRF / HRF-D settings, resolved (DESIGN.md §3.3).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HrfSettings {
+    /// Members per anchor group (the samples that share an anchor and a start index).
+    pub group_size: usize,
+    /// The window schedule, in order; epoch counts sum to `training.epochs`.
+    pub window: Vec<WindowCluster>,
+    /// HRF-D: candidate starts range(0, N, stride).
+    pub stride: usize,
+    /// HRF-D: noise copies per anchor, shared by every candidate.
+    pub copies: usize,
+    /// HRF-D: weight of the diversity loss in the choice of k.
+    pub beta: f64,
+}
+
+impl HrfSettings {
+    /// The cluster active at `epoch`.
+    pub fn cluster_at(&self, epoch: u64) -> &WindowCluster {
+        let mut end = 0u64;
+        for c in &self.window {
+            end += c.epochs as u64;
+            if epoch < end {
+                return c;
+            }
+        }
+        self.window.last().expect("validated: at least one cluster")
+    }
+}
+
+/// The `training:` section, resolved (the YAML's shape is `run::TrainingRaw`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainingSettings {
     pub method: Method,
     pub epochs: usize,
@@ -94,6 +152,13 @@ pub struct TrainingSettings {
     pub step_reduction: StepReduction,
     /// Weight of the KL-to-base regulariser (0: off).
     pub kl_coef: f64,
+    /// DDPO ablations: train only the steps from a start index on (trajectories still start
+    /// from pure noise). None: every step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartIndex>,
+    /// HRF / HRF-D settings (resolved for those methods only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hrf: Option<HrfSettings>,
     /// Set from `run.seed` by validation; not a YAML field (one seed per run).
     #[serde(skip)]
     pub seed: u64,
@@ -118,6 +183,8 @@ impl Default for TrainingSettings {
             timestep_fraction: 1.0,
             step_reduction: StepReduction::Mean,
             kl_coef: 0.0,
+            start: None,
+            hrf: None,
             seed: 0,
         }
     }

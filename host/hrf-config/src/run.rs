@@ -8,10 +8,14 @@ use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use crate::ddpo::{AdvantageMode, AdvantageSettings, Method, SamplingSettings, TrainingSettings};
+use crate::ddpo::{
+    AdvantageMode, AdvantageSettings, HrfSettings, Method, SamplingSettings, StartIndex,
+    StepReduction, TrainingSettings, WindowCluster,
+};
 use crate::model::{ModelSource, ModelSpec, ModelSpecRaw};
+use crate::pretrain::AdamWSettings;
 use crate::reward::{ImageInput, StageSpec};
 use crate::span::SpanIndex;
 use crate::{parse_yaml, ConfigError, ConfigErrors};
@@ -32,8 +36,8 @@ pub struct RunFile {
     #[serde(default)]
     pub sampling: SamplingSettings,
     #[serde(default)]
-    pub training: TrainingSettings,
-    /// Default: `per-prompt` when prompts are given, else `epoch`.
+    pub training: TrainingRaw,
+    /// Default: `group` for hrf and hrf-d; else `per-prompt` when prompts are given, else `epoch`.
     #[serde(default)]
     pub advantages: Option<AdvantagesRaw>,
     /// A list of prompts, or `{file: prompts.txt}` (one per line; blank lines and `#` comments
@@ -45,6 +49,126 @@ pub struct RunFile {
     #[serde(default)]
     pub evaluation: EvaluationRaw,
     pub run: RunSettingsRaw,
+}
+
+/// `training:` as written. Fields left out take the method's defaults (DESIGN.md §3.4).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingRaw {
+    /// `ddpo-is`, `ddpo-sf`, `hrf` or `hrf-d`.
+    pub method: Method,
+    pub epochs: usize,
+    pub optimizer: OptimizerRaw,
+    /// Gradient-norm clip (pre-clip norm is logged).
+    pub max_grad_norm: f64,
+    pub inner_epochs: usize,
+    /// Samples per train batch (one optimiser step per `grad_accum` of them).
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// Advantage clip. Default: 5 for ddpo-*, 2.5 for hrf/hrf-d (there multiplied by the
+    /// window fraction f).
+    pub adv_clip: Option<f64>,
+    /// PPO ratio clip range (hrf/hrf-d: multiplied by f).
+    pub clip_range: f64,
+    /// Fraction of each sample's trainable steps trained per inner epoch.
+    pub timestep_fraction: f64,
+    /// Default: `mean` for ddpo-* (ddpo-pytorch), `sum` for hrf/hrf-d (the HRF authors).
+    pub step_reduction: Option<StepReduction>,
+    /// Weight of the KL-to-base regulariser (0: off).
+    pub kl_coef: f64,
+    /// ddpo-* ablations: train only steps k..N−1 (`{fixed: k}`) or from a k drawn per sample
+    /// and epoch (`uniform`); trajectories still start from pure noise.
+    pub start: Option<StartIndex>,
+    /// hrf / hrf-d: groups, the window schedule and HRF-D's candidate search.
+    pub hrf: Option<HrfRaw>,
+}
+
+impl Default for TrainingRaw {
+    fn default() -> Self {
+        let d = TrainingSettings::default();
+        Self {
+            method: d.method,
+            epochs: d.epochs,
+            optimizer: OptimizerRaw {
+                lr: d.optimizer.lr,
+                weight_decay: None,
+                beta1: d.optimizer.beta1,
+                beta2: d.optimizer.beta2,
+                eps: d.optimizer.eps,
+            },
+            max_grad_norm: d.max_grad_norm,
+            inner_epochs: d.inner_epochs,
+            batch_size: d.batch_size,
+            grad_accum: d.grad_accum,
+            adv_clip: None,
+            clip_range: d.clip_range,
+            timestep_fraction: d.timestep_fraction,
+            step_reduction: None,
+            kl_coef: d.kl_coef,
+            start: None,
+            hrf: None,
+        }
+    }
+}
+
+/// AdamW as written.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerRaw {
+    pub lr: f64,
+    /// Default: 1e-4 for ddpo-*, 1e-3 for hrf/hrf-d.
+    pub weight_decay: Option<f64>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for OptimizerRaw {
+    fn default() -> Self {
+        TrainingRaw::default().optimizer
+    }
+}
+
+/// `training.hrf:` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HrfRaw {
+    /// Members per anchor group; the epoch's samples must split into whole groups.
+    pub group_size: usize,
+    /// The window schedule: clusters of start indices, each active for a fraction of the
+    /// epochs (fractions summing to 1) or a number of epochs (summing to `training.epochs`).
+    /// Default: [0, N/2) then [N/2, N), half the epochs each.
+    pub window: Option<Vec<WindowClusterRaw>>,
+    /// HRF-D: candidate starts range(0, N, stride); at least 3 candidates.
+    pub stride: usize,
+    /// HRF-D: noise copies per anchor (default: group_size).
+    pub copies: Option<usize>,
+    /// HRF-D: weight of the diversity loss D in the choice of k.
+    pub beta: f64,
+}
+
+impl Default for HrfRaw {
+    fn default() -> Self {
+        Self {
+            group_size: 4,
+            window: None,
+            stride: 2,
+            copies: None,
+            beta: 0.5,
+        }
+    }
+}
+
+/// One cluster of the window schedule as written: `range: [a, b]` (half-open) or `steps: [...]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowClusterRaw {
+    #[serde(default)]
+    pub range: Option<[usize; 2]>,
+    #[serde(default)]
+    pub steps: Option<Vec<usize>>,
+    /// A fraction of the epochs, or a whole number of them.
+    pub epochs: f64,
 }
 
 /// `advantages:` as written; `mode` defaults by whether there are prompts.
@@ -710,12 +834,9 @@ impl RunFile {
         p.at_least("training.grad_accum", t.grad_accum, 1);
         let o = &t.optimizer;
         p.real("training.optimizer.lr", o.lr, |v| v > 0.0, "positive");
-        p.real(
-            "training.optimizer.weight_decay",
-            o.weight_decay,
-            |v| v >= 0.0,
-            "≥ 0",
-        );
+        if let Some(wd) = o.weight_decay {
+            p.real("training.optimizer.weight_decay", wd, |v| v >= 0.0, "≥ 0");
+        }
         let unit = |v: f64| (0.0..1.0).contains(&v);
         p.real("training.optimizer.beta1", o.beta1, unit, "in [0, 1)");
         p.real("training.optimizer.beta2", o.beta2, unit, "in [0, 1)");
@@ -726,7 +847,42 @@ impl RunFile {
             |v| v > 0.0,
             "positive",
         );
-        p.real("training.adv_clip", t.adv_clip, |v| v > 0.0, "positive");
+        let hier = t.method.is_hierarchical();
+        let adv_clip = t.adv_clip.unwrap_or(if hier { 2.5 } else { 5.0 });
+        p.real("training.adv_clip", adv_clip, |v| v > 0.0, "positive");
+        let weight_decay = o.weight_decay.unwrap_or(if hier { 1e-3 } else { 1e-4 });
+        let step_reduction = t.step_reduction.unwrap_or(if hier {
+            StepReduction::Sum
+        } else {
+            StepReduction::Mean
+        });
+        let steps = s.steps.max(0) as usize;
+        match t.start {
+            Some(_) if hier => p.push(
+                "training.start",
+                "only ddpo-is and ddpo-sf take a start index; hrf and hrf-d use training.hrf.window",
+            ),
+            Some(StartIndex::Fixed(k)) if k >= steps => p.push(
+                "training.start.fixed",
+                format!("must be < sampling.steps ({steps}), got {k}"),
+            ),
+            _ => {}
+        }
+        let hrf = match (&t.hrf, hier) {
+            (Some(_), false) => {
+                p.push("training.hrf", "only methods hrf and hrf-d take `hrf`");
+                None
+            }
+            (h, true) => Some(validate_hrf(
+                &mut p,
+                h.clone().unwrap_or_default(),
+                t.method,
+                steps,
+                t.epochs,
+                s.batch_size * s.batches_per_epoch,
+            )),
+            (None, false) => None,
+        };
         p.real("training.clip_range", t.clip_range, |v| v > 0.0, "positive");
         p.real(
             "training.timestep_fraction",
@@ -786,11 +942,19 @@ impl RunFile {
         let conditional = self.prompts.is_some();
 
         let a = self.advantages.unwrap_or_default();
-        let mode = a.mode.unwrap_or(if conditional {
+        let mode = a.mode.unwrap_or(if hier {
+            AdvantageMode::Group
+        } else if conditional {
             AdvantageMode::PerPrompt
         } else {
             AdvantageMode::Epoch
         });
+        if mode == AdvantageMode::PerPrompt && hier {
+            p.push(
+                "advantages.mode",
+                "hrf and hrf-d standardise within anchor groups: use `group` (or `epoch`)",
+            );
+        }
         if mode == AdvantageMode::PerPrompt && !conditional {
             p.push("advantages.mode", "per-prompt advantages need `prompts`");
         }
@@ -954,8 +1118,27 @@ impl RunFile {
                 scheduler: self.scheduler.map(Value::Object),
                 sampling: self.sampling,
                 training: TrainingSettings {
+                    method: t.method,
+                    epochs: t.epochs,
+                    optimizer: AdamWSettings {
+                        lr: o.lr,
+                        weight_decay,
+                        beta1: o.beta1,
+                        beta2: o.beta2,
+                        eps: o.eps,
+                    },
+                    max_grad_norm: t.max_grad_norm,
+                    inner_epochs: t.inner_epochs,
+                    batch_size: t.batch_size,
+                    grad_accum: t.grad_accum,
+                    adv_clip,
+                    clip_range: t.clip_range,
+                    timestep_fraction: t.timestep_fraction,
+                    step_reduction,
+                    kl_coef: t.kl_coef,
+                    start: t.start,
+                    hrf,
                     seed: self.run.seed,
-                    ..self.training
                 },
                 advantages: AdvantageSettings {
                     mode,
@@ -987,25 +1170,151 @@ impl RunFile {
     }
 }
 
+/// Checks `training.hrf` and resolves its window schedule into explicit steps and epoch counts.
+fn validate_hrf(
+    p: &mut Problems<'_>,
+    h: HrfRaw,
+    method: Method,
+    steps: usize,
+    epochs: usize,
+    samples_per_epoch: usize,
+) -> HrfSettings {
+    p.at_least("training.hrf.group_size", h.group_size, 2);
+    if h.group_size > 0 && samples_per_epoch % h.group_size != 0 {
+        p.push(
+            "training.hrf.group_size",
+            format!(
+                "the epoch's {samples_per_epoch} samples (sampling.batch_size × batches_per_epoch) \
+                 must split into whole groups of {}",
+                h.group_size
+            ),
+        );
+    }
+    let raw = h.window.unwrap_or_else(|| {
+        vec![
+            WindowClusterRaw {
+                range: Some([0, steps / 2]),
+                steps: None,
+                epochs: 0.5,
+            },
+            WindowClusterRaw {
+                range: Some([steps / 2, steps]),
+                steps: None,
+                epochs: 0.5,
+            },
+        ]
+    });
+    if raw.is_empty() {
+        p.push("training.hrf.window", "give at least one cluster");
+    }
+    let mut clusters = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        let at = format!("training.hrf.window[{i}]");
+        let list: Vec<usize> = match (&c.range, &c.steps) {
+            (Some([a, b]), None) => {
+                if !(a < b && *b <= steps) {
+                    p.push(
+                        format!("{at}.range"),
+                        format!("need a < b ≤ sampling.steps ({steps}), got [{a}, {b})"),
+                    );
+                }
+                (*a..*b).collect()
+            }
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    p.push(format!("{at}.steps"), "empty");
+                }
+                if let Some(bad) = list.iter().find(|&&k| k >= steps) {
+                    p.push(
+                        format!("{at}.steps"),
+                        format!("start indices must be < sampling.steps ({steps}), got {bad}"),
+                    );
+                }
+                let mut l = list.clone();
+                l.sort_unstable();
+                l.dedup();
+                l
+            }
+            _ => {
+                p.push(
+                    at.clone(),
+                    "give exactly one of `range: [a, b]` or `steps: [...]`",
+                );
+                Vec::new()
+            }
+        };
+        if !(c.epochs.is_finite() && c.epochs >= 0.0) {
+            p.push(
+                format!("{at}.epochs"),
+                format!("must be ≥ 0, got {}", c.epochs),
+            );
+        }
+        clusters.push(list);
+    }
+    // Whole numbers summing to the epoch count are counts; otherwise fractions summing to 1.
+    let given: Vec<f64> = raw.iter().map(|c| c.epochs).collect();
+    let sum: f64 = given.iter().sum();
+    let counts: Vec<usize> = if given.iter().all(|e| e.fract() == 0.0) && sum == epochs as f64 {
+        given.iter().map(|&e| e as usize).collect()
+    } else if (sum - 1.0).abs() <= 1e-6 {
+        let mut cum = 0.0;
+        let mut prev = 0usize;
+        given
+            .iter()
+            .map(|&e| {
+                cum += e;
+                let end = ((cum * epochs as f64).round() as usize).min(epochs);
+                let n = end - prev;
+                prev = end;
+                n
+            })
+            .collect()
+    } else {
+        if !raw.is_empty() {
+            p.push(
+                "training.hrf.window",
+                format!(
+                    "cluster epochs must be fractions summing to 1 or whole numbers summing to \
+                     training.epochs ({epochs}); they sum to {sum}"
+                ),
+            );
+        }
+        vec![0; raw.len()]
+    };
+    p.at_least("training.hrf.stride", h.stride, 1);
+    if method == Method::HrfD && h.stride > 0 && steps.div_ceil(h.stride) < 3 {
+        p.push(
+            "training.hrf.stride",
+            format!(
+                "hrf-d needs at least 3 candidate starts: range(0, {steps}, {}) has {}",
+                h.stride,
+                steps.div_ceil(h.stride)
+            ),
+        );
+    }
+    let copies = h.copies.unwrap_or(h.group_size);
+    p.at_least("training.hrf.copies", copies, 1);
+    p.real("training.hrf.beta", h.beta, |v| v >= 0.0, "≥ 0");
+    HrfSettings {
+        group_size: h.group_size,
+        window: clusters
+            .into_iter()
+            .zip(counts)
+            .map(|(steps, epochs)| WindowCluster { steps, epochs })
+            .collect(),
+        stride: h.stride,
+        copies,
+        beta: h.beta,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The JSON Schema.
 
 /// The JSON Schema (draft 2020-12) of a run pipeline file.
 pub fn run_schema() -> Value {
-    let mut schema =
+    let schema =
         serde_json::to_value(schemars::schema_for!(RunFile)).expect("a schema is plain data");
-    // AdamWSettings' own defaults are pretraining's; a run's optimizer defaults are training's.
-    let defaults = json!(TrainingSettings::default().optimizer);
-    if let Some(props) = schema
-        .pointer_mut("/$defs/AdamWSettings/properties")
-        .and_then(Value::as_object_mut)
-    {
-        for (name, prop) in props.iter_mut() {
-            if let (Some(p), Some(d)) = (prop.as_object_mut(), defaults.get(name)) {
-                p.insert("default".into(), d.clone());
-            }
-        }
-    }
     schema
 }
 
@@ -1310,6 +1619,106 @@ run: {name: 'a b', keep: 0}
     }
 
     #[test]
+    fn hrf_takes_its_own_defaults_and_resolves_the_window() {
+        let fx = Fixture::new("hrf");
+        let text = MINIMAL.replace(
+            "run:",
+            "sampling: {steps: 10, batch_size: 8, batches_per_epoch: 2}\ntraining: {method: hrf, epochs: 5}\nrun:",
+        );
+        let p = fx.load(&text, &[]).unwrap();
+        let t = &p.training;
+        assert_eq!((t.adv_clip, t.step_reduction), (2.5, StepReduction::Sum));
+        assert_eq!(t.optimizer.weight_decay, 1e-3);
+        assert_eq!(p.advantages.mode, AdvantageMode::Group);
+        let h = t.hrf.as_ref().unwrap();
+        assert_eq!((h.group_size, h.stride, h.copies, h.beta), (4, 2, 4, 0.5));
+        // Halves of the chain; 5 epochs split at round(2.5) = 3 (half away from zero).
+        assert_eq!(h.window[0].steps, (0..5).collect::<Vec<_>>());
+        assert_eq!(h.window[1].steps, (5..10).collect::<Vec<_>>());
+        assert_eq!((h.window[0].epochs, h.window[1].epochs), (3, 2));
+        assert_eq!(h.cluster_at(2).steps[0], 0);
+        assert_eq!(h.cluster_at(3).steps[0], 5);
+        // The resolved pipeline loads back to the same one.
+        let back = fx.load(&serde_yaml_text(&p), &[]).unwrap();
+        assert_eq!(back.training, p.training);
+
+        // Explicit lists and whole epoch counts.
+        let p = fx
+            .load(
+                &text,
+                &[
+                    "training.method=hrf-d",
+                    "training.hrf.window=[{steps: [7, 2, 2], epochs: 4}, {range: [0, 10], epochs: 1}]",
+                    "training.hrf.copies=2",
+                ],
+            )
+            .unwrap();
+        let h = p.training.hrf.as_ref().unwrap();
+        assert_eq!(h.window[0].steps, vec![2, 7]);
+        assert_eq!(
+            (h.window[0].epochs, h.window[1].epochs, h.copies),
+            (4, 1, 2)
+        );
+
+        // DDPO keeps ddpo-pytorch's defaults; its ablation takes a start index.
+        let p = fx
+            .load(
+                &text,
+                &["training.method=ddpo-is", "training.start={fixed: 3}"],
+            )
+            .unwrap();
+        assert_eq!(
+            (p.training.adv_clip, p.training.step_reduction),
+            (5.0, StepReduction::Mean)
+        );
+        assert_eq!(p.training.start, Some(StartIndex::Fixed(3)));
+        assert!(p.training.hrf.is_none());
+    }
+
+    fn serde_yaml_text(p: &RunPipeline) -> String {
+        serde_json::to_string_pretty(&p.resolved()).unwrap()
+    }
+
+    #[test]
+    fn bad_hrf_settings_are_named() {
+        let fx = Fixture::new("bad-hrf");
+        let text = MINIMAL.replace(
+            "run:",
+            "sampling: {steps: 4, batch_size: 6, batches_per_epoch: 1}\n\
+             training:\n  method: hrf-d\n  epochs: 4\n  start: uniform\n  hrf:\n    group_size: 4\n    stride: 2\n    window:\n      - {range: [2, 9], epochs: 0.5}\n      - {epochs: 0.25}\n\
+             advantages: {mode: per-prompt}\nrun:",
+        );
+        let e = fx.load(&text, &[]).unwrap_err();
+        let fields: Vec<&str> = e.0.iter().filter_map(|x| x.field.as_deref()).collect();
+        for want in [
+            "training.start",
+            "training.hrf.group_size",
+            "training.hrf.stride",
+            "training.hrf.window[0].range",
+            "training.hrf.window[1]",
+            "training.hrf.window",
+            "advantages.mode",
+        ] {
+            assert!(fields.contains(&want), "no error for {want}: {e}");
+        }
+        let e = fx
+            .load(
+                MINIMAL,
+                &["training.hrf.group_size=2", "training.start={fixed: 40}"],
+            )
+            .unwrap_err();
+        let msg = messages(&e);
+        assert!(
+            msg.contains("only methods hrf and hrf-d take `hrf`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("must be < sampling.steps (40), got 40"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn per_prompt_advantages_need_prompts() {
         let fx = Fixture::new("per-prompt");
         let text = MINIMAL.replace("run:", "advantages: {mode: per-prompt}\nrun:");
@@ -1367,7 +1776,10 @@ run: {name: 'a b', keep: 0}
                 min_vendi_ratio: 0.5
             }
         );
-        assert_eq!(p.scheduler, Some(json!({"beta_schedule": "linear"})));
+        assert_eq!(
+            p.scheduler,
+            Some(serde_json::json!({"beta_schedule": "linear"}))
+        );
         // The text is the file's, not the overridden document.
         assert_eq!(p.text, MINIMAL);
     }
@@ -1432,15 +1844,19 @@ run: {name: 'a b', keep: 0}
         let s = run_schema();
         let text = s.to_string();
         assert_eq!(s["additionalProperties"], false, "{s:#}");
-        assert_eq!(
-            s["$defs"]["TrainingSettings"]["additionalProperties"],
-            false
-        );
-        assert!(s["$defs"]["TrainingSettings"]["properties"]
+        for def in ["TrainingRaw", "OptimizerRaw", "HrfRaw", "WindowClusterRaw"] {
+            assert_eq!(s["$defs"][def]["additionalProperties"], false, "{def}");
+        }
+        assert!(s["$defs"]["TrainingRaw"]["properties"]
             .get("seed")
             .is_none());
+        assert_eq!(
+            s["$defs"]["OptimizerRaw"]["properties"]["lr"]["default"],
+            1e-4
+        );
         for word in [
             "ddpo-sf",
+            "hrf-d",
             "per-prompt",
             "jpeg-compressibility",
             "reward-with-diversity",
