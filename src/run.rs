@@ -240,11 +240,19 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let chain = hrf_diffusion::DdimScheduler::new(
+        scheduler.clone(),
+        p.sampling.steps,
+        p.sampling.sigma_min,
+    )
+    .map_err(|e| UsageError(format!("{}: sampling.steps: {e}", p.file.display())))?;
+    hrf_train::hrf::check_starts(&chain, &p.training)
+        .map_err(|e| UsageError(format!("{}: {e}", p.file.display())))?;
     let rewards = RewardWorker::spawn(build_rewards(&p, &classes)?);
     let evaluator = evaluator_for(&model)?;
 
     if a.dry_run {
-        return dry_run(&p, &model, &scheduler, rewards, dev);
+        return dry_run(&p, &model, &chain, rewards, dev);
     }
 
     let resume = a.resume.is_some();
@@ -338,17 +346,11 @@ fn evaluator_for(model: &DiffusersModel) -> anyhow::Result<Option<Evaluator>> {
 fn dry_run(
     p: &RunPipeline,
     model: &DiffusersModel,
-    scheduler: &SchedulerConfig,
+    sched: &hrf_diffusion::DdimScheduler,
     mut rewards: RewardWorker,
     dev: tch::Device,
 ) -> anyhow::Result<ExitCode> {
     use hrf_train::sampling::{sample, to_images, SampleRequest};
-    let sched = hrf_diffusion::DdimScheduler::new(
-        scheduler.clone(),
-        p.sampling.steps,
-        p.sampling.sigma_min,
-    )
-    .map_err(|e| UsageError(format!("{}: sampling.steps: {e}", p.file.display())))?;
     let n = p.sampling.batch_size;
     let keys: Vec<u64> = (0..n as u64).collect();
     let labels = hrf_train::sampling::null_class(&model.unet)
@@ -356,7 +358,7 @@ fn dry_run(
     let t0 = std::time::Instant::now();
     let x = sample(
         &model.unet,
-        &sched,
+        sched,
         &SampleRequest {
             labels: labels.as_ref(),
             keys: &keys,

@@ -3,11 +3,12 @@ its per-prompt stat tracker (deque of the last `buffer_size` rewards per prompt,
 standardising, whole-batch statistics while a prompt has fewer than `min_count`), and plain
 whole-epoch standardisation.
 
-    .deps/pyref/bin/python tools/parity/make_ddpo_fixtures.py
+    .deps/pyref/bin/python tools/parity/make_ddpo_fixtures.py [--window-only]
 """
 
 import json
 import os
+import sys
 from collections import deque
 
 import numpy as np
@@ -102,9 +103,96 @@ def ppo_fixture():
           "clipfrac", (torch.abs(ratio - 1) > clip_range).float().mean().item())
 
 
+def window_fixture():
+    """HRF's window loss on one train batch (DESIGN.md §3.3 item 4), written from the paper's
+    formulas: rows start at k = 0, 4, 7 of a 10-step chain (step 9 is degenerate, so
+    N_train(k) = 9, 5, 2 and f = N_train(k)/9); advantages clipped to ±2.5·f and the ratio to
+    1 ± 0.05·f; each row trains its own steps; the batch objective is
+    Σ_rows Σ_steps w_r·ℓ_r(step) / R with w_r = 1 (sum, the authors) or 1/K_r (mean). Saves both
+    objectives with the gradient of each on two named parameters of the ppo_unet fixture."""
+    import math
+
+    import torch
+    from diffusers import DDIMScheduler, UNet2DModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DModel.from_pretrained(os.path.join(OUT, "ppo_unet"))
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
+    n = 10
+    sched.set_timesteps(n)
+    ratio_t = sched.config.num_train_timesteps // n
+    starts = [0, 4, 7]
+    steps = [[5, 0, 2, 8], [4, 6], [8, 7]]  # each row's trained steps, in slot order
+    n_train = {k: sum(1 for i in range(k, n) if sched.timesteps[i] - ratio_t >= 0) for k in starts}
+    f = torch.tensor([n_train[k] / n_train[0] for k in starts])
+    g = torch.Generator().manual_seed(2)
+    r = len(starts)
+    latents = torch.randn(r, n + 1, 1, 8, 8, generator=g)
+    labels = torch.tensor([1, 0, 2])
+    adv_raw = torch.tensor([3.0, -1.9, 1.2])
+    adv = torch.maximum(torch.minimum(adv_raw, 2.5 * f), -2.5 * f)
+    clip = 0.05 * f
+
+    def step_stats(x, t, out):
+        a_t = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+        prev_t = t - ratio_t
+        a_prev = torch.where(prev_t >= 0, sched.alphas_cumprod[prev_t.clamp(min=0)], sched.final_alpha_cumprod).view(-1, 1, 1, 1)
+        x0 = ((x - (1 - a_t) ** 0.5 * out) / a_t**0.5).clamp(-1, 1)
+        std = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+        return a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * out, std
+
+    def log_prob(prev, mean, std):
+        lp = -((prev - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
+        return lp.mean(dim=(1, 2, 3))
+
+    # The stored transitions: x_{i+1} drawn from the policy at x_i; old log-probs perturbed so
+    # that some ratios leave their (scaled) clip range.
+    old = torch.zeros(r, n)
+    with torch.no_grad():
+        for row in range(r):
+            for i in steps[row]:
+                x = latents[row, i : i + 1]
+                t = sched.timesteps[i : i + 1]
+                mean, std = step_stats(x, t, unet(x, t, class_labels=labels[row : row + 1]).sample)
+                latents[row, i + 1] = (mean + std * torch.randn(1, 1, 8, 8, generator=g))[0]
+        for row in range(r):
+            for i in steps[row]:
+                x = latents[row, i : i + 1]
+                t = sched.timesteps[i : i + 1]
+                mean, std = step_stats(x, t, unet(x, t, class_labels=labels[row : row + 1]).sample)
+                old[row, i] = log_prob(latents[row, i + 1 : i + 2], mean, std)[0] + 0.03 * (i % 3 - 1)
+
+    out = {"latents": latents, "old_log_probs": old, "class_labels": labels, "advantages": adv,
+           "clip": clip, "starts": torch.tensor(starts), "f": f}
+    for reduction in ["sum", "mean"]:
+        unet.zero_grad()
+        total = 0.0
+        for row in range(r):
+            w = 1.0 if reduction == "sum" else 1.0 / len(steps[row])
+            for i in steps[row]:
+                x = latents[row, i : i + 1]
+                t = sched.timesteps[i : i + 1]
+                mean, std = step_stats(x, t, unet(x, t, class_labels=labels[row : row + 1]).sample)
+                lp = log_prob(latents[row, i + 1 : i + 2], mean, std)
+                rho = torch.exp(lp - old[row, i])
+                loss = torch.maximum(-adv[row] * rho, -adv[row] * torch.clamp(rho, 1 - clip[row], 1 + clip[row]))
+                total = total + w * loss.sum() / r
+        total.backward()
+        params = dict(unet.named_parameters())
+        out[f"{reduction}.objective"] = total.detach().reshape(1)
+        for k in ["conv_in.weight", "down_blocks.1.attentions.0.to_q.weight"]:
+            out[f"{reduction}.grad.{k}"] = params[k].grad.clone().contiguous()
+        print("window objective", reduction, total.item())
+    save_file(out, os.path.join(OUT, "window_step.safetensors"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
-    ppo_fixture()
+    if "--window-only" not in sys.argv:
+        ppo_fixture()
+    window_fixture()
+    if "--window-only" in sys.argv:
+        return
     rng = np.random.default_rng(0)
     classes = ["a photo of a sneaker", "a photo of a bag", "a photo of a coat", "a photo of a shirt"]
     tracker = Tracker(buffer_size=6, min_count=4)

@@ -4,7 +4,8 @@
 //! per `grad_accum` batches; one per epoch for DDPO-SF).
 
 use hrf_config::ddpo::{
-    AdvantageMode, AdvantageSettings, Method, SamplingSettings, StepReduction, TrainingSettings,
+    AdvantageMode, AdvantageSettings, HrfSettings, Method, SamplingSettings, StepReduction,
+    TrainingSettings,
 };
 use std::collections::BTreeMap;
 
@@ -15,10 +16,11 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::advantages::{self, PerPromptTracker};
-use crate::ppo::{ppo_loss, StepBatch};
+use crate::hrf;
+use crate::ppo::{ppo_loss_clipped, StepBatch};
 use crate::rng::KeyedRng;
-use crate::sampling::to_images;
-use crate::trajectory::{sample_trajectories, Trajectories, TrajectoryRequest};
+use crate::sampling::{keyed_noise, mix_seed, to_images};
+use crate::trajectory::{sample_trajectories, step_evals, Start, Trajectories, TrajectoryRequest};
 use crate::AdamW;
 
 /// What one epoch did, for metrics.jsonl.
@@ -37,7 +39,16 @@ pub struct EpochStats {
     /// Mean pre-clip gradient norm over the optimiser steps.
     pub grad_norm: f64,
     pub optimizer_steps: usize,
+    /// The most steps any sample trained per inner epoch.
     pub trained_steps_per_sample: usize,
+    /// Start index k → number of anchor groups that started there (HRF, HRF-D).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub starts: BTreeMap<usize, usize>,
+    /// UNet evaluations of the epoch: sampling, anchors, HRF-D's candidates and the training
+    /// forward passes (a guided step counts 2; backward passes not counted).
+    pub unet_evals: u64,
+    /// Images scored by the reward (the epoch's samples and HRF-D's candidates).
+    pub reward_calls: u64,
     pub sample_s: f64,
     /// Time spent waiting for rewards after sampling (they are computed while sampling).
     pub reward_wait_s: f64,
@@ -94,6 +105,22 @@ pub trait EpochObserver {
 pub struct Unobserved;
 impl EpochObserver for Unobserved {}
 
+/// How the epoch's samples were made, before rewards: the trajectories in sampling batches, and
+/// per sample its group, its first trained step and its clip scale.
+struct SampledEpoch {
+    batches: Vec<Trajectories>,
+    samples: Vec<Sample>,
+    /// Anchor group per sample (each sample its own group for DDPO).
+    groups: Vec<usize>,
+    /// First trained step per sample (0 for DDPO, k for HRF and the ablations).
+    train_starts: Vec<usize>,
+    /// Start index per group (HRF, HRF-D) for the log.
+    group_starts: Vec<usize>,
+    unet_evals: u64,
+    /// Images scored outside the epoch's own samples (HRF-D's candidates).
+    extra_reward_calls: u64,
+}
+
 impl Ddpo<'_> {
     fn label_and_prompt(&self, epoch: u64, key: u64) -> (Option<i64>, Option<String>) {
         let null = self.model.unet.config().num_class_embeds.map(|k| k - 1);
@@ -106,6 +133,15 @@ impl Ddpo<'_> {
         (Some(*label), Some(text.clone()))
     }
 
+    fn labels_tensor(lp: &[(Option<i64>, Option<String>)]) -> Option<Tensor> {
+        lp.first()?.0?;
+        Some(Tensor::from_slice(
+            &lp.iter()
+                .map(|(l, _)| l.expect("all or none"))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
     /// Runs epoch `epoch`: samples it (rewards scored by `rewards` while the next batch samples),
     /// then trains on it. A stop request during sampling abandons the epoch untrained
     /// (`EpochError::Interrupted`); once training has begun the epoch is finished.
@@ -115,11 +151,162 @@ impl Ddpo<'_> {
         rewards: &mut RewardWorker,
         observer: &mut dyn EpochObserver,
     ) -> Result<EpochOutcome, EpochError> {
-        let (s, t) = (&self.sampling, &self.training);
-        let total = s.batch_size * s.batches_per_epoch;
         let started = std::time::Instant::now();
 
         // 1. Sample the whole epoch; each batch goes to the reward thread as soon as it exists.
+        let sampled = self.sample_epoch(epoch, rewards, observer)?;
+        let sample_s = started.elapsed().as_secs_f64();
+
+        // 2. Rewards → clipped advantages.
+        let reward_start = std::time::Instant::now();
+        let mut scores = SetScores::default();
+        for _ in 0..sampled.batches.len() {
+            match rewards.recv() {
+                Ok(sc) => scores.extend(sc),
+                Err(e) => {
+                    rewards.drain();
+                    return Err(e.into());
+                }
+            }
+        }
+        let reward_wait_s = reward_start.elapsed().as_secs_f64();
+        let (reward_mean, reward_std) = mean_std(&scores.total);
+        let samples = &sampled.samples;
+        let mut adv = match (self.advantages.mode, self.tracker.as_mut()) {
+            (AdvantageMode::PerPrompt, Some(tracker)) => {
+                let prompts: Vec<String> = samples
+                    .iter()
+                    .map(|x| x.prompt.clone().unwrap_or_default())
+                    .collect();
+                tracker.update(&prompts, &scores.total)
+            }
+            (AdvantageMode::Group, _) => {
+                advantages::group_advantages(&scores.total, &sampled.groups)
+            }
+            _ => advantages::epoch_advantages(&scores.total),
+        };
+        // HRF scales both clips by the window fraction f of the sample's start.
+        let clip_scale: Vec<f64> = sampled
+            .train_starts
+            .iter()
+            .map(|&k| {
+                if self.training.method.is_hierarchical() {
+                    hrf::window_fraction(&self.scheduler, k)
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        hrf::clip_advantages(&mut adv, &clip_scale, self.training.adv_clip);
+
+        // 3. Train.
+        let train_start = std::time::Instant::now();
+        let trained = self.train(epoch, &sampled, &adv, &clip_scale, reward_mean, observer);
+        let mut starts = BTreeMap::new();
+        for &k in &sampled.group_starts {
+            *starts.entry(k).or_insert(0usize) += 1;
+        }
+        let stats = EpochStats {
+            epoch,
+            reward_mean,
+            reward_std,
+            reward_components: scores
+                .components
+                .iter()
+                .map(|(name, v)| (name.clone(), mean_std(v).0))
+                .collect(),
+            loss: trained.loss,
+            clipfrac: trained.clipfrac,
+            approx_kl: trained.approx_kl,
+            kl_to_base: trained.kl_to_base,
+            grad_norm: trained.grad_norm,
+            optimizer_steps: trained.optimizer_steps,
+            trained_steps_per_sample: trained.steps_per_sample,
+            starts,
+            unet_evals: sampled.unet_evals + trained.unet_evals,
+            reward_calls: samples.len() as u64 + sampled.extra_reward_calls,
+            sample_s,
+            reward_wait_s,
+            train_s: train_start.elapsed().as_secs_f64(),
+        };
+        Ok(EpochOutcome {
+            stats,
+            samples: sampled.samples,
+            scores,
+        })
+    }
+
+    /// Step 1 of the epoch. DDPO: trajectories from pure noise. HRF / HRF-D: one anchor per group
+    /// from the current policy, its start k (window schedule, or HRF-D's search), then each member
+    /// re-noised to τ_k and rolled from k (DESIGN.md §3.3 items 2, 3, 5).
+    fn sample_epoch(
+        &self,
+        epoch: u64,
+        rewards: &mut RewardWorker,
+        observer: &mut dyn EpochObserver,
+    ) -> Result<SampledEpoch, EpochError> {
+        let (s, t) = (&self.sampling, &self.training);
+        let total = s.batch_size * s.batches_per_epoch;
+        let mut unet_evals = 0;
+        let mut extra_reward_calls = 0;
+        let hier = t.hrf.as_ref().filter(|_| t.method.is_hierarchical());
+        let group_size = hier.map_or(1, |h| h.group_size);
+        let groups: Vec<usize> = (0..total).map(|i| i / group_size).collect();
+        let n_groups = total / group_size;
+        // Labels and prompts: per group for HRF (one prompt per anchor), per sample for DDPO.
+        let lp: Vec<(Option<i64>, Option<String>)> = (0..total)
+            .map(|i| self.label_and_prompt(epoch, groups[i] as u64))
+            .collect();
+
+        let (train_starts, group_starts, start_latents) = match hier {
+            None => {
+                let starts = (0..total as u64)
+                    .map(|key| {
+                        let mut rng = KeyedRng::new(&[t.seed, 0x57A7, epoch, key]);
+                        hrf::ddpo_start(&self.scheduler, t.start, &mut rng)
+                    })
+                    .collect();
+                (starts, Vec::new(), None)
+            }
+            Some(h) => {
+                if observer.stop_requested() {
+                    return Err(EpochError::Interrupted);
+                }
+                let glp: Vec<_> = (0..n_groups).map(|g| lp[g * group_size].clone()).collect();
+                let (anchors, evals) = self.sample_anchors(epoch, &glp);
+                unet_evals += evals;
+                let group_starts: Vec<usize> = if t.method == Method::HrfD {
+                    let (ks, evals, calls) =
+                        self.search_starts(epoch, h, &anchors, &glp, rewards, observer)?;
+                    unet_evals += evals;
+                    extra_reward_calls += calls;
+                    ks
+                } else {
+                    let cluster = h.cluster_at(epoch);
+                    (0..n_groups as u64)
+                        .map(|g| {
+                            let mut rng = KeyedRng::new(&[t.seed, 0x4B57, epoch, g]);
+                            hrf::draw_start(&self.scheduler, cluster, &mut rng)
+                                .expect("checked by hrf::check_window before training")
+                        })
+                        .collect()
+                };
+                let starts: Vec<usize> = groups.iter().map(|&g| group_starts[g]).collect();
+                let members = anchors.repeat_interleave_self_int(group_size as i64, 0, None);
+                let keys: Vec<u64> = (0..total as u64).collect();
+                let shape = &members.size()[1..];
+                let noise = keyed_noise(
+                    mix_seed(&[t.seed, epoch]) as u64,
+                    &keys,
+                    0,
+                    shape,
+                    self.device,
+                );
+                let x = hrf::renoise(&self.scheduler, &members, &starts, &noise, self.device);
+                (starts, group_starts, Some(x))
+            }
+        };
+
         let mut batches: Vec<Trajectories> = Vec::new();
         let mut samples: Vec<Sample> = Vec::with_capacity(total);
         for b in 0..s.batches_per_epoch {
@@ -127,16 +314,12 @@ impl Ddpo<'_> {
                 rewards.drain();
                 return Err(EpochError::Interrupted);
             }
-            let keys: Vec<u64> = (0..s.batch_size)
-                .map(|j| (b * s.batch_size + j) as u64)
-                .collect();
-            let lp: Vec<(Option<i64>, Option<String>)> = keys
-                .iter()
-                .map(|&k| self.label_and_prompt(epoch, k))
-                .collect();
-            let labels = lp[0].0.map(|_| {
-                Tensor::from_slice(&lp.iter().map(|(l, _)| l.unwrap()).collect::<Vec<_>>())
-            });
+            let range = b * s.batch_size..(b + 1) * s.batch_size;
+            let keys: Vec<u64> = range.clone().map(|k| k as u64).collect();
+            let labels = Self::labels_tensor(&lp[range.clone()]);
+            let latents = start_latents
+                .as_ref()
+                .map(|x| x.narrow(0, range.start as i64, s.batch_size as i64));
             let tr = sample_trajectories(
                 &self.model.unet,
                 &self.scheduler,
@@ -147,17 +330,22 @@ impl Ddpo<'_> {
                     epoch,
                     eta: s.eta,
                     guidance: s.guidance,
-                    start: None,
+                    start: latents.as_ref().map(|x| Start {
+                        steps: &train_starts[range.clone()],
+                        latents: x,
+                    }),
                 },
                 self.device,
             );
+            unet_evals += tr.unet_evals;
             let batch: Vec<Sample> = to_images(&tr.final_samples())
                 .into_iter()
-                .zip(lp)
-                .map(|(image, (_, prompt))| Sample {
+                .zip(&lp[range.clone()])
+                .zip(range.clone())
+                .map(|((image, (_, prompt)), i)| Sample {
                     image,
-                    prompt,
-                    metadata: serde_json::json!({"epoch": epoch}),
+                    prompt: prompt.clone(),
+                    metadata: serde_json::json!({"epoch": epoch, "group": groups[i]}),
                 })
                 .collect();
             samples.extend(batch.iter().cloned());
@@ -165,148 +353,258 @@ impl Ddpo<'_> {
             batches.push(tr);
             observer.advanced("sample", b + 1, s.batches_per_epoch, f64::NAN);
         }
-        let sample_s = started.elapsed().as_secs_f64();
+        Ok(SampledEpoch {
+            batches,
+            samples,
+            groups,
+            train_starts,
+            group_starts,
+            unet_evals,
+            extra_reward_calls,
+        })
+    }
 
-        // 2. Rewards → clipped advantages.
-        let reward_start = std::time::Instant::now();
-        let mut scores = SetScores::default();
-        for _ in 0..s.batches_per_epoch {
-            match rewards.recv() {
-                Ok(sc) => scores.extend(sc),
-                Err(e) => {
-                    rewards.drain();
-                    return Err(e.into());
-                }
-            }
+    /// One anchor x₀ per group from the current policy, from pure noise (η = sampling.eta),
+    /// in sampling batches. Returns the anchors and the UNet evaluations spent.
+    fn sample_anchors(&self, epoch: u64, glp: &[(Option<i64>, Option<String>)]) -> (Tensor, u64) {
+        let (s, t) = (&self.sampling, &self.training);
+        let mut out = Vec::new();
+        let mut evals = 0;
+        for chunk in (0..glp.len()).collect::<Vec<_>>().chunks(s.batch_size) {
+            let keys: Vec<u64> = chunk.iter().map(|&g| g as u64).collect();
+            let labels = Self::labels_tensor(&glp[chunk[0]..=chunk[chunk.len() - 1]]);
+            let tr = sample_trajectories(
+                &self.model.unet,
+                &self.scheduler,
+                &TrajectoryRequest {
+                    labels: labels.as_ref(),
+                    keys: &keys,
+                    seed: mix_seed(&[t.seed, 0xA4C0]) as u64,
+                    epoch,
+                    eta: s.eta,
+                    guidance: s.guidance,
+                    start: None,
+                },
+                self.device,
+            );
+            evals += tr.unet_evals;
+            out.push(tr.final_samples());
         }
-        let reward_wait_s = reward_start.elapsed().as_secs_f64();
-        let rewards_v = &scores.total;
-        let (reward_mean, reward_std) = mean_std(rewards_v);
-        let mut adv = match (self.advantages.mode, self.tracker.as_mut()) {
-            (AdvantageMode::PerPrompt, Some(tracker)) => {
-                let prompts: Vec<String> = samples
-                    .iter()
-                    .map(|x| x.prompt.clone().unwrap_or_default())
-                    .collect();
-                tracker.update(&prompts, rewards_v)
-            }
-            _ => advantages::epoch_advantages(rewards_v),
-        };
-        advantages::clip(&mut adv, t.adv_clip);
+        (Tensor::cat(&out, 0), evals)
+    }
 
-        // 3. Train.
-        let train_start = std::time::Instant::now();
+    /// HRF-D: for each anchor, C noise copies drawn once and reused for every candidate start
+    /// s ∈ range(0, N, stride); each copy re-noised to τ_s and denoised deterministically
+    /// (η = 0); R(s) the copies' mean reward, D(s) the cosine distance of copy 0's sample to the
+    /// anchor; k by `hrf::choose_start`. Returns the starts, UNet evaluations and reward calls.
+    fn search_starts(
+        &self,
+        epoch: u64,
+        h: &HrfSettings,
+        anchors: &Tensor,
+        glp: &[(Option<i64>, Option<String>)],
+        rewards: &mut RewardWorker,
+        observer: &mut dyn EpochObserver,
+    ) -> Result<(Vec<usize>, u64, u64), EpochError> {
+        let (s, t) = (&self.sampling, &self.training);
+        let cands: Vec<usize> = (0..self.scheduler.num_steps()).step_by(h.stride).collect();
+        let (m, c) = (cands.len(), h.copies);
+        let shape = &anchors.size()[1..];
+        let (mut evals, mut calls) = (0u64, 0u64);
+        let mut ks = Vec::with_capacity(glp.len());
+        for (g, lp) in glp.iter().enumerate() {
+            if observer.stop_requested() {
+                return Err(EpochError::Interrupted);
+            }
+            // Row j·C + c: candidate j, copy c; the copy's noise is keyed by c alone.
+            let copy_keys: Vec<u64> = (0..c as u64).collect();
+            let noise = keyed_noise(
+                mix_seed(&[t.seed, 0xD1, epoch, g as u64]) as u64,
+                &copy_keys,
+                0,
+                shape,
+                self.device,
+            )
+            .repeat([m as i64, 1, 1, 1]);
+            let starts: Vec<usize> = cands
+                .iter()
+                .flat_map(|&k| std::iter::repeat_n(k, c))
+                .collect();
+            let anchor = anchors.narrow(0, g as i64, 1);
+            let x = hrf::renoise(
+                &self.scheduler,
+                &anchor.expand_as(&noise),
+                &starts,
+                &noise,
+                self.device,
+            );
+            let keys: Vec<u64> = (0..(m * c) as u64).collect();
+            let labels =
+                lp.0.map(|y| Tensor::full([(m * c) as i64], y, (Kind::Int64, Device::Cpu)));
+            let tr = sample_trajectories(
+                &self.model.unet,
+                &self.scheduler,
+                &TrajectoryRequest {
+                    labels: labels.as_ref(),
+                    keys: &keys,
+                    seed: t.seed,
+                    epoch,
+                    eta: 0.0,
+                    guidance: s.guidance,
+                    start: Some(Start {
+                        steps: &starts,
+                        latents: &x,
+                    }),
+                },
+                self.device,
+            );
+            evals += tr.unet_evals;
+            let finals = tr.final_samples();
+            let batch: Vec<Sample> = to_images(&finals)
+                .into_iter()
+                .map(|image| Sample {
+                    image,
+                    prompt: lp.1.clone(),
+                    metadata: serde_json::json!({"epoch": epoch, "hrf_d_candidates_of_group": g}),
+                })
+                .collect();
+            calls += batch.len() as u64;
+            let scored = rewards.score_now(batch)?;
+            let reward: Vec<f64> = scored.total.chunks(c).map(|r| mean_std(r).0).collect();
+            let copy0 = finals.index_select(
+                0,
+                &Tensor::arange_start_step(0, (m * c) as i64, c as i64, (Kind::Int64, self.device)),
+            );
+            let diversity = hrf::cosine_distance(&copy0, &anchor.expand_as(&copy0));
+            ks.push(hrf::choose_start(&cands, &reward, &diversity, h.beta));
+        }
+        Ok((ks, evals, calls))
+    }
+
+    /// Step 3: inner epochs over shuffled samples; each sample trains its own permutation of
+    /// its trainable steps from its first trained step (the first `timestep_fraction` of them);
+    /// samples with fewer steps drop out of later slots. Gradients are weighted per sample
+    /// (1/K_r for `mean`, 1 for `sum`), averaged over the train batch, and one optimiser step is
+    /// taken per train batch (per `grad_accum` batches; per epoch for DDPO-SF).
+    fn train(
+        &mut self,
+        epoch: u64,
+        sampled: &SampledEpoch,
+        adv: &[f64],
+        clip_scale: &[f64],
+        reward_mean: f64,
+        observer: &mut dyn EpochObserver,
+    ) -> Trained {
+        let (s, t) = (&self.sampling, &self.training);
+        let total = sampled.samples.len();
         let cat = |f: &dyn Fn(&Trajectories) -> Tensor| {
-            Tensor::cat(&batches.iter().map(f).collect::<Vec<_>>(), 0)
+            Tensor::cat(&sampled.batches.iter().map(f).collect::<Vec<_>>(), 0)
         };
         let latents = cat(&|b| b.latents.shallow_clone());
         let old_lp = cat(&|b| b.log_probs.shallow_clone());
-        let labels = batches[0]
+        let labels = sampled.batches[0]
             .labels
             .as_ref()
             .map(|_| cat(&|b| b.labels.as_ref().expect("all or none").shallow_clone()));
-        drop(batches);
         let adv_t = Tensor::from_slice(&adv.iter().map(|&a| a as f32).collect::<Vec<_>>())
             .to_device(self.device);
-        let trainable = self.scheduler.trainable_steps(0);
-        let k = ((trainable.len() as f64 * t.timestep_fraction) as usize).clamp(1, trainable.len());
+        let clip_t = Tensor::from_slice(
+            &clip_scale
+                .iter()
+                .map(|&f| {
+                    if t.method == Method::DdpoSf {
+                        f64::INFINITY
+                    } else {
+                        t.clip_range * f
+                    }
+                })
+                .collect::<Vec<_>>(),
+        )
+        .to_kind(Kind::Float)
+        .to_device(self.device);
+        // Each sample's trainable steps and how many of them it trains.
+        let trainable: Vec<Vec<usize>> = sampled
+            .train_starts
+            .iter()
+            .map(|&k| self.scheduler.trainable_steps(k))
+            .collect();
+        let counts: Vec<usize> = trainable
+            .iter()
+            .map(|tr| {
+                let k = (tr.len() as f64 * t.timestep_fraction) as usize;
+                k.clamp(1.min(tr.len()), tr.len())
+            })
+            .collect();
         let train_batches = total.div_ceil(t.batch_size);
-        let (mut loss_sum, mut cf_sum, mut kl_sum, mut slots) = (0f64, 0f64, 0f64, 0usize);
-        let (mut norm_sum, mut opt_steps, mut base_kl_sum) = (0f64, 0usize, 0f64);
-        let clip_range = if t.method == Method::DdpoSf {
-            f64::INFINITY
-        } else {
-            t.clip_range
-        };
         let per_update = match t.method {
             Method::DdpoSf => train_batches,
-            Method::DdpoIs => t.grad_accum,
+            _ => t.grad_accum,
         } as f64;
-        let scale = match t.step_reduction {
-            StepReduction::Mean => 1.0 / (k as f64 * per_update),
-            StepReduction::Sum => 1.0 / per_update,
-        };
         let base = if t.kl_coef > 0.0 { self.base } else { None };
         let lr = t.optimizer.lr;
+        let mut out = Trained {
+            steps_per_sample: counts.iter().copied().max().unwrap_or(0),
+            ..Trained::default()
+        };
+        let mut slots = 0usize;
 
         for inner in 0..t.inner_epochs as u64 {
             let mut rng = KeyedRng::new(&[t.seed, 0x5417, epoch, inner]);
-            let order: Vec<i64> = rng
-                .permutation(total)
-                .into_iter()
-                .map(|i| i as i64)
-                .collect();
-            let perms: Vec<Vec<usize>> = (0..total)
-                .map(|_| rng.permutation(trainable.len()))
+            let order: Vec<usize> = rng.permutation(total);
+            let perms: Vec<Vec<usize>> = trainable
+                .iter()
+                .map(|tr| rng.permutation(tr.len()))
                 .collect();
             self.optimizer.zero_grad();
             for (bi, rows) in order.chunks(t.batch_size).enumerate() {
-                let rows_t = Tensor::from_slice(rows).to_device(self.device);
-                let lat = latents.index_select(0, &rows_t);
-                let olp = old_lp.index_select(0, &rows_t);
-                let a = adv_t.index_select(0, &rows_t);
+                let rows_t =
+                    Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>())
+                        .to_device(self.device);
+                let steps: Vec<Vec<usize>> = rows
+                    .iter()
+                    .map(|&r| {
+                        perms[r][..counts[r]]
+                            .iter()
+                            .map(|&j| trainable[r][j])
+                            .collect()
+                    })
+                    .collect();
                 let y = labels.as_ref().map(|l| l.index_select(0, &rows_t));
-                let ar = Tensor::arange(rows.len() as i64, (Kind::Int64, self.device));
-                for slot in 0..k {
-                    let pos: Vec<i64> = rows
-                        .iter()
-                        .map(|&r| trainable[perms[r as usize][slot]] as i64)
-                        .collect();
-                    let pos_t = Tensor::from_slice(&pos).to_device(self.device);
-                    let x_t = lat.index(&[Some(&ar), Some(&pos_t)]);
-                    let x_prev = lat.index(&[Some(&ar), Some(&(&pos_t + 1))]);
-                    let old = olp.index(&[Some(&ar), Some(&pos_t)]);
-                    let batch = StepBatch {
-                        sample: &x_t,
-                        prev: &x_prev,
-                        step_index: &pos_t,
-                        labels: y.as_ref(),
-                        old_log_prob: &old,
-                        advantages: &a,
-                    };
-                    let out = ppo_loss(
-                        &self.model.unet,
-                        &self.scheduler,
-                        &batch,
-                        s.eta,
-                        s.guidance,
-                        clip_range,
-                    );
-                    let mut loss = if t.method == Method::DdpoSf {
-                        // REINFORCE: −mean(A · log p_θ).
-                        -(&a * &out.log_prob).mean(Kind::Float)
-                    } else {
-                        out.loss
-                    };
-                    if let Some(base) = base {
-                        let kl = kl_to_base(
-                            &base.unet,
-                            &self.scheduler,
-                            &batch,
-                            &out.mean,
-                            &out.std,
-                            s.eta,
-                            s.guidance,
-                        );
-                        base_kl_sum += kl.double_value(&[]);
-                        loss += kl * t.kl_coef;
-                    }
-                    (&loss * scale).backward();
-                    loss_sum += loss.double_value(&[]);
-                    cf_sum += out.clipfrac;
-                    kl_sum += out.approx_kl;
-                    slots += 1;
-                }
+                let batch = WindowBatch {
+                    latents: &latents.index_select(0, &rows_t),
+                    old_log_probs: &old_lp.index_select(0, &rows_t),
+                    labels: y.as_ref(),
+                    advantages: &adv_t.index_select(0, &rows_t),
+                    clip: &clip_t.index_select(0, &rows_t),
+                    steps: &steps,
+                    reduction: t.step_reduction,
+                    per_update,
+                };
+                let st = accumulate_window_gradients(
+                    &self.model.unet,
+                    base.map(|b| (&b.unet, t.kl_coef)),
+                    &self.scheduler,
+                    &batch,
+                    s.eta,
+                    s.guidance,
+                    t.method == Method::DdpoSf,
+                );
+                out.loss += st.loss_sum;
+                out.clipfrac += st.clipfrac_sum;
+                out.approx_kl += st.approx_kl_sum;
+                out.kl_to_base += st.kl_to_base_sum;
+                out.unet_evals += st.unet_evals;
+                slots += st.slots;
                 let last = bi + 1 == train_batches;
                 let update_now = match t.method {
                     Method::DdpoSf => last,
-                    Method::DdpoIs => (bi + 1) % t.grad_accum == 0 || last,
+                    _ => (bi + 1) % t.grad_accum == 0 || last,
                 };
                 if update_now {
-                    norm_sum += self.optimizer.clip_grad_norm(t.max_grad_norm);
+                    out.grad_norm += self.optimizer.clip_grad_norm(t.max_grad_norm);
                     self.optimizer.step_with_lr(lr);
                     self.optimizer.zero_grad();
-                    opt_steps += 1;
+                    out.optimizer_steps += 1;
                 }
                 observer.advanced(
                     "train",
@@ -316,33 +614,147 @@ impl Ddpo<'_> {
                 );
             }
         }
-        let per_slot = |x: f64| x / slots.max(1) as f64;
-        let stats = EpochStats {
-            epoch,
-            reward_mean,
-            reward_std,
-            reward_components: scores
-                .components
-                .iter()
-                .map(|(name, v)| (name.clone(), mean_std(v).0))
-                .collect(),
-            loss: per_slot(loss_sum),
-            clipfrac: per_slot(cf_sum),
-            approx_kl: per_slot(kl_sum),
-            kl_to_base: per_slot(base_kl_sum),
-            grad_norm: norm_sum / opt_steps.max(1) as f64,
-            optimizer_steps: opt_steps,
-            trained_steps_per_sample: k,
-            sample_s,
-            reward_wait_s,
-            train_s: train_start.elapsed().as_secs_f64(),
-        };
-        Ok(EpochOutcome {
-            stats,
-            samples,
-            scores,
-        })
+        let per_slot = slots.max(1) as f64;
+        out.loss /= per_slot;
+        out.clipfrac /= per_slot;
+        out.approx_kl /= per_slot;
+        out.kl_to_base /= per_slot;
+        out.grad_norm /= out.optimizer_steps.max(1) as f64;
+        out
     }
+}
+
+/// One train batch of stored steps: row r trains the steps `steps[r]` of its chain, in slot
+/// order (slot j holds each row's j-th step; rows with fewer steps drop out of later slots).
+pub struct WindowBatch<'a> {
+    /// `[R, N+1, C, H, W]`: entry i is the input of step i.
+    pub latents: &'a Tensor,
+    /// `[R, N]`.
+    pub old_log_probs: &'a Tensor,
+    pub labels: Option<&'a Tensor>,
+    /// Clipped advantages, `[R]`.
+    pub advantages: &'a Tensor,
+    /// Ratio clip range per row, `[R]` (+∞: none).
+    pub clip: &'a Tensor,
+    pub steps: &'a [Vec<usize>],
+    /// Per row: mean over its steps (weight 1/K_r) or sum (weight 1).
+    pub reduction: StepReduction,
+    /// Train batches per optimiser step: the gradient is averaged over them.
+    pub per_update: f64,
+}
+
+/// Sums over the slots of a `WindowBatch`.
+#[derive(Debug, Default)]
+pub struct SlotStats {
+    /// The objective whose gradient was accumulated: Σ_slots Σ_rows w_r·ℓ_r / (R·per_update).
+    pub objective: f64,
+    /// Σ over slots of the slot's mean per-row loss (for the log).
+    pub loss_sum: f64,
+    pub clipfrac_sum: f64,
+    pub approx_kl_sum: f64,
+    pub kl_to_base_sum: f64,
+    pub slots: usize,
+    pub unet_evals: u64,
+}
+
+/// Accumulates the gradient of a train batch's loss into the UNet's parameters, one backward
+/// pass per slot (so the graph of one slot is alive at a time). The per-row loss is PPO's
+/// max(−A·ρ, −A·clip(ρ, 1 ± c_r)), or REINFORCE's −A·log p_θ (`reinforce`), plus
+/// `kl_coef` × the KL to the base model when `base` is given.
+pub fn accumulate_window_gradients(
+    unet: &hrf_diffusion::UNet2DModel,
+    base: Option<(&hrf_diffusion::UNet2DModel, f64)>,
+    sched: &DdimScheduler,
+    b: &WindowBatch<'_>,
+    eta: f64,
+    guidance: f64,
+    reinforce: bool,
+) -> SlotStats {
+    let device = b.latents.device();
+    let rows = b.steps.len();
+    let mut st = SlotStats::default();
+    let most = b.steps.iter().map(Vec::len).max().unwrap_or(0);
+    for slot in 0..most {
+        let active: Vec<i64> = (0..rows as i64)
+            .filter(|&r| slot < b.steps[r as usize].len())
+            .collect();
+        let rows_t = Tensor::from_slice(&active).to_device(device);
+        let pos: Vec<i64> = active
+            .iter()
+            .map(|&r| b.steps[r as usize][slot] as i64)
+            .collect();
+        let pos_t = Tensor::from_slice(&pos).to_device(device);
+        let ar = Tensor::arange(active.len() as i64, (Kind::Int64, device));
+        let lat = b.latents.index_select(0, &rows_t);
+        let x_t = lat.index(&[Some(&ar), Some(&pos_t)]);
+        let x_prev = lat.index(&[Some(&ar), Some(&(&pos_t + 1))]);
+        let old = b
+            .old_log_probs
+            .index_select(0, &rows_t)
+            .index(&[Some(&ar), Some(&pos_t)]);
+        let a = b.advantages.index_select(0, &rows_t);
+        let y = b.labels.map(|l| l.index_select(0, &rows_t));
+        let batch = StepBatch {
+            sample: &x_t,
+            prev: &x_prev,
+            step_index: &pos_t,
+            labels: y.as_ref(),
+            old_log_prob: &old,
+            advantages: &a,
+        };
+        let step = ppo_loss_clipped(
+            unet,
+            sched,
+            &batch,
+            eta,
+            guidance,
+            &b.clip.index_select(0, &rows_t),
+        );
+        st.unet_evals += step_evals(unet, y.as_ref(), guidance, active.len() as u64);
+        let mut per_row = if reinforce {
+            -(&a * &step.log_prob)
+        } else {
+            step.per_sample.shallow_clone()
+        };
+        if let Some((base, coef)) = base {
+            let kl = kl_to_base(base, sched, &batch, &step.mean, &step.std, eta, guidance);
+            st.unet_evals += step_evals(base, y.as_ref(), guidance, active.len() as u64);
+            st.kl_to_base_sum += kl.mean(Kind::Float).double_value(&[]);
+            per_row = per_row + kl * coef;
+        }
+        let weights: Vec<f32> = active
+            .iter()
+            .map(|&r| {
+                let w = match b.reduction {
+                    StepReduction::Mean => 1.0 / b.steps[r as usize].len() as f64,
+                    StepReduction::Sum => 1.0,
+                };
+                (w / (rows as f64 * b.per_update)) as f32
+            })
+            .collect();
+        let objective =
+            (&per_row * Tensor::from_slice(&weights).to_device(device)).sum(Kind::Float);
+        objective.backward();
+        st.objective += objective.double_value(&[]);
+        st.loss_sum += per_row.mean(Kind::Float).double_value(&[]);
+        st.clipfrac_sum += step.clipfrac;
+        st.approx_kl_sum += step.approx_kl;
+        st.slots += 1;
+    }
+    st
+}
+
+/// What the train phase reports.
+#[derive(Default)]
+struct Trained {
+    loss: f64,
+    clipfrac: f64,
+    approx_kl: f64,
+    kl_to_base: f64,
+    grad_norm: f64,
+    optimizer_steps: usize,
+    steps_per_sample: usize,
+    unet_evals: u64,
 }
 
 /// Mean and population standard deviation.
@@ -355,8 +767,8 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// The DPOK-style KL of the policy's step distribution to the frozen base model's at the same
 /// x_t: both are Gaussians with the same σ, so KL = ‖μ_θ − μ_base‖² / (2σ²), averaged over
-/// non-batch dimensions like the log-prob, then over the batch. Degenerate steps are never
-/// trained, so σ > 0 here.
+/// non-batch dimensions like the log-prob; one value per sample, `[B]`. Degenerate steps are
+/// never trained, so σ > 0 here.
 pub fn kl_to_base(
     base: &hrf_diffusion::UNet2DModel,
     sched: &DdimScheduler,
@@ -377,7 +789,7 @@ pub fn kl_to_base(
     let sq = (policy_mean - base_mean)
         .square()
         .mean_dim(reduce.as_slice(), false, Kind::Float);
-    (sq / (std.square() * 2.0)).mean(Kind::Float)
+    sq / (std.square() * 2.0)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod advantages;
 pub mod ddpo;
 pub mod ema;
 pub mod evaluation;
+pub mod hrf;
 pub mod metrics;
 pub mod plots;
 pub mod ppo;

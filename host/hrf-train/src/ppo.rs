@@ -23,8 +23,10 @@ pub struct StepBatch<'a> {
 }
 
 pub struct PpoLoss {
-    /// The scalar loss (with its graph).
+    /// The scalar loss, the mean of `per_sample` (with its graph).
     pub loss: Tensor,
+    /// max(−A·ρ, −A·clip(ρ)) per sample, `[B]` (with its graph).
+    pub per_sample: Tensor,
     /// log p_θ of the stored steps, `[B]` (with its graph).
     pub log_prob: Tensor,
     /// Fraction of samples whose ratio left [1 − c, 1 + c].
@@ -37,6 +39,7 @@ pub struct PpoLoss {
     pub std: Tensor,
 }
 
+/// The loss with one ratio clip range for the whole batch (DDPO).
 pub fn ppo_loss(
     unet: &UNet2DModel,
     sched: &DdimScheduler,
@@ -44,6 +47,20 @@ pub fn ppo_loss(
     eta: f64,
     guidance: f64,
     clip_range: f64,
+) -> PpoLoss {
+    let clip = b.advantages.full_like(clip_range);
+    ppo_loss_clipped(unet, sched, b, eta, guidance, &clip)
+}
+
+/// The loss with each sample's own ratio clip range `clip`, `[B]` (HRF scales it by the window
+/// fraction f of the sample's start; +∞ disables clipping).
+pub fn ppo_loss_clipped(
+    unet: &UNet2DModel,
+    sched: &DdimScheduler,
+    b: &StepBatch<'_>,
+    eta: f64,
+    guidance: f64,
+    clip: &Tensor,
 ) -> PpoLoss {
     let t = sched.timesteps_at(b.step_index);
     let out = guided_output(unet, b.sample, &t, b.labels, guidance);
@@ -53,12 +70,14 @@ pub fn ppo_loss(
     let delta = &log_prob - b.old_log_prob;
     let ratio = delta.exp();
     let unclipped = -b.advantages * &ratio;
-    let clipped = -b.advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range);
-    let loss = unclipped.maximum(&clipped).mean(Kind::Float);
+    let clip = clip.to_kind(ratio.kind());
+    let clipped = -b.advantages * ratio.clamp_tensor(Some(1.0 - &clip), Some(1.0 + &clip));
+    let per_sample = unclipped.maximum(&clipped);
+    let loss = per_sample.mean(Kind::Float);
     let (clipfrac, approx_kl) = tch::no_grad(|| {
         let cf = (&ratio - 1.0)
             .abs()
-            .gt(clip_range)
+            .gt_tensor(&clip)
             .to_kind(Kind::Float)
             .mean(Kind::Float);
         let kl = delta.square().mean(Kind::Float) * 0.5;
@@ -66,6 +85,7 @@ pub fn ppo_loss(
     });
     PpoLoss {
         loss,
+        per_sample,
         log_prob,
         clipfrac,
         approx_kl,

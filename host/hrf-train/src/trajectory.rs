@@ -7,16 +7,21 @@ use tch::{Device, Kind, Tensor};
 
 use crate::sampling::{guided_output, keyed_noise, mix_seed};
 
-/// A batch of trajectories, all starting at step `start` (0 for DDPO).
+/// A batch of trajectories. Row r starts at step `starts[r]` (0 for DDPO: pure noise; k for an
+/// HRF trajectory of interest) and runs to the end of the chain.
 pub struct Trajectories {
-    /// Latents x at steps start..=N: `[B, S+1, C, H, W]` (index 0 is the starting latent).
+    /// Latents x at steps 0..=N, `[B, N+1, C, H, W]`: entry i is the input of step i and entry
+    /// i+1 its output. Entries before a row's start hold its starting latent.
     pub latents: Tensor,
-    /// log p(x_{i+1} | x_i) for each of the S steps, `[B, S]` (0 at degenerate steps).
+    /// log p(x_{i+1} | x_i) for each of the N steps, `[B, N]` (0 before the start and at
+    /// degenerate steps).
     pub log_probs: Tensor,
-    /// The step indices the S transitions were taken at.
-    pub steps: Vec<usize>,
+    /// The step each row starts at.
+    pub starts: Vec<usize>,
     pub labels: Option<Tensor>,
     pub keys: Vec<u64>,
+    /// UNet evaluations spent (a guided step of a conditional row counts 2).
+    pub unet_evals: u64,
 }
 
 impl Trajectories {
@@ -26,6 +31,12 @@ impl Trajectories {
     }
 }
 
+/// Where the rows of a batch start: step `steps[r]` from latent `latents[r]`.
+pub struct Start<'a> {
+    pub steps: &'a [usize],
+    pub latents: &'a Tensor,
+}
+
 pub struct TrajectoryRequest<'a> {
     pub labels: Option<&'a Tensor>,
     pub keys: &'a [u64],
@@ -33,8 +44,24 @@ pub struct TrajectoryRequest<'a> {
     pub epoch: u64,
     pub eta: f64,
     pub guidance: f64,
-    /// Start from this latent at step `start` instead of pure noise at step 0.
-    pub start: Option<(usize, &'a Tensor)>,
+    /// Start each row at its own step and latent instead of pure noise at step 0.
+    pub start: Option<Start<'a>>,
+}
+
+/// UNet evaluations of one step for `rows` rows (classifier-free guidance doubles the batch
+/// unless the rows are unconditional or the weight is 1).
+pub fn step_evals(unet: &UNet2DModel, labels: Option<&Tensor>, guidance: f64, rows: u64) -> u64 {
+    let guided = match (labels, crate::sampling::null_class(unet)) {
+        (Some(y), Some(null)) if guidance != 1.0 => {
+            !bool::try_from(y.eq(null).all()).unwrap_or(false)
+        }
+        _ => false,
+    };
+    if guided {
+        2 * rows
+    } else {
+        rows
+    }
 }
 
 pub fn sample_trajectories(
@@ -46,33 +73,67 @@ pub fn sample_trajectories(
     let cfg = unet.config();
     let size = cfg.sample_size.unwrap_or(32);
     let shape = [cfg.in_channels, size, size];
-    let b = req.keys.len() as i64;
+    let b = req.keys.len();
+    let n = sched.num_steps();
     let stream_seed = mix_seed(&[req.seed, req.epoch]) as u64;
     tch::no_grad(|| {
-        let (start, mut x) = match req.start {
-            Some((s, x)) => (s, x.to_device(device)),
-            None => (0, keyed_noise(stream_seed, req.keys, 0, &shape, device)),
+        let (starts, mut x) = match &req.start {
+            Some(s) => {
+                assert_eq!(s.steps.len(), b, "one start per row");
+                assert!(s.steps.iter().all(|&k| k < n), "starts inside the chain");
+                (s.steps.to_vec(), s.latents.to_device(device))
+            }
+            None => (
+                vec![0; b],
+                keyed_noise(stream_seed, req.keys, 0, &shape, device),
+            ),
         };
         let labels = req.labels.map(|y| y.to_device(device));
-        let mut latents = vec![x.shallow_clone()];
-        let mut log_probs = Vec::new();
-        let steps: Vec<usize> = (start..sched.num_steps()).collect();
-        for &i in &steps {
-            let t = Tensor::full([b], sched.timesteps()[i], (Kind::Int64, device));
-            let out = guided_output(unet, &x, &t, labels.as_ref(), req.guidance);
-            let idx = Tensor::full([b], i as i64, (Kind::Int64, device));
-            let z = keyed_noise(stream_seed, req.keys, i as u64 + 1, &shape, device);
-            let s = sched.step(&out, &idx, &x, req.eta, PrevSample::Noise(&z));
-            x = s.prev;
+        let first = starts.iter().copied().min().unwrap_or(n);
+        let mut latents: Vec<Tensor> = (0..=first).map(|_| x.shallow_clone()).collect();
+        let mut log_probs: Vec<Tensor> = (0..first)
+            .map(|_| Tensor::zeros([b as i64], (Kind::Float, device)))
+            .collect();
+        let mut unet_evals = 0;
+        for i in first..n {
+            // The rows that have started by step i.
+            let active: Vec<i64> = (0..b as i64).filter(|&r| starts[r as usize] <= i).collect();
+            let all = active.len() == b;
+            let rows = Tensor::from_slice(&active).to_device(device);
+            let pick = |t: &Tensor| {
+                if all {
+                    t.shallow_clone()
+                } else {
+                    t.index_select(0, &rows)
+                }
+            };
+            let xa = pick(&x);
+            let ya = labels.as_ref().map(pick);
+            let keys: Vec<u64> = active.iter().map(|&r| req.keys[r as usize]).collect();
+            let m = active.len() as i64;
+            let t = Tensor::full([m], sched.timesteps()[i], (Kind::Int64, device));
+            let out = guided_output(unet, &xa, &t, ya.as_ref(), req.guidance);
+            unet_evals += step_evals(unet, ya.as_ref(), req.guidance, m as u64);
+            let idx = Tensor::full([m], i as i64, (Kind::Int64, device));
+            let z = keyed_noise(stream_seed, &keys, i as u64 + 1, &shape, device);
+            let s = sched.step(&out, &idx, &xa, req.eta, PrevSample::Noise(&z));
+            let lp = if all {
+                x = s.prev;
+                s.log_prob
+            } else {
+                x = x.index_copy(0, &rows, &s.prev);
+                Tensor::zeros([b as i64], (Kind::Float, device)).index_copy(0, &rows, &s.log_prob)
+            };
             latents.push(x.shallow_clone());
-            log_probs.push(s.log_prob);
+            log_probs.push(lp);
         }
         Trajectories {
             latents: Tensor::stack(&latents, 1),
             log_probs: Tensor::stack(&log_probs, 1),
-            steps,
+            starts,
             labels,
             keys: req.keys.to_vec(),
+            unet_evals,
         }
     })
 }

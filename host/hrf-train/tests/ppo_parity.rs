@@ -50,3 +50,69 @@ fn clipped_loss_and_gradients_match_torch() {
         assert!(err <= 1e-4 * scale.max(1.0), "{name}: {err:e}");
     }
 }
+
+/// HRF's window loss on a train batch whose rows start at k = 0, 4, 7 and train different
+/// numbers of steps, with both clips scaled by f = N_train(k)/N_train(0): the objective and its
+/// gradient match the fixture written from the paper's formulas in Python torch, for the
+/// authors' sum over steps and ddpo-pytorch's mean.
+#[test]
+fn window_loss_and_gradients_match_torch() {
+    use hrf_config::ddpo::StepReduction;
+    use hrf_train::ddpo::{accumulate_window_gradients, WindowBatch};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let f: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("window_step.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let sched = DdimScheduler::new(SchedulerConfig::default(), 10, 1e-4).unwrap();
+    let starts: Vec<i64> = Vec::try_from(&f["starts"]).unwrap();
+    let fractions: Vec<f64> = starts
+        .iter()
+        .map(|&k| hrf_train::hrf::window_fraction(&sched, k as usize))
+        .collect();
+    let want: Vec<f32> = Vec::try_from(&f["f"]).unwrap();
+    for (got, want) in fractions.iter().zip(&want) {
+        assert!((got - *want as f64).abs() < 1e-6, "f {got} vs {want}");
+    }
+    let clip = Tensor::from_slice(
+        &fractions
+            .iter()
+            .map(|f| (0.05 * f) as f32)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        max_abs(&clip, &f["clip"]) < 1e-7,
+        "ratio clip ranges scale with f"
+    );
+    let steps = vec![vec![5, 0, 2, 8], vec![4, 6], vec![8, 7]];
+    for (reduction, key) in [(StepReduction::Sum, "sum"), (StepReduction::Mean, "mean")] {
+        let model = DiffusersModel::load(&dir.join("ppo_unet"), Device::Cpu).unwrap();
+        let batch = WindowBatch {
+            latents: &f["latents"],
+            old_log_probs: &f["old_log_probs"],
+            labels: Some(&f["class_labels"]),
+            advantages: &f["advantages"],
+            clip: &clip,
+            steps: &steps,
+            reduction,
+            per_update: 1.0,
+        };
+        let st = accumulate_window_gradients(&model.unet, None, &sched, &batch, 1.0, 1.0, false);
+        assert_eq!(st.slots, 4, "the longest row has 4 steps");
+        let want = f[&format!("{key}.objective")].double_value(&[0]);
+        assert!(
+            (st.objective - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{key}: objective {} vs {want}",
+            st.objective
+        );
+        let vars = model.vs.variables();
+        for name in ["conv_in.weight", "down_blocks.1.attentions.0.to_q.weight"] {
+            let want = &f[&format!("{key}.grad.{name}")];
+            let scale = f64::try_from(want.abs().max()).unwrap();
+            assert!(scale > 1e-6, "{name}: the reference gradient is zero");
+            let err = max_abs(&vars[name].grad(), want);
+            println!("{key} {name}: max abs gradient error {err:.2e} (max |grad| {scale:.2e})");
+            assert!(err <= 1e-4 * scale.max(1.0), "{key} {name}: {err:e}");
+        }
+    }
+}
