@@ -315,3 +315,71 @@ fn shipped_pipelines_validate_and_the_schema_is_current() {
         "regenerate with `hrf schema > configs/pipeline.schema.json`"
     );
 }
+
+/// HRF and HRF-D on the tiny unconditional pipeline: starts follow the window schedule
+/// ([0, 3) for two epochs, then [3, 6) where 5 is degenerate), HRF-D's candidate passes are
+/// counted, and an HRF-D run killed mid-training resumes to the same metrics and weights.
+#[test]
+fn hrf_and_hrf_d_runs_follow_their_starts_and_resume_exactly() {
+    let d = tmp("hrf");
+    let pipeline = repo().join("tests/pipelines/tiny-compressibility.yaml");
+    let p = pipeline.to_str().unwrap();
+    let mut sets: Vec<String> = [
+        "training.hrf.group_size=2",
+        "training.hrf.copies=2",
+        "evaluation.every=0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run_with = |method: &str, dir: &Path, envs: &[(&str, &str)], sets: &[String]| {
+        let mut args = vec!["run", p, "-q", "--run-dir", dir.to_str().unwrap()];
+        let m = format!("training.method={method}");
+        args.extend(["--set", &m]);
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        hrf(&args, envs)
+    };
+    let starts_of = |run: &Path| -> Vec<Vec<u64>> {
+        metrics(run)
+            .iter()
+            .filter(|l| l["kind"] == "epoch")
+            .map(|l| {
+                l["starts"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.parse().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let h = d.join("hrf");
+    let o = run_with("hrf", &h, &[], &sets);
+    assert!(o.status.success(), "{}", text(&o));
+    let starts = starts_of(&h);
+    assert!(starts[0].iter().chain(&starts[1]).all(|&k| k < 3), "{starts:?}");
+    assert!(starts[2].iter().all(|&k| k == 3 || k == 4), "{starts:?}");
+
+    sets.push("training.hrf.stride=2".into());
+    let whole = d.join("hrf-d");
+    let o = run_with("hrf-d", &whole, &[], &sets);
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = metrics(&whole);
+    for l in reference.iter().filter(|l| l["kind"] == "epoch") {
+        // 8 samples + 4 anchors × 3 candidates (0, 2, 4) × 2 copies.
+        assert_eq!(l["reward_calls"], 8 + 4 * 3 * 2, "{l}");
+        let ks: Vec<&String> = l["starts"].as_object().unwrap().keys().collect();
+        assert!(ks.iter().all(|k| ["0", "2", "4"].contains(&k.as_str())), "{l}");
+    }
+    let killed = d.join("hrf-d-killed");
+    let o = run_with("hrf-d", &killed, &[("HRF_TEST_KILL_AT", "training:1")], &sets);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(9), "{}", text(&o));
+    let o = hrf(&["run", "-q", "--resume", killed.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(metrics(&killed), reference, "metrics differ after resume");
+    assert!(weights(&killed) == weights(&whole), "final weights differ");
+    std::fs::remove_dir_all(d).unwrap();
+}

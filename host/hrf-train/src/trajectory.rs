@@ -219,4 +219,79 @@ mod tests {
         }
         assert!(worst <= 1e-5, "worst |ratio − 1| = {worst:e}");
     }
+
+    /// Rows that start later (HRF's trajectories of interest) keep their starting latent and a
+    /// zero log-prob before their start, do not depend on the other rows of the batch, and their
+    /// stored log-probs are what the trainer recomputes (ratio 1 within 1e-5).
+    #[test]
+    fn rows_start_at_their_own_step() {
+        let model = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 12).unwrap();
+        let sched = DdimScheduler::new(SchedulerConfig::default(), 6, 1e-4).unwrap();
+        let x0 = Tensor::randn([3, 1, 32, 32], (Kind::Float, Device::Cpu));
+        let labels = Tensor::from_slice(&[10i64, 10, 10]);
+        let run = |rows: &[usize], starts: &[usize]| {
+            let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+            let keys: Vec<u64> = rows.iter().map(|&r| r as u64).collect();
+            let y = labels.index_select(0, &idx);
+            sample_trajectories(
+                &model.unet,
+                &sched,
+                &TrajectoryRequest {
+                    labels: Some(&y),
+                    keys: &keys,
+                    seed: 4,
+                    epoch: 1,
+                    eta: 1.0,
+                    guidance: 1.0,
+                    start: Some(Start {
+                        steps: starts,
+                        latents: &x0.index_select(0, &idx),
+                    }),
+                },
+                Device::Cpu,
+            )
+        };
+        let all = run(&[0, 1, 2], &[0, 2, 4]);
+        assert_eq!(all.latents.size(), [3, 7, 1, 32, 32]);
+        assert_eq!(all.unet_evals, 6 + 4 + 2);
+        for (r, k) in [(1i64, 2i64), (2, 4)] {
+            for i in 0..=k {
+                assert!(all.latents.get(r).get(i).equal(&x0.get(r)), "row {r} entry {i}");
+            }
+            let before = all.log_probs.get(r).narrow(0, 0, k);
+            assert_eq!(before.abs().sum(Kind::Float).double_value(&[]), 0.0);
+        }
+        let alone = run(&[2], &[4]);
+        let diff = (all.final_samples().get(2) - alone.final_samples().get(0))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-4, "row 2 depends on its batch: {diff}");
+        // Recompute row r's steps from its start.
+        for (r, k) in [(0usize, 0usize), (1, 2), (2, 4)] {
+            for i in sched.trainable_steps(k) {
+                let pick = |t: &Tensor, j: i64| t.get(r as i64).get(j).unsqueeze(0);
+                let old = all.log_probs.get(r as i64).get(i as i64).reshape([1]);
+                let out = tch::no_grad(|| {
+                    ppo_loss(
+                        &model.unet,
+                        &sched,
+                        &StepBatch {
+                            sample: &pick(&all.latents, i as i64),
+                            prev: &pick(&all.latents, i as i64 + 1),
+                            step_index: &Tensor::from_slice(&[i as i64]),
+                            labels: Some(&labels.narrow(0, r as i64, 1)),
+                            old_log_prob: &old,
+                            advantages: &Tensor::ones([1], (Kind::Float, Device::Cpu)),
+                        },
+                        1.0,
+                        1.0,
+                        1e-4,
+                    )
+                });
+                let ratio = (&out.log_prob - &old).exp().double_value(&[0]);
+                assert!((ratio - 1.0).abs() < 1e-5, "row {r} step {i}: ratio {ratio}");
+            }
+        }
+    }
 }
