@@ -359,7 +359,10 @@ fn hrf_and_hrf_d_runs_follow_their_starts_and_resume_exactly() {
     let o = run_with("hrf", &h, &[], &sets);
     assert!(o.status.success(), "{}", text(&o));
     let starts = starts_of(&h);
-    assert!(starts[0].iter().chain(&starts[1]).all(|&k| k < 3), "{starts:?}");
+    assert!(
+        starts[0].iter().chain(&starts[1]).all(|&k| k < 3),
+        "{starts:?}"
+    );
     assert!(starts[2].iter().all(|&k| k == 3 || k == 4), "{starts:?}");
 
     sets.push("training.hrf.stride=2".into());
@@ -371,10 +374,18 @@ fn hrf_and_hrf_d_runs_follow_their_starts_and_resume_exactly() {
         // 8 samples + 4 anchors × 3 candidates (0, 2, 4) × 2 copies.
         assert_eq!(l["reward_calls"], 8 + 4 * 3 * 2, "{l}");
         let ks: Vec<&String> = l["starts"].as_object().unwrap().keys().collect();
-        assert!(ks.iter().all(|k| ["0", "2", "4"].contains(&k.as_str())), "{l}");
+        assert!(
+            ks.iter().all(|k| ["0", "2", "4"].contains(&k.as_str())),
+            "{l}"
+        );
     }
     let killed = d.join("hrf-d-killed");
-    let o = run_with("hrf-d", &killed, &[("HRF_TEST_KILL_AT", "training:1")], &sets);
+    let o = run_with(
+        "hrf-d",
+        &killed,
+        &[("HRF_TEST_KILL_AT", "training:1")],
+        &sets,
+    );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(o.status.signal(), Some(9), "{}", text(&o));
     let o = hrf(&["run", "-q", "--resume", killed.to_str().unwrap()], &[]);

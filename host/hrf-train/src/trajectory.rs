@@ -256,7 +256,10 @@ mod tests {
         assert_eq!(all.unet_evals, 6 + 4 + 2);
         for (r, k) in [(1i64, 2i64), (2, 4)] {
             for i in 0..=k {
-                assert!(all.latents.get(r).get(i).equal(&x0.get(r)), "row {r} entry {i}");
+                assert!(
+                    all.latents.get(r).get(i).equal(&x0.get(r)),
+                    "row {r} entry {i}"
+                );
             }
             let before = all.log_probs.get(r).narrow(0, 0, k);
             assert_eq!(before.abs().sum(Kind::Float).double_value(&[]), 0.0);
@@ -290,7 +293,10 @@ mod tests {
                     )
                 });
                 let ratio = (&out.log_prob - &old).exp().double_value(&[0]);
-                assert!((ratio - 1.0).abs() < 1e-5, "row {r} step {i}: ratio {ratio}");
+                assert!(
+                    (ratio - 1.0).abs() < 1e-5,
+                    "row {r} step {i}: ratio {ratio}"
+                );
             }
         }
     }
