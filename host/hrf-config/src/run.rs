@@ -1180,7 +1180,7 @@ fn validate_hrf(
     samples_per_epoch: usize,
 ) -> HrfSettings {
     p.at_least("training.hrf.group_size", h.group_size, 2);
-    if h.group_size > 0 && samples_per_epoch % h.group_size != 0 {
+    if h.group_size > 0 && !samples_per_epoch.is_multiple_of(h.group_size) {
         p.push(
             "training.hrf.group_size",
             format!(
@@ -1313,9 +1313,7 @@ fn validate_hrf(
 
 /// The JSON Schema (draft 2020-12) of a run pipeline file.
 pub fn run_schema() -> Value {
-    let schema =
-        serde_json::to_value(schemars::schema_for!(RunFile)).expect("a schema is plain data");
-    schema
+    serde_json::to_value(schemars::schema_for!(RunFile)).expect("a schema is plain data")
 }
 
 /// `run_schema()` as `hrf schema` prints it and configs/pipeline.schema.json holds it.

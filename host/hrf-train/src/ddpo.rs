@@ -133,6 +133,31 @@ impl Ddpo<'_> {
         (Some(*label), Some(text.clone()))
     }
 
+    /// Rolls the current policy for `keys` (with sampling's guidance) from pure noise or `start`.
+    fn roll(
+        &self,
+        labels: Option<&Tensor>,
+        keys: &[u64],
+        (seed, epoch): (u64, u64),
+        eta: f64,
+        start: Option<Start<'_>>,
+    ) -> Trajectories {
+        sample_trajectories(
+            &self.model.unet,
+            &self.scheduler,
+            &TrajectoryRequest {
+                labels,
+                keys,
+                seed,
+                epoch,
+                eta,
+                guidance: self.sampling.guidance,
+                start,
+            },
+            self.device,
+        )
+    }
+
     fn labels_tensor(lp: &[(Option<i64>, Option<String>)]) -> Option<Tensor> {
         lp.first()?.0?;
         Some(Tensor::from_slice(
@@ -320,22 +345,15 @@ impl Ddpo<'_> {
             let latents = start_latents
                 .as_ref()
                 .map(|x| x.narrow(0, range.start as i64, s.batch_size as i64));
-            let tr = sample_trajectories(
-                &self.model.unet,
-                &self.scheduler,
-                &TrajectoryRequest {
-                    labels: labels.as_ref(),
-                    keys: &keys,
-                    seed: t.seed,
-                    epoch,
-                    eta: s.eta,
-                    guidance: s.guidance,
-                    start: latents.as_ref().map(|x| Start {
-                        steps: &train_starts[range.clone()],
-                        latents: x,
-                    }),
-                },
-                self.device,
+            let tr = self.roll(
+                labels.as_ref(),
+                &keys,
+                (t.seed, epoch),
+                s.eta,
+                latents.as_ref().map(|x| Start {
+                    steps: &train_starts[range.clone()],
+                    latents: x,
+                }),
             );
             unet_evals += tr.unet_evals;
             let batch: Vec<Sample> = to_images(&tr.final_samples())
@@ -373,19 +391,12 @@ impl Ddpo<'_> {
         for chunk in (0..glp.len()).collect::<Vec<_>>().chunks(s.batch_size) {
             let keys: Vec<u64> = chunk.iter().map(|&g| g as u64).collect();
             let labels = Self::labels_tensor(&glp[chunk[0]..=chunk[chunk.len() - 1]]);
-            let tr = sample_trajectories(
-                &self.model.unet,
-                &self.scheduler,
-                &TrajectoryRequest {
-                    labels: labels.as_ref(),
-                    keys: &keys,
-                    seed: mix_seed(&[t.seed, 0xA4C0]) as u64,
-                    epoch,
-                    eta: s.eta,
-                    guidance: s.guidance,
-                    start: None,
-                },
-                self.device,
+            let tr = self.roll(
+                labels.as_ref(),
+                &keys,
+                (mix_seed(&[t.seed, 0xA4C0]) as u64, epoch),
+                s.eta,
+                None,
             );
             evals += tr.unet_evals;
             out.push(tr.final_samples());
@@ -406,7 +417,7 @@ impl Ddpo<'_> {
         rewards: &mut RewardWorker,
         observer: &mut dyn EpochObserver,
     ) -> Result<(Vec<usize>, u64, u64), EpochError> {
-        let (s, t) = (&self.sampling, &self.training);
+        let t = &self.training;
         let cands: Vec<usize> = (0..self.scheduler.num_steps()).step_by(h.stride).collect();
         let (m, c) = (cands.len(), h.copies);
         let shape = &anchors.size()[1..];
@@ -441,22 +452,15 @@ impl Ddpo<'_> {
             let keys: Vec<u64> = (0..(m * c) as u64).collect();
             let labels =
                 lp.0.map(|y| Tensor::full([(m * c) as i64], y, (Kind::Int64, Device::Cpu)));
-            let tr = sample_trajectories(
-                &self.model.unet,
-                &self.scheduler,
-                &TrajectoryRequest {
-                    labels: labels.as_ref(),
-                    keys: &keys,
-                    seed: t.seed,
-                    epoch,
-                    eta: 0.0,
-                    guidance: s.guidance,
-                    start: Some(Start {
-                        steps: &starts,
-                        latents: &x,
-                    }),
-                },
-                self.device,
+            let tr = self.roll(
+                labels.as_ref(),
+                &keys,
+                (t.seed, epoch),
+                0.0,
+                Some(Start {
+                    steps: &starts,
+                    latents: &x,
+                }),
             );
             evals += tr.unet_evals;
             let finals = tr.final_samples();
@@ -720,7 +724,8 @@ pub fn accumulate_window_gradients(
             let kl = kl_to_base(base, sched, &batch, &step.mean, &step.std, eta, guidance);
             st.unet_evals += step_evals(base, y.as_ref(), guidance, active.len() as u64);
             st.kl_to_base_sum += kl.mean(Kind::Float).double_value(&[]);
-            per_row = per_row + kl * coef;
+            // Out of place: per_row may share storage with the loss graph.
+            per_row = &per_row + kl * coef;
         }
         let weights: Vec<f32> = active
             .iter()
