@@ -385,8 +385,10 @@ fn dry_run(
     // Training recomputes one forward and backward per trained step: about 3× a sampling step.
     let trainable = sched.trainable_steps(0).len() as f64 * p.training.timestep_fraction;
     let batches = p.sampling.batches_per_epoch as f64;
-    let epoch_s = batches * (sample_s + reward_s)
-        + batches * sample_s * 3.0 * trainable / p.sampling.steps as f64
+    // HRF / HRF-D sample and train shorter chains, plus anchors and candidate rollouts.
+    let (sampled, trained) = hrf_train::hrf::relative_cost(sched, &p.training);
+    let epoch_s = batches * (sample_s * sampled + reward_s)
+        + batches * sample_s * 3.0 * trainable * trained / p.sampling.steps as f64
             * p.training.inner_epochs as f64;
     let weights_mb = model.num_parameters() as f64 * 4.0 / 1e6;
     let checkpoints = (p.training.epochs / p.run.save_every).min(p.run.keep) as f64 + 2.0;

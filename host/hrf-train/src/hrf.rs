@@ -74,6 +74,40 @@ pub fn check_starts(sched: &DdimScheduler, t: &TrainingSettings) -> Result<(), S
     Ok(())
 }
 
+/// The expected chain steps an epoch samples and trains per sample, relative to DDPO's full
+/// chain (1.0, 1.0): HRF rolls members from k and adds one anchor chain per group; HRF-D adds
+/// `copies` chains from every candidate start per group. For estimates (`--dry-run`).
+pub fn relative_cost(sched: &DdimScheduler, t: &TrainingSettings) -> (f64, f64) {
+    let n = sched.num_steps() as f64;
+    let Some(h) = t.hrf.as_ref().filter(|_| t.method.is_hierarchical()) else {
+        return (1.0, 1.0);
+    };
+    let epochs: usize = h.window.iter().map(|c| c.epochs).sum::<usize>().max(1);
+    let (mut member, mut trained) = (0.0, 0.0);
+    for c in &h.window {
+        let usable = usable_starts(sched, c);
+        if usable.is_empty() {
+            continue;
+        }
+        let w = c.epochs as f64 / epochs as f64 / usable.len() as f64;
+        member += usable.iter().map(|&k| w * (n - k as f64) / n).sum::<f64>();
+        trained += usable
+            .iter()
+            .map(|&k| w * window_fraction(sched, k))
+            .sum::<f64>();
+    }
+    let g = h.group_size as f64;
+    let mut sampled = member + 1.0 / g;
+    if t.method == hrf_config::ddpo::Method::HrfD {
+        let cands: f64 = (0..sched.num_steps())
+            .step_by(h.stride)
+            .map(|s| (n - s as f64) / n)
+            .sum();
+        sampled += h.copies as f64 * cands / g;
+    }
+    (sampled, trained)
+}
+
 /// f = N_train(k) / N_train(0): the share of the chain's trainable steps in the window k..N−1.
 pub fn window_fraction(sched: &DdimScheduler, k: usize) -> f64 {
     sched.trainable_steps(k).len() as f64 / sched.trainable_steps(0).len().max(1) as f64
