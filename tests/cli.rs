@@ -3,6 +3,9 @@
 
 use std::process::{Command, Output};
 
+mod common;
+use common::text;
+
 fn hrf(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hrf"))
         .args(args)
@@ -11,14 +14,6 @@ fn hrf(args: &[&str]) -> Output {
         .env("PATH", "/usr/bin:/bin")
         .output()
         .expect("hrf starts")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

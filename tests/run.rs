@@ -1,38 +1,11 @@
 //! End-to-end tests of `hrf run` on tiny CPU pipelines: bad input refused with its place and
 //! nothing written, exact resumption after SIGKILL at three places, Ctrl-C, dry runs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn hrf(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hrf"));
-    c.args(args)
-        .env("HRF_THREADS", "1")
-        .env("HRF_MODELS", repo().join("models"));
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().expect("hrf starts")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrf-run-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{hrf, repo, text, tmp};
 
 /// A conditional run with ddpo-pytorch's per-prompt tracker (min_count reached in the second
 /// epoch), rewards on the worker thread, an evaluation mid-run, checkpoints every epoch.
@@ -147,7 +120,7 @@ fn models_load_elsewhere(run: &Path) {
 
 #[test]
 fn runs_resume_exactly_after_sigkill_anywhere() {
-    let d = tmp("resume");
+    let d = tmp("hrf-run", "resume");
     let pipeline = d.join("tiny.yaml");
     std::fs::write(&pipeline, tiny(&d)).unwrap();
     let p = pipeline.to_str().unwrap();
@@ -195,7 +168,7 @@ fn runs_resume_exactly_after_sigkill_anywhere() {
 
 #[test]
 fn ctrl_c_checkpoints_and_exits_130() {
-    let d = tmp("sigint");
+    let d = tmp("hrf-run", "sigint");
     let pipeline = d.join("tiny.yaml");
     std::fs::write(&pipeline, tiny(&d).replace("epochs: 3", "epochs: 40")).unwrap();
     let run = d.join("run");
@@ -229,7 +202,7 @@ fn metrics_lines(run: &Path) -> usize {
 
 #[test]
 fn bad_pipelines_exit_2_naming_the_place_and_write_nothing() {
-    let d = tmp("bad");
+    let d = tmp("hrf-run", "bad");
     let good = tiny(&d);
     let cases: [(&str, String, &[&str]); 5] = [
         (
@@ -276,7 +249,7 @@ fn bad_pipelines_exit_2_naming_the_place_and_write_nothing() {
 
 #[test]
 fn dry_run_scores_a_batch_and_writes_nothing() {
-    let d = tmp("dry");
+    let d = tmp("hrf-run", "dry");
     let f = d.join("tiny.yaml");
     std::fs::write(&f, tiny(&d)).unwrap();
     let o = hrf(&["run", f.to_str().unwrap(), "--dry-run"], &[]);
@@ -321,7 +294,7 @@ fn shipped_pipelines_validate_and_the_schema_is_current() {
 /// counted, and an HRF-D run killed mid-training resumes to the same metrics and weights.
 #[test]
 fn hrf_and_hrf_d_runs_follow_their_starts_and_resume_exactly() {
-    let d = tmp("hrf");
+    let d = tmp("hrf-run", "hrf");
     let pipeline = repo().join("tests/pipelines/tiny-compressibility.yaml");
     let p = pipeline.to_str().unwrap();
     let mut sets: Vec<String> = [

@@ -1,34 +1,9 @@
 //! End-to-end tests of pretraining, sampling and evaluation on tiny CPU settings.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn hrf(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hrf"));
-    c.args(args).env("HRF_THREADS", "1").env(
-        "HRF_MODELS",
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-    );
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().expect("hrf starts")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrf-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{hrf, text, tmp};
 
 const TINY: &str = "model: {config: testbed, device: cpu}
 data: {source: fashion-mnist, limit: 64}
@@ -50,7 +25,7 @@ fn weights(dir: &Path) -> Vec<u8> {
 
 #[test]
 fn pretraining_resumes_exactly_after_a_kill() {
-    let d = tmp("pretrain");
+    let d = tmp("hrf-e2e", "pretrain");
     std::fs::write(d.join("a.yaml"), TINY).unwrap();
     std::fs::write(
         d.join("b.yaml"),
@@ -181,7 +156,7 @@ fn pretraining_resumes_exactly_after_a_kill() {
 
 #[test]
 fn bad_pretraining_pipelines_exit_2_naming_the_place() {
-    let d = tmp("bad");
+    let d = tmp("hrf-e2e", "bad");
     let f = d.join("p.yaml");
     std::fs::write(&f, TINY.replace("  steps: 6", "  steps: 6\n  stepz: 1")).unwrap();
     let o = hrf(&["pretrain", f.to_str().unwrap()], &[]);

@@ -1,0 +1,39 @@
+//! Helpers shared by the end-to-end tests: run the `hrf` binary, read its output, make a
+//! scratch folder.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `hrf` with one libtorch thread and the repo's models, plus `envs`.
+pub fn hrf(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hrf"));
+    c.args(args)
+        .env("HRF_THREADS", "1")
+        .env("HRF_MODELS", repo().join("models"));
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("hrf starts")
+}
+
+/// stdout then stderr, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// An empty scratch folder named after the test crate, the test and the process.
+pub fn tmp(prefix: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{prefix}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
