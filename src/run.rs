@@ -297,7 +297,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         pipeline: &p,
         model: &model,
         base: base.as_ref(),
-        scheduler_config: scheduler,
+        scheduler: &chain,
         prompts,
         rewards,
         evaluator,

@@ -82,7 +82,7 @@ pub struct Ddpo<'a> {
     pub model: &'a DiffusersModel,
     /// The frozen base model, for the KL-to-base term (needed when `kl_coef` > 0).
     pub base: Option<&'a DiffusersModel>,
-    pub scheduler: DdimScheduler,
+    pub scheduler: &'a DdimScheduler,
     pub optimizer: AdamW,
     pub tracker: Option<PerPromptTracker>,
     /// Empty for unconditional training (a class-conditional model then gets its null class).
@@ -144,7 +144,7 @@ impl Ddpo<'_> {
     ) -> Trajectories {
         sample_trajectories(
             &self.model.unet,
-            &self.scheduler,
+            self.scheduler,
             &TrajectoryRequest {
                 labels,
                 keys,
@@ -216,7 +216,7 @@ impl Ddpo<'_> {
             .iter()
             .map(|&k| {
                 if self.training.method.is_hierarchical() {
-                    hrf::window_fraction(&self.scheduler, k)
+                    hrf::window_fraction(self.scheduler, k)
                 } else {
                     1.0
                 }
@@ -288,7 +288,7 @@ impl Ddpo<'_> {
                 let starts = (0..total as u64)
                     .map(|key| {
                         let mut rng = KeyedRng::new(&[t.seed, 0x57A7, epoch, key]);
-                        hrf::ddpo_start(&self.scheduler, t.start, &mut rng)
+                        hrf::ddpo_start(self.scheduler, t.start, &mut rng)
                     })
                     .collect();
                 (starts, Vec::new(), None)
@@ -311,7 +311,7 @@ impl Ddpo<'_> {
                     (0..n_groups as u64)
                         .map(|g| {
                             let mut rng = KeyedRng::new(&[t.seed, 0x4B57, epoch, g]);
-                            hrf::draw_start(&self.scheduler, cluster, &mut rng)
+                            hrf::draw_start(self.scheduler, cluster, &mut rng)
                                 .expect("checked by hrf::check_window before training")
                         })
                         .collect()
@@ -327,7 +327,7 @@ impl Ddpo<'_> {
                     shape,
                     self.device,
                 );
-                let x = hrf::renoise(&self.scheduler, &members, &starts, &noise, self.device);
+                let x = hrf::renoise(self.scheduler, &members, &starts, &noise, self.device);
                 (starts, group_starts, Some(x))
             }
         };
@@ -422,36 +422,53 @@ impl Ddpo<'_> {
         let (m, c) = (cands.len(), h.copies);
         let shape = &anchors.size()[1..];
         let (mut evals, mut calls) = (0u64, 0u64);
+        let rows = m * c;
         let mut ks = Vec::with_capacity(glp.len());
-        for (g, lp) in glp.iter().enumerate() {
+        // As many anchors per rollout as fit in a sampling batch (at least one).
+        let per_chunk = (self.sampling.batch_size / rows).max(1);
+        let groups: Vec<usize> = (0..glp.len()).collect();
+        for chunk in groups.chunks(per_chunk) {
             if observer.stop_requested() {
                 return Err(EpochError::Interrupted);
             }
-            // Row j·C + c: candidate j, copy c; the copy's noise is keyed by c alone.
+            // Row (g, j, c): anchor g, candidate j, copy c. The copy's noise is keyed by (g, c)
+            // alone, so every candidate of an anchor shares the same C copies.
             let copy_keys: Vec<u64> = (0..c as u64).collect();
-            let noise = keyed_noise(
-                mix_seed(&[t.seed, 0xD1, epoch, g as u64]) as u64,
-                &copy_keys,
+            let noise = Tensor::cat(
+                &chunk
+                    .iter()
+                    .map(|&g| {
+                        keyed_noise(
+                            mix_seed(&[t.seed, 0xD1, epoch, g as u64]) as u64,
+                            &copy_keys,
+                            0,
+                            shape,
+                            self.device,
+                        )
+                        .repeat([m as i64, 1, 1, 1])
+                    })
+                    .collect::<Vec<_>>(),
                 0,
-                shape,
-                self.device,
-            )
-            .repeat([m as i64, 1, 1, 1]);
-            let starts: Vec<usize> = cands
-                .iter()
-                .flat_map(|&k| std::iter::repeat_n(k, c))
-                .collect();
-            let anchor = anchors.narrow(0, g as i64, 1);
-            let x = hrf::renoise(
-                &self.scheduler,
-                &anchor.expand_as(&noise),
-                &starts,
-                &noise,
-                self.device,
             );
-            let keys: Vec<u64> = (0..(m * c) as u64).collect();
-            let labels =
-                lp.0.map(|y| Tensor::full([(m * c) as i64], y, (Kind::Int64, Device::Cpu)));
+            let starts: Vec<usize> = chunk
+                .iter()
+                .flat_map(|_| cands.iter().flat_map(|&k| std::iter::repeat_n(k, c)))
+                .collect();
+            let idx = Tensor::from_slice(&chunk.iter().map(|&g| g as i64).collect::<Vec<_>>())
+                .to_device(self.device);
+            let chunk_anchors =
+                anchors
+                    .index_select(0, &idx)
+                    .repeat_interleave_self_int(rows as i64, 0, None);
+            let x = hrf::renoise(self.scheduler, &chunk_anchors, &starts, &noise, self.device);
+            let keys: Vec<u64> = (0..starts.len() as u64).collect();
+            let labels = glp[chunk[0]].0.map(|_| {
+                let per_row: Vec<i64> = chunk
+                    .iter()
+                    .flat_map(|&g| std::iter::repeat_n(glp[g].0.expect("all or none"), rows))
+                    .collect();
+                Tensor::from_slice(&per_row)
+            });
             let tr = self.roll(
                 labels.as_ref(),
                 &keys,
@@ -466,21 +483,41 @@ impl Ddpo<'_> {
             let finals = tr.final_samples();
             let batch: Vec<Sample> = to_images(&finals)
                 .into_iter()
-                .map(|image| Sample {
-                    image,
-                    prompt: lp.1.clone(),
-                    metadata: serde_json::json!({"epoch": epoch, "hrf_d_candidates_of_group": g}),
+                .enumerate()
+                .map(|(i, image)| {
+                    let g = chunk[i / rows];
+                    Sample {
+                        image,
+                        prompt: glp[g].1.clone(),
+                        metadata: serde_json::json!({"epoch": epoch, "hrf_d_candidates_of_group": g}),
+                    }
                 })
                 .collect();
             calls += batch.len() as u64;
             let scored = rewards.score_now(batch)?;
-            let reward: Vec<f64> = scored.total.chunks(c).map(|r| mean_std(r).0).collect();
-            let copy0 = finals.index_select(
+            // D(s): copy 0 of each candidate against its anchor.
+            let copy0 = Tensor::arange_start_step(
                 0,
-                &Tensor::arange_start_step(0, (m * c) as i64, c as i64, (Kind::Int64, self.device)),
+                starts.len() as i64,
+                c as i64,
+                (Kind::Int64, self.device),
             );
-            let diversity = hrf::cosine_distance(&copy0, &anchor.expand_as(&copy0));
-            ks.push(hrf::choose_start(&cands, &reward, &diversity, h.beta));
+            let diversity = hrf::cosine_distance(
+                &finals.index_select(0, &copy0),
+                &chunk_anchors.index_select(0, &copy0),
+            );
+            for (n, _) in chunk.iter().enumerate() {
+                let reward: Vec<f64> = scored.total[n * rows..(n + 1) * rows]
+                    .chunks(c)
+                    .map(|r| mean_std(r).0)
+                    .collect();
+                ks.push(hrf::choose_start(
+                    &cands,
+                    &reward,
+                    &diversity[n * m..(n + 1) * m],
+                    h.beta,
+                ));
+            }
         }
         Ok((ks, evals, calls))
     }
@@ -587,7 +624,7 @@ impl Ddpo<'_> {
                 let st = accumulate_window_gradients(
                     &self.model.unet,
                     base.map(|b| (&b.unet, t.kl_coef)),
-                    &self.scheduler,
+                    self.scheduler,
                     &batch,
                     s.eta,
                     s.guidance,
@@ -844,6 +881,7 @@ mod tests {
         };
         let mut params: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
+        let sched = DdimScheduler::new(SchedulerConfig::default(), 5, 1e-4).unwrap();
         let mut ddpo = Ddpo {
             sampling: SamplingSettings {
                 steps: 5,
@@ -852,7 +890,7 @@ mod tests {
                 ..Default::default()
             },
             advantages: AdvantageSettings::default(),
-            scheduler: DdimScheduler::new(SchedulerConfig::default(), 5, 1e-4).unwrap(),
+            scheduler: &sched,
             optimizer: AdamW::new(params, training.optimizer.into()),
             training,
             model: &model,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use hrf_config::run::{BestBy, RunPipeline};
 use hrf_core::{Image, Sample};
-use hrf_diffusion::{DdimScheduler, DiffusersModel, SchedulerConfig};
+use hrf_diffusion::{DdimScheduler, DiffusersModel};
 use hrf_rewards::RewardWorker;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
@@ -137,7 +137,8 @@ pub struct Run<'a> {
     pub pipeline: &'a RunPipeline,
     pub model: &'a DiffusersModel,
     pub base: Option<&'a DiffusersModel>,
-    pub scheduler_config: SchedulerConfig,
+    /// The DDIM chain of sampling, training and evaluation (built once, by the caller).
+    pub scheduler: &'a DdimScheduler,
     /// (text, class label); empty for unconditional runs.
     pub prompts: Vec<Prompt>,
     pub rewards: RewardWorker,
@@ -382,7 +383,7 @@ impl Run<'_> {
         }
         std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         self.model
-            .save(&tmp.join(MODEL_DIR), Some(&self.scheduler_config))?;
+            .save(&tmp.join(MODEL_DIR), Some(self.scheduler.config()))?;
         let opt = tmp.join(OPTIMIZER_FILE);
         ddpo.optimizer
             .save(&opt)
@@ -450,15 +451,7 @@ impl Run<'_> {
             let d = self.dir.join(sub);
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        let scheduler = DdimScheduler::new(
-            self.scheduler_config.clone(),
-            p.sampling.steps,
-            p.sampling.sigma_min,
-        )
-        .map_err(|message| RunError::Checkpoint {
-            path: p.file.clone(),
-            message: format!("scheduler: {message}"),
-        })?;
+        let scheduler = self.scheduler;
         let mut params: Vec<(String, Tensor)> = self.model.vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let mut ddpo = Ddpo {
@@ -467,12 +460,7 @@ impl Run<'_> {
             advantages: p.advantages.clone(),
             model: self.model,
             base: self.base,
-            scheduler: DdimScheduler::new(
-                self.scheduler_config.clone(),
-                p.sampling.steps,
-                p.sampling.sigma_min,
-            )
-            .expect("checked above"),
+            scheduler,
             optimizer: AdamW::new(params, p.training.optimizer.into()),
             tracker: (p.advantages.mode == hrf_config::ddpo::AdvantageMode::PerPrompt)
                 .then(|| PerPromptTracker::new(p.advantages.buffer_size, p.advantages.min_count)),
@@ -503,7 +491,7 @@ impl Run<'_> {
                 if path.exists() {
                     std::fs::remove_file(&path).map_err(io_err(&path))?;
                 }
-                let (report, images) = self.evaluate(&scheduler, 0, p.evaluation.samples)?;
+                let (report, images) = self.evaluate(scheduler, 0, p.evaluation.samples)?;
                 self.append_metrics(&serde_json::json!({"kind": "eval", "report": report}))?;
                 self.write_grid(&images, "eval-0000.png")?;
                 if self.verbosity != Verbosity::Quiet {
@@ -612,8 +600,7 @@ impl Run<'_> {
             let every = p.evaluation.every as u64;
             let last = epoch + 1 == epochs;
             if every > 0 && (epoch + 1) % every == 0 && !last {
-                let (report, images) =
-                    self.evaluate(&scheduler, epoch + 1, p.evaluation.samples)?;
+                let (report, images) = self.evaluate(scheduler, epoch + 1, p.evaluation.samples)?;
                 self.append_metrics(&serde_json::json!({"kind": "eval", "report": report}))?;
                 self.write_grid(&images, &format!("eval-{:04}.png", epoch + 1))?;
                 if self.verbosity != Verbosity::Quiet {
@@ -624,7 +611,7 @@ impl Run<'_> {
                 }
                 if self.is_better(&report, state.best.as_ref(), state.base_eval.as_ref()) {
                     self.model
-                        .save(&self.dir.join("best"), Some(&self.scheduler_config))?;
+                        .save(&self.dir.join("best"), Some(self.scheduler.config()))?;
                     state.best = Some(BestRecord {
                         epoch: epoch + 1,
                         reward_mean: report.reward_mean,
@@ -646,12 +633,12 @@ impl Run<'_> {
         }
 
         // The final evaluation, on the larger fixed-seed set.
-        let (report, images) = self.evaluate(&scheduler, epochs, p.evaluation.final_samples)?;
+        let (report, images) = self.evaluate(scheduler, epochs, p.evaluation.final_samples)?;
         self.append_metrics(&serde_json::json!({"kind": "final", "report": report}))?;
         self.write_grid(&images, "final.png")?;
         if self.is_better(&report, state.best.as_ref(), state.base_eval.as_ref()) {
             self.model
-                .save(&self.dir.join("best"), Some(&self.scheduler_config))?;
+                .save(&self.dir.join("best"), Some(self.scheduler.config()))?;
             state.best = Some(BestRecord {
                 epoch: epochs,
                 reward_mean: report.reward_mean,
@@ -659,7 +646,7 @@ impl Run<'_> {
             });
         }
         self.model
-            .save(&self.dir.join("final"), Some(&self.scheduler_config))?;
+            .save(&self.dir.join("final"), Some(self.scheduler.config()))?;
         self.update_plots();
         if self.verbosity != Verbosity::Quiet {
             eprintln!("{}", describe_eval("final", &report));

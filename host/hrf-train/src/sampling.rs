@@ -1,7 +1,7 @@
 //! DDIM sampling with classifier-free guidance and noise drawn per (seed, sample, step), so a
 //! sample does not change with the batch it was drawn in.
 
-use hrf_diffusion::{DdimScheduler, PrevSample, UNet2DModel};
+use hrf_diffusion::{DdimScheduler, DdimStep, PrevSample, UNet2DModel};
 use tch::{Device, Kind, Tensor};
 
 use crate::rng::KeyedRng;
@@ -62,6 +62,32 @@ pub fn guided_output(
     }
 }
 
+/// One DDIM step i of the policy on `x` (rows keyed by `keys`): guided model output, then the
+/// scheduler's step with noise keyed by (seed, key, i + 1); no noise is drawn at η = 0.
+#[allow(clippy::too_many_arguments)]
+pub fn policy_step(
+    unet: &UNet2DModel,
+    sched: &DdimScheduler,
+    x: &Tensor,
+    labels: Option<&Tensor>,
+    i: usize,
+    (eta, guidance): (f64, f64),
+    (seed, keys): (u64, &[u64]),
+    device: Device,
+) -> DdimStep {
+    let b = keys.len() as i64;
+    let t = Tensor::full([b], sched.timesteps()[i], (Kind::Int64, device));
+    let out = guided_output(unet, x, &t, labels, guidance);
+    let idx = Tensor::full([b], i as i64, (Kind::Int64, device));
+    let z = if eta > 0.0 {
+        let size = x.size();
+        keyed_noise(seed, keys, i as u64 + 1, &size[1..], device)
+    } else {
+        x.zeros_like()
+    };
+    sched.step(&out, &idx, x, eta, PrevSample::Noise(&z))
+}
+
 /// What to sample.
 pub struct SampleRequest<'a> {
     /// Class labels (`[B]`), or None for an unconditional model.
@@ -95,21 +121,21 @@ pub fn sample_observed(
     let cfg = unet.config();
     let size = cfg.sample_size.unwrap_or(32);
     let shape = [cfg.in_channels, size, size];
-    let b = req.keys.len() as i64;
     tch::no_grad(|| {
         // Stream 0 is x_T; stream i+1 is the noise of step i.
         let mut x = keyed_noise(req.seed, req.keys, 0, &shape, device);
         let labels = req.labels.map(|y| y.to_device(device));
-        for (i, &t) in sched.timesteps().iter().enumerate() {
-            let ts = Tensor::full([b], t, (Kind::Int64, device));
-            let out = guided_output(unet, &x, &ts, labels.as_ref(), req.guidance);
-            let idx = Tensor::full([b], i as i64, (Kind::Int64, device));
-            let z = if req.eta > 0.0 {
-                keyed_noise(req.seed, req.keys, i as u64 + 1, &shape, device)
-            } else {
-                x.zeros_like()
-            };
-            let step = sched.step(&out, &idx, &x, req.eta, PrevSample::Noise(&z));
+        for i in 0..sched.num_steps() {
+            let step = policy_step(
+                unet,
+                sched,
+                &x,
+                labels.as_ref(),
+                i,
+                (req.eta, req.guidance),
+                (req.seed, req.keys),
+                device,
+            );
             on_step(i, &step.pred_original);
             x = step.prev;
         }

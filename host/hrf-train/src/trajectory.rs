@@ -2,10 +2,10 @@
 //! so the trainer can recompute log p_θ of the same transitions later (DESIGN.md §3.2 step 1).
 //! The noise of sample `key` at step i of epoch e is drawn from (seed, e, key, i) alone.
 
-use hrf_diffusion::{DdimScheduler, PrevSample, UNet2DModel};
+use hrf_diffusion::{DdimScheduler, UNet2DModel};
 use tch::{Device, Kind, Tensor};
 
-use crate::sampling::{guided_output, keyed_noise, mix_seed};
+use crate::sampling::{keyed_noise, mix_seed, policy_step};
 
 /// A batch of trajectories. Row r starts at step `starts[r]` (0 for DDPO: pure noise; k for an
 /// HRF trajectory of interest) and runs to the end of the chain.
@@ -110,13 +110,17 @@ pub fn sample_trajectories(
             let xa = pick(&x);
             let ya = labels.as_ref().map(pick);
             let keys: Vec<u64> = active.iter().map(|&r| req.keys[r as usize]).collect();
-            let m = active.len() as i64;
-            let t = Tensor::full([m], sched.timesteps()[i], (Kind::Int64, device));
-            let out = guided_output(unet, &xa, &t, ya.as_ref(), req.guidance);
-            unet_evals += step_evals(unet, ya.as_ref(), req.guidance, m as u64);
-            let idx = Tensor::full([m], i as i64, (Kind::Int64, device));
-            let z = keyed_noise(stream_seed, &keys, i as u64 + 1, &shape, device);
-            let s = sched.step(&out, &idx, &xa, req.eta, PrevSample::Noise(&z));
+            unet_evals += step_evals(unet, ya.as_ref(), req.guidance, keys.len() as u64);
+            let s = policy_step(
+                unet,
+                sched,
+                &xa,
+                ya.as_ref(),
+                i,
+                (req.eta, req.guidance),
+                (stream_seed, &keys),
+                device,
+            );
             let lp = if all {
                 x = s.prev;
                 s.log_prob
