@@ -19,8 +19,8 @@ use crate::advantages::{self, PerPromptTracker};
 use crate::hrf;
 use crate::ppo::{ppo_loss_clipped, StepBatch};
 use crate::rng::KeyedRng;
-use crate::sampling::{keyed_noise, mix_seed, to_images};
-use crate::trajectory::{sample_trajectories, step_evals, Start, Trajectories, TrajectoryRequest};
+use crate::sampling::{keyed_noise, mix_seed, to_images, SampleRequest};
+use crate::trajectory::{sample_trajectories, step_evals, Start, Trajectories};
 use crate::AdamW;
 
 /// What one epoch did, for metrics.jsonl.
@@ -145,15 +145,14 @@ impl Ddpo<'_> {
         sample_trajectories(
             &self.model.unet,
             self.scheduler,
-            &TrajectoryRequest {
+            &SampleRequest {
                 labels,
                 keys,
-                seed,
-                epoch,
+                seed: mix_seed(&[seed, epoch]) as u64,
                 eta,
                 guidance: self.sampling.guidance,
-                start,
             },
+            start,
             self.device,
         )
     }

@@ -1,11 +1,12 @@
 //! Sampling DDPO trajectories under no-grad: every step's latent, timestep and log-prob are kept
 //! so the trainer can recompute log p_θ of the same transitions later (DESIGN.md §3.2 step 1).
-//! The noise of sample `key` at step i of epoch e is drawn from (seed, e, key, i) alone.
+//! The noise of sample `key` at step i is drawn from (seed, key, i) alone; DDPO keys the seed
+//! by (run seed, epoch).
 
 use hrf_diffusion::{DdimScheduler, UNet2DModel};
 use tch::{Device, Kind, Tensor};
 
-use crate::sampling::{keyed_noise, mix_seed, policy_step};
+use crate::sampling::{keyed_noise, policy_step, SampleRequest};
 
 /// A batch of trajectories. Row r starts at step `starts[r]` (0 for DDPO: pure noise; k for an
 /// HRF trajectory of interest) and runs to the end of the chain.
@@ -37,17 +38,6 @@ pub struct Start<'a> {
     pub latents: &'a Tensor,
 }
 
-pub struct TrajectoryRequest<'a> {
-    pub labels: Option<&'a Tensor>,
-    pub keys: &'a [u64],
-    pub seed: u64,
-    pub epoch: u64,
-    pub eta: f64,
-    pub guidance: f64,
-    /// Start each row at its own step and latent instead of pure noise at step 0.
-    pub start: Option<Start<'a>>,
-}
-
 /// UNet evaluations of one step for `rows` rows (classifier-free guidance doubles the batch
 /// unless the rows are unconditional or the weight is 1).
 pub fn step_evals(unet: &UNet2DModel, labels: Option<&Tensor>, guidance: f64, rows: u64) -> u64 {
@@ -67,7 +57,8 @@ pub fn step_evals(unet: &UNet2DModel, labels: Option<&Tensor>, guidance: f64, ro
 pub fn sample_trajectories(
     unet: &UNet2DModel,
     sched: &DdimScheduler,
-    req: &TrajectoryRequest<'_>,
+    req: &SampleRequest<'_>,
+    start: Option<Start<'_>>,
     device: Device,
 ) -> Trajectories {
     let cfg = unet.config();
@@ -75,9 +66,8 @@ pub fn sample_trajectories(
     let shape = [cfg.in_channels, size, size];
     let b = req.keys.len();
     let n = sched.num_steps();
-    let stream_seed = mix_seed(&[req.seed, req.epoch]) as u64;
     tch::no_grad(|| {
-        let (starts, mut x) = match &req.start {
+        let (starts, mut x) = match &start {
             Some(s) => {
                 assert_eq!(s.steps.len(), b, "one start per row");
                 assert!(s.steps.iter().all(|&k| k < n), "starts inside the chain");
@@ -85,7 +75,7 @@ pub fn sample_trajectories(
             }
             None => (
                 vec![0; b],
-                keyed_noise(stream_seed, req.keys, 0, &shape, device),
+                keyed_noise(req.seed, req.keys, 0, &shape, device),
             ),
         };
         let labels = req.labels.map(|y| y.to_device(device));
@@ -118,7 +108,7 @@ pub fn sample_trajectories(
                 ya.as_ref(),
                 i,
                 (req.eta, req.guidance),
-                (stream_seed, &keys),
+                (req.seed, &keys),
                 device,
             );
             let lp = if all {
@@ -159,15 +149,14 @@ mod tests {
         let tr = sample_trajectories(
             &model.unet,
             &sched,
-            &TrajectoryRequest {
+            &SampleRequest {
                 labels: Some(&labels),
                 keys: &keys,
                 seed: 5,
-                epoch: 2,
                 eta: 1.0,
                 guidance: 1.0,
-                start: None,
             },
+            None,
             Device::Cpu,
         );
         assert_eq!(tr.latents.size(), [6, 7, 1, 32, 32]);
@@ -240,18 +229,17 @@ mod tests {
             sample_trajectories(
                 &model.unet,
                 &sched,
-                &TrajectoryRequest {
+                &SampleRequest {
                     labels: Some(&y),
                     keys: &keys,
                     seed: 4,
-                    epoch: 1,
                     eta: 1.0,
                     guidance: 1.0,
-                    start: Some(Start {
-                        steps: starts,
-                        latents: &x0.index_select(0, &idx),
-                    }),
                 },
+                Some(Start {
+                    steps: starts,
+                    latents: &x0.index_select(0, &idx),
+                }),
                 Device::Cpu,
             )
         };
