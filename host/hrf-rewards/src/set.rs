@@ -140,11 +140,10 @@ impl RewardWorker {
         })
     }
 
-    /// Scores one batch and waits for it (evaluation, dry runs).
+    /// Scores one batch and waits for it (evaluation, dry runs, HRF-D's candidates). Only
+    /// between epochs: replies still pending would be someone else's.
     pub fn score_now(&mut self, batch: Vec<Sample>) -> Reply {
-        while self.pending > 0 {
-            self.recv()?;
-        }
+        assert_eq!(self.pending, 0, "score_now with batches still pending");
         self.submit(batch);
         self.recv()
     }

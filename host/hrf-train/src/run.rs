@@ -288,11 +288,21 @@ impl Run<'_> {
             .iter()
             .map(|(name, v)| (name.clone(), mean_std(v).0))
             .collect();
-        let mut reward_trajectory = Vec::with_capacity(predictions.len());
+        // Every step's predictions in one reward call, then a mean per step.
+        let mut along: Vec<Sample> = Vec::with_capacity(predictions.len() * trajectory_n);
         for x0 in &predictions {
-            let s = self.samples_of(to_images(x0), &keys[..trajectory_n], epoch);
-            reward_trajectory.push(mean_std(&self.rewards.score_now(s)?.total).0);
+            along.extend(self.samples_of(to_images(x0), &keys[..trajectory_n], epoch));
         }
+        let reward_trajectory: Vec<f64> = if along.is_empty() {
+            Vec::new()
+        } else {
+            self.rewards
+                .score_now(along)?
+                .total
+                .chunks(trajectory_n)
+                .map(|r| mean_std(r).0)
+                .collect()
+        };
         let (mut diversity, mut per_prompt_vendi, mut class_accuracy) = (None, None, None);
         if let Some(evaluator) = self.evaluator.as_mut() {
             let (d, classified) = evaluator.diversity(&images)?;
