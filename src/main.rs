@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod compare;
 mod doctor;
 mod eval;
 mod pretrain;
@@ -79,6 +80,9 @@ enum Command {
     /// Evaluate a model on fixed-seed samples: diversity, fidelity and class metrics with the
     /// independent evaluation classifier, and the mean of any named rewards.
     Eval(eval::EvalArgs),
+    /// Finished runs side by side: a Markdown table (final reward, gain over the base model,
+    /// diversity, fidelity, cost) with mean ± std over seeds, plots and sample grids.
+    Compare(compare::CompareArgs),
     /// Check the bundled ONNX models on the real Fashion-MNIST test split: both classifiers'
     /// accuracy, and the aesthetic model's preference.
     Testbed {
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
         Command::Schema => run::schema(),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Testbed { models } => testbed::run(models),
     };
     match result {

@@ -17,7 +17,7 @@ use hrf_train::run::{KillPoint, Run, RunError, Verbosity};
 use crate::UsageError;
 
 /// The resolved pipeline a run folder keeps; `--resume` reloads it.
-const RESOLVED_FILE: &str = "pipeline.resolved.yaml";
+use hrf_train::compare::RESOLVED_FILE;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -188,6 +188,86 @@ fn prompt_labels(p: &RunPipeline, classes: &[String]) -> Result<Vec<(String, i64
     Ok(out)
 }
 
+/// What a run needs in memory: the policy (and base, for a KL term), the DDIM chain, the prompts
+/// with their labels, the reward worker and the evaluation classifier.
+struct Loaded {
+    model: DiffusersModel,
+    base: Option<DiffusersModel>,
+    chain: hrf_diffusion::DdimScheduler,
+    prompts: Vec<(String, i64)>,
+    rewards: RewardWorker,
+    evaluator: Option<Evaluator>,
+}
+
+fn load_all(p: &RunPipeline, dev: tch::Device) -> anyhow::Result<Loaded> {
+    let (model, scheduler) = load_model(p, dev)?;
+    let classes = class_names_of(p, &model)?;
+    let prompts = prompt_labels(p, &classes)?;
+    if !prompts.is_empty() && model.unet.config().num_class_embeds.is_none() {
+        return Err(UsageError(format!(
+            "{}: prompts: the model is not class-conditional (no num_class_embeds)",
+            p.file.display()
+        ))
+        .into());
+    }
+    let base = if p.training.kl_coef > 0.0 {
+        Some(load_model(p, dev)?.0)
+    } else {
+        None
+    };
+    let chain = hrf_diffusion::DdimScheduler::new(
+        scheduler.clone(),
+        p.sampling.steps,
+        p.sampling.sigma_min,
+    )
+    .map_err(|e| UsageError(format!("{}: sampling.steps: {e}", p.file.display())))?;
+    hrf_train::hrf::check_starts(&chain, &p.training)
+        .map_err(|e| UsageError(format!("{}: {e}", p.file.display())))?;
+    let rewards = RewardWorker::spawn(build_rewards(p, &classes)?);
+    let evaluator = evaluator_for(&model)?;
+    Ok(Loaded {
+        model,
+        base,
+        chain,
+        prompts,
+        rewards,
+        evaluator,
+    })
+}
+
+/// The pipeline's base model evaluated exactly as its runs' final evaluation is (same fixed
+/// seeds, sample count, chain, rewards and classifier): the reference `hrf compare` measures
+/// gains and diversity against.
+pub fn evaluate_base(
+    p: &RunPipeline,
+    dev: tch::Device,
+) -> anyhow::Result<(hrf_train::run::EvalReport, Vec<hrf_core::Image>)> {
+    let Loaded {
+        model,
+        chain,
+        prompts,
+        rewards,
+        evaluator,
+        ..
+    } = load_all(p, dev)?;
+    static NEVER: AtomicBool = AtomicBool::new(false);
+    let mut run = Run {
+        pipeline: p,
+        model: &model,
+        base: None,
+        scheduler: &chain,
+        prompts,
+        rewards,
+        evaluator,
+        dir: std::env::temp_dir(),
+        device: dev,
+        kill_at: None,
+        verbosity: Verbosity::Quiet,
+        stop: &NEVER,
+    };
+    Ok(run.evaluate(&chain, 0, p.evaluation.final_samples)?)
+}
+
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let (pipeline, dir_given) = match (&a.resume, &a.pipeline) {
         (Some(dir), _) => {
@@ -225,31 +305,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| UsageError(format!("{}: model.{e}", p.file.display())))?;
 
     // Everything is loaded before anything is written.
-    let (model, scheduler) = load_model(&p, dev)?;
-    let classes = class_names_of(&p, &model)?;
-    let prompts = prompt_labels(&p, &classes)?;
-    if !prompts.is_empty() && model.unet.config().num_class_embeds.is_none() {
-        return Err(UsageError(format!(
-            "{}: prompts: the model is not class-conditional (no num_class_embeds)",
-            p.file.display()
-        ))
-        .into());
-    }
-    let base = if p.training.kl_coef > 0.0 {
-        Some(load_model(&p, dev)?.0)
-    } else {
-        None
-    };
-    let chain = hrf_diffusion::DdimScheduler::new(
-        scheduler.clone(),
-        p.sampling.steps,
-        p.sampling.sigma_min,
-    )
-    .map_err(|e| UsageError(format!("{}: sampling.steps: {e}", p.file.display())))?;
-    hrf_train::hrf::check_starts(&chain, &p.training)
-        .map_err(|e| UsageError(format!("{}: {e}", p.file.display())))?;
-    let rewards = RewardWorker::spawn(build_rewards(&p, &classes)?);
-    let evaluator = evaluator_for(&model)?;
+    let Loaded {
+        model,
+        base,
+        chain,
+        prompts,
+        rewards,
+        evaluator,
+    } = load_all(&p, dev)?;
 
     if a.dry_run {
         return dry_run(&p, &model, &chain, rewards, dev);

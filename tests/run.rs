@@ -307,8 +307,11 @@ fn hrf_and_hrf_d_runs_follow_their_starts_and_resume_exactly() {
     .collect();
     let run_with = |method: &str, dir: &Path, envs: &[(&str, &str)], sets: &[String]| {
         let mut args = vec!["run", p, "-q", "--run-dir", dir.to_str().unwrap()];
-        let m = format!("training.method={method}");
-        args.extend(["--set", &m]);
+        let (m, name) = (
+            format!("training.method={method}"),
+            format!("run.name={method}"),
+        );
+        args.extend(["--set", &m, "--set", &name]);
         for s in sets {
             args.extend(["--set", s]);
         }
@@ -365,5 +368,57 @@ fn hrf_and_hrf_d_runs_follow_their_starts_and_resume_exactly() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(metrics(&killed), reference, "metrics differ after resume");
     assert!(weights(&killed) == weights(&whole), "final weights differ");
+
+    // The three side by side: seeds of one run.name form a row, the base model is evaluated
+    // once (then reused), plain DDPO's role is played by `hrf` here.
+    let out = d.join("cmp");
+    let runs = [&h, &whole, &killed].map(|r| r.to_str().unwrap().to_string());
+    let args = |reference: &str| {
+        let mut a = vec!["compare", "-o", out.to_str().unwrap(), "--reference"];
+        a.push(reference);
+        a.extend(runs.iter().map(|r| r.as_str()));
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let argv = args("hrf");
+    let o = hrf(&argv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let md = std::fs::read_to_string(out.join("comparison.md")).unwrap();
+    assert!(md.contains("| base model |"), "{md}");
+    assert!(md.contains("| hrf | hrf | 1 | 3 |"), "{md}");
+    assert!(md.contains("| hrf-d | hrf-d | 2 | 3 |"), "{md}");
+    assert!(md.contains("Against `hrf`"), "{md}");
+    for f in [
+        "comparison.json",
+        "base-eval.json",
+        "reward.png",
+        "vendi.png",
+        "reward-vs-diversity.png",
+        "reward-by-unet-evals.png",
+        "samples.png",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing: {}", text(&o));
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap())
+            .unwrap();
+    let hd = &json["comparison"]["groups"][1];
+    assert_eq!(
+        hd["reward"]["std"], 0.0,
+        "resumed and whole runs agree: {hd}"
+    );
+    // Identical seeds' runs were read, not re-evaluated: the base evaluation is reused.
+    let o = hrf(&argv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &[]);
+    assert!(
+        o.status.success() && text(&o).contains("reusing"),
+        "{}",
+        text(&o)
+    );
+    let argv = args("ddpo");
+    let o = hrf(&argv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no such group"), "{}", text(&o));
+    let o = hrf(&["compare", d.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not a run folder"), "{}", text(&o));
     std::fs::remove_dir_all(d).unwrap();
 }

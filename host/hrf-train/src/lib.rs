@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod advantages;
+pub mod compare;
 pub mod ddpo;
 pub mod ema;
 pub mod evaluation;
