@@ -40,7 +40,7 @@ CONFIGS = REPO / "configs" / "experiment"
 HRF = os.environ.get("HRF_BIN", str(REPO / "target" / "release" / "hrf"))
 
 # Shared by every method; the methods differ only in these overrides.
-KL_COEF = 0.1
+KL_COEF = 1.0
 METHODS = {
     "ddpo": ["training.method=ddpo-is"],
     "ddpo-kl": ["training.method=ddpo-is", f"training.kl_coef={KL_COEF}"],
@@ -49,10 +49,11 @@ METHODS = {
     "hrf-d": ["training.method=hrf-d", "training.hrf.stride=4", "training.hrf.copies=2"],
 }
 # --full (a GPU machine or a long background run): all four tasks, candidate starts every
-# second step with 4 copies, 3× the epochs.
+# second step with 4 copies, twice the samples per epoch and twice the epochs.
 FULL_METHODS = dict(METHODS, **{
     "hrf-d": ["training.method=hrf-d", "training.hrf.stride=2", "training.hrf.copies=4"],
 })
+FULL_SETS = ["training.epochs=24", "sampling.batches_per_epoch=4"]
 TASKS = ["compressibility", "aesthetic"]
 FULL_TASKS = ["compressibility", "incompressibility", "aesthetic", "prompt-alignment"]
 PROTOCOLS = ["equal-epochs", "equal-unet-evals"]
@@ -148,37 +149,45 @@ def pilot(args):
         ratio = g["vendi_vs_base"]["mean"]
         log(f"pilot {task} [{tag}]: reward {base['reward_mean']:.4f} → {g['reward']['mean']:.4f}, "
             f"Vendi {base['diversity']['vendi']:.2f} → {g['vendi']['mean']:.2f} ({ratio:.0%} of base): "
-            + ("collapsed" if ratio < 0.8 else "NOT collapsed (raise the budget)"))
+            + ("reward FELL: unstable (lower the learning rate)" if g["gain"]["mean"] <= 0
+               else "collapsed" if ratio < 0.8 else "NOT collapsed (raise the budget)"))
+
+
+def equal_eval_epochs(args, methods, task):
+    """Epochs per method that spend the UNet evaluations DDPO spent, from the first seed's
+    equal-epochs runs; decided once and kept in equal-unet-evals/<task>-epochs.json."""
+    path = args.out / "equal-unet-evals" / f"{task}-epochs.json"
+    if path.exists():
+        return json.loads(path.read_text())["epochs"]
+    seed = args.seeds[0]
+    runs = args.out / "equal-epochs" / task
+    ddpo_evals = unet_evals(runs / f"ddpo-s{seed}")
+    budgets = {}
+    for name in methods:
+        if name != "ddpo":
+            d = runs / f"{name}-s{seed}"
+            budgets[name] = max(1, round(ddpo_evals * len(epoch_lines(d)) / unet_evals(d)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"seed": seed, "ddpo_unet_evals": ddpo_evals, "epochs": budgets},
+                               indent=2) + "\n")
+    log(f"{task}: equal-UNet-evaluation epochs {budgets} (DDPO used {ddpo_evals} with seed {seed})")
+    return budgets
 
 
 def run(args):
     methods = FULL_METHODS if args.full else METHODS
-    extra = ["training.epochs=36"] if args.full else []
+    extra = FULL_SETS if args.full else []
     started = time.time()
-    # Equal epochs: seeds outermost, so that a stopped experiment has whole seeds.
+    # Seeds outermost, both protocols per seed: a stopped experiment has whole seeds, and
+    # running it again continues where it stopped.
     for seed in args.seeds:
         for task in args.tasks:
             for name, sets in methods.items():
                 train(args, Path("equal-epochs") / task / f"{name}-s{seed}", sets, name, seed, extra)
-    # Equal UNet evaluations, from the per-epoch costs measured above.
-    for task in args.tasks:
-        base_dir = args.out / "equal-epochs" / task
-        ddpo_evals = sum(unet_evals(base_dir / f"ddpo-s{s}") for s in args.seeds) / len(args.seeds)
-        budgets = {}
-        for name in methods:
-            if name == "ddpo":
-                continue
-            per_epoch = sum(unet_evals(base_dir / f"{name}-s{s}") / len(epoch_lines(base_dir / f"{name}-s{s}"))
-                            for s in args.seeds) / len(args.seeds)
-            budgets[name] = max(1, round(ddpo_evals / per_epoch))
-        (args.out / "equal-unet-evals").mkdir(parents=True, exist_ok=True)
-        (args.out / "equal-unet-evals" / f"{task}-epochs.json").write_text(
-            json.dumps({"ddpo_unet_evals": ddpo_evals, "epochs": budgets}, indent=2) + "\n")
-        log(f"{task}: equal-UNet-evaluation epochs {budgets} (DDPO used {ddpo_evals:.0f})")
-        for seed in args.seeds:
-            for name, epochs in budgets.items():
+            for name, epochs in equal_eval_epochs(args, methods, task).items():
                 train(args, Path("equal-unet-evals") / task / f"{name}-s{seed}", methods[name],
                       name, seed, extra + [f"training.epochs={epochs}"])
+        report(args)
     (args.out / "timing.json").write_text(json.dumps({
         "last_run_s": time.time() - started,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
@@ -249,9 +258,9 @@ def report(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["pilot", "run", "report"])
-    ap.add_argument("--out", type=Path, default=REPO / "experiments" / "hrf-vs-ddpo",
+    ap.add_argument("--out", type=Path,
                     help="results (committed): comparisons, RESULTS.md, each run's small files")
-    ap.add_argument("--runs", type=Path, default=REPO / "runs" / "experiment" / "hrf-vs-ddpo",
+    ap.add_argument("--runs", type=Path,
                     help="the run folders (checkpoints, models; not committed)")
     ap.add_argument("--tasks", nargs="+")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -260,7 +269,9 @@ def main():
     ap.add_argument("--update-readme", action="store_true")
     args = ap.parse_args()
     args.tasks = args.tasks or (FULL_TASKS if args.full else TASKS)
-    args.out, args.runs = args.out.resolve(), args.runs.resolve()
+    name = "hrf-vs-ddpo-full" if args.full else "hrf-vs-ddpo"
+    args.out = (args.out or REPO / "experiments" / name).resolve()
+    args.runs = (args.runs or REPO / "runs" / "experiment" / name).resolve()
     {"pilot": pilot, "run": run, "report": report}[args.stage](args)
 
 
