@@ -97,6 +97,8 @@ fi
 # --- build ---------------------------------------------------------------------------------------
 say "building (release)"
 cargo build --release --workspace --bins
+say "building the reward plugins (wasm32-wasip2: the Rust SDK, examples, test fixtures)"
+cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 say "set-up done in $((SECONDS - t0)) s"
 
 if ((run_default)); then

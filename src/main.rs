@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod compare;
 mod doctor;
 mod eval;
+mod plugins;
 mod pretrain;
 mod run;
 mod sample;
@@ -83,6 +84,9 @@ enum Command {
     /// Finished runs side by side: a Markdown table (final reward, gain over the base model,
     /// diversity, fidelity, cost) with mean ± std over seeds, plots and sample grids.
     Compare(compare::CompareArgs),
+    /// Reward plugins: check one (info and a scored batch), list the WIT versions this hrf runs.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
     /// Check the bundled ONNX models on the real Fashion-MNIST test split: both classifiers'
     /// accuracy, and the aesthetic model's preference.
     Testbed {
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Plugins(cmd) => plugins::run(cmd),
         Command::Testbed { models } => testbed::run(models),
     };
     match result {

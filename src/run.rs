@@ -162,6 +162,9 @@ fn build_rewards(p: &RunPipeline, classes: &[String]) -> anyhow::Result<RewardSe
                 };
                 Box::new(OnnxReward::new(spec.name.clone(), chain, pick))
             }
+            RewardKind::Wasm(w) => Box::new(hrf_plugins::WasmReward::load(
+                crate::plugins::wasm_settings(&spec.name, w, p.run.seed),
+            )?),
         };
         components.push(Component {
             name: spec.name.clone(),

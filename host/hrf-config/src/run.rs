@@ -251,6 +251,8 @@ pub enum RewardKindName {
     /// A chain of ONNX models (`stages`), their input preparation (`input`) and the score taken
     /// from the last output (`score`).
     Onnx,
+    /// A WebAssembly component implementing `hrf:reward` (wit/reward.wit), run sandboxed.
+    Wasm,
 }
 
 impl RewardKindName {
@@ -261,6 +263,7 @@ impl RewardKindName {
             Self::Aesthetic => "aesthetic",
             Self::PromptAlignment => "prompt-alignment",
             Self::Onnx => "onnx",
+            Self::Wasm => "wasm",
         }
     }
 }
@@ -292,6 +295,25 @@ pub struct RewardRaw {
     /// Images per reward call.
     #[serde(default = "default_reward_batch")]
     pub batch_size: usize,
+    /// `wasm` only: the component file, relative to the YAML file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `wasm` only: handed to the plugin's `configure` as JSON (default `{}`).
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub config: Option<serde_json::Value>,
+    /// `wasm` only: seconds one call may take before it is stopped (default 5).
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// `wasm` only: the plugin's memory cap in MiB (default 256); growing past it traps.
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    /// `wasm` only: fuel (≈ instructions) per call; default unlimited.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// `wasm` only: the sha256 (hex) the component file must have.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 fn one() -> f64 {
@@ -433,6 +455,21 @@ pub enum RewardKind {
         input: ImageInput,
         score: ScoreSpec,
     },
+    Wasm(WasmSpec),
+}
+
+/// A `kind: wasm` reward, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WasmSpec {
+    /// Resolved against the YAML's folder.
+    pub path: PathBuf,
+    pub config: serde_json::Value,
+    pub timeout_s: f64,
+    pub memory_mb: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -513,6 +550,8 @@ struct ResolvedReward<'a> {
     score: Option<ScoreRaw>,
     #[serde(skip_serializing_if = "Option::is_none")]
     classes: Option<&'a [String]>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    wasm: Option<&'a WasmSpec>,
 }
 
 impl Serialize for RunPipeline {
@@ -534,9 +573,14 @@ impl Serialize for RunPipeline {
                     input: None,
                     score: None,
                     classes: None,
+                    wasm: None,
                 };
                 match &r.kind {
                     RewardKind::Builtin(kind) => out.kind = kind,
+                    RewardKind::Wasm(w) => {
+                        out.kind = "wasm";
+                        out.wasm = Some(w);
+                    }
                     RewardKind::Onnx {
                         stages,
                         input,
@@ -990,6 +1034,12 @@ impl RunFile {
                     p.push(at("name"), "an onnx reward needs a name");
                     String::new()
                 }
+                (None, RewardKindName::Wasm) => r
+                    .path
+                    .as_ref()
+                    .and_then(|f| f.file_stem())
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| kind.to_string()),
                 (None, _) => kind.to_string(),
             };
             if !name.is_empty() {
@@ -1009,7 +1059,70 @@ impl RunFile {
                 );
             }
             p.at_least(at("batch_size"), r.batch_size, 1);
-            let kind = if r.kind == RewardKindName::Onnx {
+            let wasm_fields = [
+                ("path", r.path.is_some()),
+                ("config", r.config.is_some()),
+                ("timeout_s", r.timeout_s.is_some()),
+                ("memory_mb", r.memory_mb.is_some()),
+                ("fuel", r.fuel.is_some()),
+                ("sha256", r.sha256.is_some()),
+            ];
+            let onnx_fields = [
+                ("stages", r.stages.is_some()),
+                ("input", r.input.is_some()),
+                ("score", r.score.is_some()),
+                ("classes", r.classes.is_some()),
+            ];
+            let refuse = |p: &mut Problems<'_>, fields: &[(&str, bool)], who: &str| {
+                for (field, given) in fields {
+                    if *given {
+                        p.push(at(field), format!("only {who} rewards take `{field}`; this one is {kind}"));
+                    }
+                }
+            };
+            if r.kind != RewardKindName::Wasm {
+                refuse(&mut p, &wasm_fields, "wasm");
+            }
+            if r.kind != RewardKindName::Onnx {
+                refuse(&mut p, &onnx_fields, "onnx");
+            }
+            let kind = if r.kind == RewardKindName::Wasm {
+                let path = match &r.path {
+                    Some(rel) => {
+                        let path = base.join(rel);
+                        if !path.is_file() {
+                            p.push(at("path"), format!("{} not found", path.display()));
+                        }
+                        path
+                    }
+                    None => {
+                        p.push(at("path"), "a wasm reward needs the component's path");
+                        PathBuf::new()
+                    }
+                };
+                let timeout_s = r.timeout_s.unwrap_or(5.0);
+                p.real(at("timeout_s"), timeout_s, |v| v > 0.0 && v <= 3600.0, "in (0, 3600]");
+                let memory_mb = r.memory_mb.unwrap_or(256);
+                if !(1..=65_536).contains(&memory_mb) {
+                    p.push(at("memory_mb"), format!("must be in 1..=65536, got {memory_mb}"));
+                }
+                if r.fuel == Some(0) {
+                    p.push(at("fuel"), "must be ≥ 1 (leave it out for no limit)");
+                }
+                if let Some(h) = &r.sha256 {
+                    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                        p.push(at("sha256"), format!("{h:?}: 64 hex digits expected"));
+                    }
+                }
+                RewardKind::Wasm(WasmSpec {
+                    path,
+                    config: r.config.unwrap_or_else(|| serde_json::json!({})),
+                    timeout_s,
+                    memory_mb,
+                    fuel: r.fuel,
+                    sha256: r.sha256.map(|h| h.to_lowercase()),
+                })
+            } else if r.kind == RewardKindName::Onnx {
                 let stages = r.stages.unwrap_or_default();
                 if stages.is_empty() {
                     p.push(at("stages"), "an onnx reward needs at least one model");
@@ -1051,19 +1164,6 @@ impl RunFile {
                     score,
                 }
             } else {
-                for (field, given) in [
-                    ("stages", r.stages.is_some()),
-                    ("input", r.input.is_some()),
-                    ("score", r.score.is_some()),
-                    ("classes", r.classes.is_some()),
-                ] {
-                    if given {
-                        p.push(
-                            at(field),
-                            format!("only onnx rewards take `{field}`; {kind} is built in"),
-                        );
-                    }
-                }
                 if r.kind == RewardKindName::PromptAlignment && !conditional {
                     p.push(at("kind"), "prompt-alignment needs `prompts`");
                 }

@@ -1,0 +1,81 @@
+//! A reward plugin that misbehaves on request, for the host's sandbox tests. `config.mode`:
+//! `ok` (score = mean pixel / 255), `loop` (never returns), `alloc` (grows memory without end),
+//! `panic`, `panic-once` (panics on the first call only), `fs` (score 1 if any file could be
+//! read, else 0), `env` (score = number of environment variables), `print` (writes a line to
+//! stdout and stderr per call), `wrong-count` (one score too few), `nan`.
+
+use std::cell::Cell;
+
+use hrf_reward_sdk::serde_json::Value;
+use hrf_reward_sdk::{export_reward, log, Info, Level, Reward, RewardError, Sample, Score};
+
+struct Misbehave {
+    mode: String,
+    calls: Cell<u32>,
+}
+
+impl Reward for Misbehave {
+    fn info() -> Info {
+        Info::new("misbehave", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn configure(config: &Value) -> Result<Self, RewardError> {
+        let mode = config.get("mode").and_then(|m| m.as_str()).unwrap_or("ok").to_string();
+        Ok(Misbehave {
+            mode,
+            calls: Cell::new(0),
+        })
+    }
+
+    fn score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, RewardError> {
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        let mean = |s: &Sample| {
+            s.image.data.iter().map(|&b| b as f32).sum::<f32>() / s.image.data.len().max(1) as f32 / 255.0
+        };
+        let each = |v: f32| Ok(vec![Score::new(v); samples.len()]);
+        match self.mode.as_str() {
+            "loop" => {
+                let mut x: u64 = 1;
+                loop {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    if x == 0 {
+                        return each(x as f32);
+                    }
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    if hoard.len() == usize::MAX {
+                        return each(0.0);
+                    }
+                }
+            }
+            "panic" => panic!("misbehave: asked to panic"),
+            "panic-once" if call == 0 => panic!("misbehave: first call panics"),
+            "fs" => {
+                let read = ["/etc/passwd", "/", ".", "/tmp"]
+                    .iter()
+                    .any(|p| std::fs::read(p).is_ok() || std::fs::read_dir(p).is_ok());
+                each(if read { 1.0 } else { 0.0 })
+            }
+            "env" => each(std::env::vars().count() as f32),
+            "print" => {
+                println!("misbehave stdout, call {call}");
+                eprintln!("misbehave stderr, call {call}");
+                log(Level::Info, &format!("misbehave log, call {call}"));
+                Ok(samples.iter().map(|s| Score::new(mean(s))).collect())
+            }
+            "wrong-count" => each(0.0).map(|mut v| {
+                v.pop();
+                v
+            }),
+            "nan" => each(f32::NAN),
+            _ => Ok(samples.iter().map(|s| Score::new(mean(s))).collect()),
+        }
+    }
+}
+
+export_reward!(Misbehave);
