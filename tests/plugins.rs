@@ -1,0 +1,208 @@
+//! End-to-end tests of reward plugins: the example WASM plugin in `hrf plugins check` and in a
+//! run, a failing plugin stopping a run with its name, and a plugin built outside the
+//! workspace from a copy of wit/ and wit-bindgen alone (and refused when it targets a WIT
+//! version this hrf does not run).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod common;
+use common::{hrf, repo, text, tmp};
+
+fn plugin(name: &str) -> PathBuf {
+    let p = repo()
+        .join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} missing: run ./setup.sh", p.display());
+    p
+}
+
+fn epoch_lines(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["kind"] == "epoch")
+        .collect()
+}
+
+#[test]
+fn the_wasm_example_checks_and_trains_like_the_builtin() {
+    let o = hrf(
+        &[
+            "plugins",
+            "check",
+            plugin("jpeg_wasm").to_str().unwrap(),
+            "-n",
+            "3",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("hrf:reward@0.1.0") && out.contains("sample 2:"), "{out}");
+
+    let d = tmp("hrf-plugins", "run");
+    let run = d.join("run");
+    let p = repo().join("tests/pipelines/tiny-wasm.yaml");
+    let o = hrf(
+        &["run", p.to_str().unwrap(), "-q", "--run-dir", run.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let lines = epoch_lines(&run);
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        let c = &l["reward_components"];
+        // The plugin computes in its sandbox exactly what the built-in computes.
+        assert_eq!(c["jpeg-in-wasm"], c["jpeg-compressibility"], "{l}");
+    }
+    let resolved = std::fs::read_to_string(run.join("pipeline.resolved.yaml")).unwrap();
+    assert!(resolved.contains("\"memory_mb\": 64"), "{resolved}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn a_failing_plugin_stops_the_run_naming_it() {
+    let d = tmp("hrf-plugins", "fail");
+    let run = d.join("run");
+    let p = repo().join("tests/pipelines/tiny-wasm.yaml");
+    let path = format!("rewards[0].path={}", plugin("misbehave").display());
+    let o = hrf(
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "-q",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--set",
+            &path,
+            "--set",
+            "rewards[0].config.mode=panic",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("jpeg-in-wasm") && out.contains("trapped") && out.contains("misbehave"),
+        "{out}"
+    );
+    // Nothing half-written: no checkpoint, no model folders.
+    assert!(!run.join("final").exists() && !run.join("best").exists());
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Builds a reward plugin in a fresh folder from a copy of wit/ (its package version set to
+/// `version`) and wit-bindgen from crates.io, as a third party would.
+fn build_outside(dir: &Path, version: &str) -> PathBuf {
+    let crate_dir = dir.join(format!("outside-{version}"));
+    std::fs::create_dir_all(crate_dir.join("src")).unwrap();
+    std::fs::create_dir_all(crate_dir.join("wit")).unwrap();
+    let wit = std::fs::read_to_string(repo().join("wit/reward.wit"))
+        .unwrap()
+        .replace("package hrf:reward@0.1.0;", &format!("package hrf:reward@{version};"));
+    std::fs::write(crate_dir.join("wit/reward.wit"), wit).unwrap();
+    std::fs::write(
+        crate_dir.join("Cargo.toml"),
+        r#"[package]
+name = "outside"
+version = "0.1.0"
+edition = "2021"
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+wit-bindgen = "0.61"
+
+[workspace]
+"#,
+    )
+    .unwrap();
+    // Score = the fraction of pixels brighter than the middle grey.
+    std::fs::write(
+        crate_dir.join("src/lib.rs"),
+        r#"wit_bindgen::generate!({ path: "wit", world: "reward-plugin" });
+
+use exports::hrf::reward::reward::Guest;
+use hrf::reward::types::{PluginInfo, RewardError, Sample, SampleScore};
+
+struct Bright;
+
+impl Guest for Bright {
+    fn info() -> PluginInfo {
+        PluginInfo { name: "bright".into(), version: "1.0.0".into(), higher_is_better: true, batch_hint: None }
+    }
+    fn configure(_config: String) -> Result<(), RewardError> {
+        Ok(())
+    }
+    fn score(samples: Vec<Sample>) -> Result<Vec<SampleScore>, RewardError> {
+        Ok(samples
+            .iter()
+            .map(|s| {
+                let n = s.image.data.len().max(1) as f32;
+                let bright = s.image.data.iter().filter(|&&b| b > 128).count() as f32;
+                SampleScore { value: bright / n, extras: vec![] }
+            })
+            .collect())
+    }
+}
+
+export!(Bright);
+"#,
+    )
+    .unwrap();
+    // One target folder for every build of this test, kept between runs.
+    let target = repo().join("target/outside-plugin");
+    let o = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .arg("--manifest-path")
+        .arg(crate_dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cargo runs");
+    assert!(o.status.success(), "{}", text(&o));
+    let built = target.join("wasm32-wasip2/release/outside.wasm");
+    let kept = dir.join(format!("outside-{version}.wasm"));
+    std::fs::copy(built, &kept).unwrap();
+    kept
+}
+
+#[test]
+fn a_plugin_built_outside_from_the_wit_alone_runs_and_other_versions_are_refused() {
+    let d = tmp("hrf-plugins", "outside");
+    let wasm = build_outside(&d, "0.1.0");
+    let run = d.join("run");
+    let p = repo().join("tests/pipelines/tiny-wasm.yaml");
+    let path = format!("rewards[0].path={}", wasm.display());
+    let o = hrf(
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "-q",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--set",
+            &path,
+            "--set",
+            "rewards[0].config={}",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    for l in epoch_lines(&run) {
+        let v = l["reward_components"]["jpeg-in-wasm"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{l}");
+    }
+
+    let newer = build_outside(&d, "0.2.0");
+    let o = hrf(&["plugins", "check", newer.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("targets hrf:reward@0.2.0; this hrf runs hrf:reward@0.1.0"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
