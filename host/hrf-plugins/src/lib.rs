@@ -407,13 +407,11 @@ impl WasmReward {
                     s.fuel.unwrap_or(0),
                     s.name
                 ),
-                wasmtime::Trap::MemoryOutOfBounds | wasmtime::Trap::HeapMisaligned => {
-                    format!("{call}: trapped: {trap}")
-                }
-                _ => format!("{call}: trapped: {e:#}"),
+                _ => format!("{call}: trapped: {trap}"),
             };
         }
-        let text = format!("{e:#}");
+        // The cause without wasmtime's wasm backtrace.
+        let text = e.root_cause().to_string();
         if text.contains("memory") && text.contains("limit") || text.contains("grow") {
             format!(
                 "{call}: exceeded its memory cap of {} MiB (rewards.{}.memory_mb): {text}",

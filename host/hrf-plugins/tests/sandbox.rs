@@ -92,78 +92,130 @@ fn the_wasm_jpeg_plugin_agrees_with_the_builtin_reward() {
     assert!(e.contains("test-jpeg_wasm") && e.contains("quality"), "{e}");
 }
 
+/// Misbehaves on batches flagged in their metadata (see `flag`), behaves on the others.
+fn misbehave_once(mode: &str) -> WasmSettings {
+    settings(
+        "misbehave",
+        serde_json::json!({ "mode": mode, "flagged": true }),
+    )
+}
+
+fn flag(mut samples: Vec<Sample>) -> Vec<Sample> {
+    samples[0].metadata = serde_json::json!({"misbehave": true});
+    samples
+}
+
+/// After a failure, the same plugin (its store rebuilt) scores the next batch correctly.
+fn recovers(r: &mut WasmReward, samples: &[Sample]) {
+    let want: Vec<f32> = samples
+        .iter()
+        .map(|s| s.image.data().iter().map(|&b| b as f32).sum::<f32>() / s.image.data().len() as f32 / 255.0)
+        .collect();
+    let got: Vec<f32> = r.score(samples).unwrap().iter().map(|s| s.value).collect();
+    assert_eq!(got, want);
+}
+
 #[test]
-fn a_plugin_stuck_in_a_loop_times_out_and_the_next_call_runs_afresh() {
-    let mut s = misbehave("loop");
+fn a_plugin_stuck_in_a_loop_times_out_in_time_and_the_next_call_works() {
+    let mut s = misbehave_once("loop");
     s.timeout = Duration::from_millis(300);
     let mut r = WasmReward::load(s).unwrap();
     let samples = real_samples(2);
     let t = Instant::now();
-    let e = failure(r.score(&samples));
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let e = failure(r.score(&flag(samples.clone())));
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(600), "stopped after {took:?}");
     assert!(
-        e.contains("test-misbehave") && e.contains("timed out"),
+        e.contains("test-misbehave") && e.contains("timed out after 0.3 s"),
         "{e}"
     );
+    recovers(&mut r, &samples);
     // Fuel stops it too, by instruction count rather than time.
-    let mut s = misbehave("loop");
+    let mut s = misbehave_once("loop");
     s.fuel = Some(5_000_000);
     let mut r = WasmReward::load(s).unwrap();
-    let e = failure(r.score(&samples));
-    assert!(e.contains("fuel"), "{e}");
+    let e = failure(r.score(&flag(samples.clone())));
+    assert!(e.contains("ran out of fuel"), "{e}");
+    recovers(&mut r, &samples);
 }
 
 #[test]
-fn memory_past_the_cap_traps_and_names_the_plugin() {
-    let mut s = misbehave("alloc");
+fn a_memory_bomb_stops_at_the_cap_and_the_next_call_works() {
+    let mut s = misbehave_once("alloc");
     s.memory_bytes = 16 << 20;
     let mut r = WasmReward::load(s).unwrap();
-    let e = failure(r.score(&real_samples(1)));
-    assert!(e.contains("test-misbehave"), "{e}");
-    assert!(e.contains("memory") || e.contains("trapped"), "{e}");
-}
-
-#[test]
-fn a_panic_is_an_error_and_the_store_is_rebuilt() {
-    let mut r = WasmReward::load(misbehave("panic-once")).unwrap();
-    let samples = real_samples(3);
-    let e = failure(r.score(&samples));
-    assert!(e.contains("test-misbehave") && e.contains("trapped"), "{e}");
-    // A fresh instance (its call counter back at 0) panics again, then recovers.
-    let e = failure(r.score(&samples));
-    assert!(e.contains("trapped"), "{e}");
-    let mut ok = WasmReward::load(misbehave("ok")).unwrap();
-    let want = ok.score(&samples).unwrap();
-    assert!(want[0].value > 0.0 && want[0].value < 1.0);
-}
-
-#[test]
-fn the_guest_sees_no_files_no_environment_and_its_output_is_bounded() {
-    std::env::set_var("HRF_SECRET_FOR_THE_TEST", "1");
     let samples = real_samples(2);
-    let mut fs = WasmReward::load(misbehave("fs")).unwrap();
-    assert_eq!(fs.score(&samples).unwrap()[0].value, 0.0, "a file was readable");
-    let mut env = WasmReward::load(misbehave("env")).unwrap();
-    assert_eq!(env.score(&samples).unwrap()[0].value, 0.0, "environment leaked");
-    let mut print = WasmReward::load(misbehave("print")).unwrap();
-    for _ in 0..3 {
-        assert_eq!(print.score(&samples).unwrap().len(), 2);
+    let e = failure(r.score(&flag(samples.clone())));
+    assert!(
+        e.contains("test-misbehave") && e.contains("memory cap of 16 MiB"),
+        "{e}"
+    );
+    recovers(&mut r, &samples);
+}
+
+#[test]
+fn a_trap_names_the_plugin_and_version_and_the_store_is_rebuilt() {
+    let mut r = WasmReward::load(misbehave_once("panic")).unwrap();
+    let samples = real_samples(3);
+    let e = failure(r.score(&flag(samples.clone())));
+    assert!(
+        e.contains("test-misbehave@misbehave 0.1.0") && e.contains("trapped"),
+        "{e}"
+    );
+    recovers(&mut r, &samples);
+    // Without `once` it traps every time, and each time cleanly.
+    let mut r = WasmReward::load(misbehave("panic")).unwrap();
+    for _ in 0..2 {
+        assert!(failure(r.score(&samples)).contains("trapped"));
     }
 }
 
 #[test]
-fn wrong_answers_are_refused() {
+fn the_guest_can_open_no_host_file_reach_no_port_and_sees_no_environment() {
+    std::env::set_var("HRF_SECRET_FOR_THE_TEST", "1");
+    let samples = real_samples(2);
+    // An existing host file, and a port that is listening.
+    let secret = std::env::temp_dir().join(format!("hrf-secret-{}", std::process::id()));
+    std::fs::write(&secret, b"secret").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let cfg = |mode: &str| {
+        settings(
+            "misbehave",
+            serde_json::json!({"mode": mode, "file": secret.to_str().unwrap(), "port": port}),
+        )
+    };
+    let mut fs = WasmReward::load(cfg("fs")).unwrap();
+    assert_eq!(fs.score(&samples).unwrap()[0].value, 0.0, "a host file was readable");
+    let mut net = WasmReward::load(cfg("net")).unwrap();
+    assert_eq!(net.score(&samples).unwrap()[0].value, 0.0, "the port was reachable");
+    let mut env = WasmReward::load(cfg("env")).unwrap();
+    assert_eq!(env.score(&samples).unwrap()[0].value, 0.0, "environment leaked");
+    let mut print = WasmReward::load(misbehave("print")).unwrap();
+    for _ in 0..3 {
+        recovers(&mut print, &samples);
+    }
+    std::fs::remove_file(secret).unwrap();
+}
+
+#[test]
+fn wrong_answers_are_refused_and_the_next_call_works() {
     let samples = real_samples(3);
-    let mut r = WasmReward::load(misbehave("wrong-count")).unwrap();
+    let mut r = WasmReward::load(misbehave_once("wrong-count")).unwrap();
     assert!(matches!(
-        r.score(&samples),
+        r.score(&flag(samples.clone())),
         Err(RewardError::WrongCount { want: 3, got: 2, .. })
     ));
-    let mut r = WasmReward::load(misbehave("nan")).unwrap();
-    assert!(matches!(
-        r.score(&samples),
-        Err(RewardError::NotFinite { index: 0, .. })
-    ));
+    recovers(&mut r, &samples);
+    for mode in ["nan", "inf"] {
+        let mut r = WasmReward::load(misbehave_once(mode)).unwrap();
+        assert!(matches!(
+            r.score(&flag(samples.clone())),
+            Err(RewardError::NotFinite { index: 0, .. })
+        ));
+        recovers(&mut r, &samples);
+    }
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! A reward plugin that misbehaves on request, for the host's sandbox tests. `config.mode`:
 //! `ok` (score = mean pixel / 255), `loop` (never returns), `alloc` (grows memory without end),
-//! `panic`, `panic-once` (panics on the first call only), `fs` (score 1 if any file could be
-//! read, else 0), `env` (score = number of environment variables), `print` (writes a line to
-//! stdout and stderr per call), `wrong-count` (one score too few), `nan`.
+//! `panic`, `fs` (score 1 if `config.file` or any of a few host paths could be read, else 0),
+//! `net` (score 1 if a TCP connection to 127.0.0.1:`config.port` succeeded, else 0), `env`
+//! (score = number of environment variables), `print` (writes a line to stdout and stderr per
+//! call), `wrong-count` (one score too few), `nan`, `inf`. With `config.flagged: true` it
+//! misbehaves only on batches whose first sample's metadata has `"misbehave": true`, and scores
+//! like `ok` otherwise (so a test can check that the next batch is scored correctly).
 
 use std::cell::Cell;
 
@@ -11,6 +14,9 @@ use hrf_reward_sdk::{export_reward, log, Info, Level, Reward, RewardError, Sampl
 
 struct Misbehave {
     mode: String,
+    flagged: bool,
+    file: Option<String>,
+    port: u16,
     calls: Cell<u32>,
 }
 
@@ -23,6 +29,9 @@ impl Reward for Misbehave {
         let mode = config.get("mode").and_then(|m| m.as_str()).unwrap_or("ok").to_string();
         Ok(Misbehave {
             mode,
+            flagged: config.get("flagged").and_then(|o| o.as_bool()).unwrap_or(false),
+            file: config.get("file").and_then(|f| f.as_str()).map(String::from),
+            port: config.get("port").and_then(|p| p.as_u64()).unwrap_or(1) as u16,
             calls: Cell::new(0),
         })
     }
@@ -34,7 +43,11 @@ impl Reward for Misbehave {
             s.image.data.iter().map(|&b| b as f32).sum::<f32>() / s.image.data.len().max(1) as f32 / 255.0
         };
         let each = |v: f32| Ok(vec![Score::new(v); samples.len()]);
-        match self.mode.as_str() {
+        let flag = samples
+            .first()
+            .is_some_and(|s| s.metadata.get("misbehave").and_then(|m| m.as_bool()) == Some(true));
+        let mode = if self.flagged && !flag { "ok" } else { self.mode.as_str() };
+        match mode {
             "loop" => {
                 let mut x: u64 = 1;
                 loop {
@@ -54,12 +67,20 @@ impl Reward for Misbehave {
                 }
             }
             "panic" => panic!("misbehave: asked to panic"),
-            "panic-once" if call == 0 => panic!("misbehave: first call panics"),
             "fs" => {
-                let read = ["/etc/passwd", "/", ".", "/tmp"]
+                let mut paths = vec!["/etc/passwd", "/", ".", "/tmp"];
+                if let Some(f) = &self.file {
+                    paths.push(f);
+                }
+                let read = paths
                     .iter()
                     .any(|p| std::fs::read(p).is_ok() || std::fs::read_dir(p).is_ok());
                 each(if read { 1.0 } else { 0.0 })
+            }
+            "net" => {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+                let connected = std::net::TcpStream::connect(addr).is_ok();
+                each(if connected { 1.0 } else { 0.0 })
             }
             "env" => each(std::env::vars().count() as f32),
             "print" => {
@@ -73,6 +94,7 @@ impl Reward for Misbehave {
                 v
             }),
             "nan" => each(f32::NAN),
+            "inf" => each(f32::INFINITY),
             _ => Ok(samples.iter().map(|s| Score::new(mean(s))).collect()),
         }
     }
