@@ -64,7 +64,7 @@ impl Reward for Jpeg {
                         })
                     }
                 };
-                let mut buf = Vec::new();
+                let mut buf = Vec::with_capacity(img.data.len() / 4 + 1024);
                 let mut enc = Encoder::new(&mut buf, self.quality);
                 enc.set_sampling_factor(SamplingFactor::R_4_2_0);
                 enc.encode(&img.data, img.width as u16, img.height as u16, color)
