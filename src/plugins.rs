@@ -29,6 +29,9 @@ pub enum PluginsCommand {
         memory_mb: u64,
         #[arg(long)]
         fuel: Option<u64>,
+        /// An ONNX model the plugin may run through the host, as NAME=PATH (repeatable).
+        #[arg(long = "model")]
+        models: Vec<String>,
     },
     /// The `hrf:reward` WIT versions this hrf runs.
     Versions,
@@ -45,6 +48,7 @@ pub fn wasm_settings(name: &str, w: &WasmSpec, seed: u64) -> WasmSettings {
         fuel: w.fuel,
         sha256: w.sha256.clone(),
         seed,
+        models: w.models.clone(),
     }
 }
 
@@ -78,6 +82,7 @@ pub fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
             timeout_s,
             memory_mb,
             fuel,
+            models,
         } => {
             let config: serde_json::Value = serde_json::from_str(&config)
                 .map_err(|e| UsageError(format!("--config: not JSON: {e}")))?;
@@ -92,6 +97,14 @@ pub fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
                 memory_mb,
                 fuel,
                 sha256: None,
+                models: models
+                    .iter()
+                    .map(|m| {
+                        m.split_once('=')
+                            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+                            .ok_or_else(|| UsageError(format!("--model {m}: NAME=PATH expected")))
+                    })
+                    .collect::<Result<_, _>>()?,
             };
             let started = std::time::Instant::now();
             let mut r = WasmReward::load(wasm_settings(&name, &spec, 0))?;

@@ -3,7 +3,7 @@
 //! YAML's folder, defaults filled, cross-field rules checked, every problem reported at once).
 //! `run_schema` is the JSON Schema of the file.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
@@ -314,6 +314,10 @@ pub struct RewardRaw {
     /// `wasm` only: the sha256 (hex) the component file must have.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// `wasm` only: ONNX models the plugin may run through the host (`name: path`, paths
+    /// relative to the YAML file), for plugins of the `reward-plugin-onnx` world.
+    #[serde(default)]
+    pub models: Option<BTreeMap<String, PathBuf>>,
 }
 
 fn one() -> f64 {
@@ -470,6 +474,9 @@ pub struct WasmSpec {
     pub fuel: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Resolved against the YAML's folder.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1066,6 +1073,7 @@ impl RunFile {
                 ("memory_mb", r.memory_mb.is_some()),
                 ("fuel", r.fuel.is_some()),
                 ("sha256", r.sha256.is_some()),
+                ("models", r.models.is_some()),
             ];
             let onnx_fields = [
                 ("stages", r.stages.is_some()),
@@ -1114,7 +1122,20 @@ impl RunFile {
                         p.push(at("sha256"), format!("{h:?}: 64 hex digits expected"));
                     }
                 }
+                let models = r
+                    .models
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, rel)| {
+                        let path = base.join(&rel);
+                        if !path.is_file() {
+                            p.push(at(&format!("models.{name}")), format!("{} not found", path.display()));
+                        }
+                        (name, path)
+                    })
+                    .collect();
                 RewardKind::Wasm(WasmSpec {
+                    models,
                     path,
                     config: r.config.unwrap_or_else(|| serde_json::json!({})),
                     timeout_s,

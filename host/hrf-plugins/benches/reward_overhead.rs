@@ -28,6 +28,14 @@ fn median_us(r: &mut dyn Reward, samples: &[Sample]) -> f64 {
 }
 
 fn wasm(name: &str, config: serde_json::Value) -> WasmReward {
+    wasm_with(name, config, Default::default())
+}
+
+fn wasm_with(
+    name: &str,
+    config: serde_json::Value,
+    models: std::collections::BTreeMap<String, PathBuf>,
+) -> WasmReward {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../plugins/target/wasm32-wasip2/release")
         .join(format!("{name}.wasm"));
@@ -40,6 +48,7 @@ fn wasm(name: &str, config: serde_json::Value) -> WasmReward {
         fuel: None,
         sha256: None,
         seed: 0,
+        models,
     })
     .expect("plugin loads (./setup.sh builds plugins/)")
 }
@@ -59,6 +68,19 @@ fn main() {
         hrf_rewards::jpeg::JpegCompressibility::new(hrf_rewards::jpeg::JpegDirection::Compressibility);
     let mut jpeg = wasm("jpeg_wasm", serde_json::json!({}));
     let mut trivial = wasm("misbehave", serde_json::json!({"mode": "ok"}));
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let mut aesthetic = hrf_rewards::builtin::builtin("aesthetic", &models, &[]).expect("models");
+    let mut aesthetic_wasm = wasm_with(
+        "aesthetic_wasm",
+        serde_json::json!({}),
+        [
+            ("encoder", hrf_rewards::builtin::REWARD_CLASSIFIER),
+            ("head", hrf_rewards::builtin::AESTHETIC_HEAD),
+        ]
+        .into_iter()
+        .map(|(k, f)| (k.to_string(), models.join(f)))
+        .collect(),
+    );
     let b = median_us(&mut builtin, &samples);
     let j = median_us(&mut jpeg, &samples);
     let t = median_us(&mut trivial, &samples);
@@ -66,4 +88,8 @@ fn main() {
     println!("  built-in jpeg-compressibility   {b:9.1} µs");
     println!("  wasm jpeg plugin                {j:9.1} µs   ({:.2}× the built-in)", j / b);
     println!("  wasm trivial plugin (overhead)  {t:9.1} µs");
+    let a = median_us(aesthetic.as_mut(), &samples);
+    let aw = median_us(&mut aesthetic_wasm, &samples);
+    println!("  built-in aesthetic (onnx)       {a:9.1} µs");
+    println!("  wasm aesthetic via host onnx    {aw:9.1} µs   ({:.2}× the built-in)", aw / a);
 }

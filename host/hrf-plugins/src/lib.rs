@@ -9,11 +9,13 @@
 //! go to bounded buffers that are copied into the log. A trap, a timeout or a broken store makes
 //! the call fail with an error naming the plugin, and the next call starts from a fresh store.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hrf_core::{Reward, RewardError, RewardInfo, Sample, Score};
+use hrf_rewards::onnx::OnnxModel;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -68,6 +70,8 @@ pub struct WasmSettings {
     pub sha256: Option<String>,
     /// Seeds the guest's insecure randomness, so runs stay reproducible.
     pub seed: u64,
+    /// ONNX models the plugin may run through the host interface, by name.
+    pub models: BTreeMap<String, PathBuf>,
 }
 
 fn engine() -> &'static Engine {
@@ -174,6 +178,8 @@ struct State {
     plugin: String,
     /// Log lines of the current call (bounded).
     logged: Vec<String>,
+    /// The declared ONNX models, loaded once and shared by every store of the plugin.
+    models: Arc<Mutex<BTreeMap<String, OnnxModel>>>,
 }
 
 impl WasiView for State {
@@ -216,20 +222,68 @@ impl log::Host for State {
 
 impl types::Host for State {}
 
+impl State {
+    fn with_model<R>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut OnnxModel) -> Result<R, String>,
+    ) -> Result<R, String> {
+        let mut models = self.models.lock().map_err(|_| "model lock poisoned".to_string())?;
+        let known: Vec<String> = models.keys().cloned().collect();
+        let m = models.get_mut(name).ok_or_else(|| {
+            format!(
+                "no model {name:?} declared in this plugin's `models:` (declared: {})",
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )
+        })?;
+        f(m)
+    }
+}
+
 impl onnx::Host for State {
     fn describe(&mut self, model: String) -> Result<onnx::ModelInfo, String> {
-        Err(format!(
-            "model {model:?}: this host does not run ONNX models for WASM plugins yet"
-        ))
+        self.with_model(&model, |m| {
+            Ok(onnx::ModelInfo {
+                inputs: m.input_names().to_vec(),
+                outputs: m.output_names().to_vec(),
+            })
+        })
     }
+
     fn run(
         &mut self,
         model: String,
-        _inputs: Vec<onnx::NamedTensor>,
+        inputs: Vec<onnx::NamedTensor>,
     ) -> Result<Vec<onnx::NamedTensor>, String> {
-        Err(format!(
-            "model {model:?}: this host does not run ONNX models for WASM plugins yet"
-        ))
+        let [input] = <[onnx::NamedTensor; 1]>::try_from(inputs)
+            .map_err(|v| format!("model {model:?}: one input expected, got {}", v.len()))?;
+        let shape: Vec<i64> = input.tensor.shape.iter().map(|&d| d as i64).collect();
+        let want: u64 = input.tensor.shape.iter().product();
+        if want != input.tensor.data.len() as u64 {
+            return Err(format!(
+                "model {model:?}: input {:?} has shape {:?} ({want} values) but {} values",
+                input.name,
+                input.tensor.shape,
+                input.tensor.data.len()
+            ));
+        }
+        self.with_model(&model, |m| {
+            let names = m.output_names().to_vec();
+            let outs = m
+                .run(Some(&input.name), shape, input.tensor.data)
+                .map_err(|e| e.to_string())?;
+            Ok(names
+                .into_iter()
+                .zip(outs)
+                .map(|(name, (shape, data))| onnx::NamedTensor {
+                    name,
+                    tensor: onnx::Tensor {
+                        shape: shape.iter().map(|&d| d.max(0) as u64).collect(),
+                        data,
+                    },
+                })
+                .collect())
+        })
     }
 }
 
@@ -245,6 +299,7 @@ struct Live {
 /// A WASM reward plugin, ready to score.
 pub struct WasmReward {
     settings: WasmSettings,
+    models: Arc<Mutex<BTreeMap<String, OnnxModel>>>,
     pre: bindings::RewardPluginOnnxPre<State>,
     info: RewardInfo,
     version: String,
@@ -275,6 +330,11 @@ impl WasmReward {
                 )));
             }
         }
+        let mut models = BTreeMap::new();
+        for (name, path) in &settings.models {
+            let m = OnnxModel::load(path).map_err(|e| err(format!("models.{name}: {e}")))?;
+            models.insert(name.clone(), m);
+        }
         let component = compile(&bytes).map_err(&err)?;
         let version = check_version(&component).map_err(&err)?;
         let mut linker: Linker<State> = Linker::new(engine());
@@ -294,6 +354,7 @@ impl WasmReward {
                 batch_hint: None,
             },
             settings,
+            models: Arc::new(Mutex::new(models)),
             pre,
             version,
             live: None,
@@ -338,6 +399,7 @@ impl WasmReward {
                 table: ResourceTable::new(),
                 plugin: s.name.clone(),
                 logged: Vec::new(),
+                models: self.models.clone(),
             },
         );
         store.limiter(|st| &mut st.limits);

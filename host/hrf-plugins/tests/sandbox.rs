@@ -30,6 +30,7 @@ fn settings(name: &str, config: serde_json::Value) -> WasmSettings {
         fuel: None,
         sha256: None,
         seed: 7,
+        models: Default::default(),
     }
 }
 
@@ -113,6 +114,31 @@ fn recovers(r: &mut WasmReward, samples: &[Sample]) {
         .collect();
     let got: Vec<f32> = r.score(samples).unwrap().iter().map(|s| s.value).collect();
     assert_eq!(got, want);
+}
+
+#[test]
+fn a_plugin_running_onnx_through_the_host_equals_the_builtin_onnx_reward() {
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let samples = real_samples(64);
+    let mut builtin = hrf_rewards::builtin::builtin("aesthetic", &models, &[]).unwrap();
+    let want = builtin.score(&samples).unwrap();
+    let mut s = settings("aesthetic_wasm", serde_json::json!({}));
+    s.models = [
+        ("encoder", hrf_rewards::builtin::REWARD_CLASSIFIER),
+        ("head", hrf_rewards::builtin::AESTHETIC_HEAD),
+    ]
+    .into_iter()
+    .map(|(k, f)| (k.to_string(), models.join(f)))
+    .collect();
+    let mut plugin = WasmReward::load(s.clone()).unwrap();
+    let got = plugin.score(&samples).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g.value - w.value).abs() <= 1e-5, "plugin {} vs built-in {}", g.value, w.value);
+    }
+    // A model the YAML did not declare is refused by name at configure time.
+    s.models.remove("head");
+    let e = WasmReward::load(s).err().unwrap().to_string();
+    assert!(e.contains("no model \"head\" declared") && e.contains("encoder"), "{e}");
 }
 
 #[test]

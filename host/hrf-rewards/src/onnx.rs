@@ -35,6 +35,7 @@ pub struct OnnxModel {
     input_name: String,
     /// The model's first input shape (−1 for dynamic dims).
     input_shape: Vec<i64>,
+    input_names: Vec<String>,
     output_names: Vec<String>,
 }
 
@@ -70,11 +71,17 @@ impl OnnxModel {
             .iter()
             .map(|o| o.name().to_string())
             .collect();
+        let input_names = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             session,
             input_name,
             input_shape,
+            input_names,
             output_names,
         })
     }
@@ -85,6 +92,10 @@ impl OnnxModel {
 
     pub fn output_names(&self) -> &[String] {
         &self.output_names
+    }
+
+    pub fn input_names(&self) -> &[String] {
+        &self.input_names
     }
 
     fn output_index(&self, sel: &OutputSel) -> Result<usize, OnnxError> {
