@@ -133,11 +133,8 @@ pub fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
             let scores = r.score(&samples)?;
             let score_s = t.elapsed().as_secs_f64();
             for (i, s) in scores.iter().enumerate() {
-                let extras: Vec<String> = s
-                    .extras
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect();
+                let extras: Vec<String> =
+                    s.extras.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 println!("  sample {i}: {}  {}", s.value, extras.join(", "));
             }
             println!(

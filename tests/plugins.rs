@@ -26,6 +26,27 @@ fn epoch_lines(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `hrf run tests/pipelines/tiny-wasm.yaml` with its plugin (`rewards[0]`) replaced by `wasm`
+/// and `config` set as given.
+fn run_tiny_with(run: &Path, wasm: &Path, config: &str) -> std::process::Output {
+    let p = repo().join("tests/pipelines/tiny-wasm.yaml");
+    let path = format!("rewards[0].path={}", wasm.display());
+    hrf(
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "-q",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--set",
+            &path,
+            "--set",
+            config,
+        ],
+        &[],
+    )
+}
+
 #[test]
 fn the_wasm_example_checks_and_trains_like_the_builtin() {
     let o = hrf(
@@ -40,13 +61,22 @@ fn the_wasm_example_checks_and_trains_like_the_builtin() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    assert!(out.contains("hrf:reward@0.1.0") && out.contains("sample 2:"), "{out}");
+    assert!(
+        out.contains("hrf:reward@0.1.0") && out.contains("sample 2:"),
+        "{out}"
+    );
 
     let d = tmp("hrf-plugins", "run");
     let run = d.join("run");
     let p = repo().join("tests/pipelines/tiny-wasm.yaml");
     let o = hrf(
-        &["run", p.to_str().unwrap(), "-q", "--run-dir", run.to_str().unwrap()],
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "-q",
+            "--run-dir",
+            run.to_str().unwrap(),
+        ],
         &[],
     );
     assert!(o.status.success(), "{}", text(&o));
@@ -66,22 +96,7 @@ fn the_wasm_example_checks_and_trains_like_the_builtin() {
 fn a_failing_plugin_stops_the_run_naming_it() {
     let d = tmp("hrf-plugins", "fail");
     let run = d.join("run");
-    let p = repo().join("tests/pipelines/tiny-wasm.yaml");
-    let path = format!("rewards[0].path={}", plugin("misbehave").display());
-    let o = hrf(
-        &[
-            "run",
-            p.to_str().unwrap(),
-            "-q",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--set",
-            &path,
-            "--set",
-            "rewards[0].config.mode=panic",
-        ],
-        &[],
-    );
+    let o = run_tiny_with(&run, &plugin("misbehave"), "rewards[0].config.mode=panic");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = text(&o);
     assert!(
@@ -101,7 +116,10 @@ fn build_outside(dir: &Path, version: &str) -> PathBuf {
     std::fs::create_dir_all(crate_dir.join("wit")).unwrap();
     let wit = std::fs::read_to_string(repo().join("wit/reward.wit"))
         .unwrap()
-        .replace("package hrf:reward@0.1.0;", &format!("package hrf:reward@{version};"));
+        .replace(
+            "package hrf:reward@0.1.0;",
+            &format!("package hrf:reward@{version};"),
+        );
     std::fs::write(crate_dir.join("wit/reward.wit"), wit).unwrap();
     std::fs::write(
         crate_dir.join("Cargo.toml"),
@@ -174,22 +192,7 @@ fn a_plugin_built_outside_from_the_wit_alone_runs_and_other_versions_are_refused
     let d = tmp("hrf-plugins", "outside");
     let wasm = build_outside(&d, "0.1.0");
     let run = d.join("run");
-    let p = repo().join("tests/pipelines/tiny-wasm.yaml");
-    let path = format!("rewards[0].path={}", wasm.display());
-    let o = hrf(
-        &[
-            "run",
-            p.to_str().unwrap(),
-            "-q",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--set",
-            &path,
-            "--set",
-            "rewards[0].config={}",
-        ],
-        &[],
-    );
+    let o = run_tiny_with(&run, &wasm, "rewards[0].config={}");
     assert!(o.status.success(), "{}", text(&o));
     for l in epoch_lines(&run) {
         let v = l["reward_components"]["jpeg-in-wasm"].as_f64().unwrap();

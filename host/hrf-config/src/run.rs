@@ -1084,7 +1084,10 @@ impl RunFile {
             let refuse = |p: &mut Problems<'_>, fields: &[(&str, bool)], who: &str| {
                 for (field, given) in fields {
                     if *given {
-                        p.push(at(field), format!("only {who} rewards take `{field}`; this one is {kind}"));
+                        p.push(
+                            at(field),
+                            format!("only {who} rewards take `{field}`; this one is {kind}"),
+                        );
                     }
                 }
             };
@@ -1109,10 +1112,18 @@ impl RunFile {
                     }
                 };
                 let timeout_s = r.timeout_s.unwrap_or(5.0);
-                p.real(at("timeout_s"), timeout_s, |v| v > 0.0 && v <= 3600.0, "in (0, 3600]");
+                p.real(
+                    at("timeout_s"),
+                    timeout_s,
+                    |v| v > 0.0 && v <= 3600.0,
+                    "in (0, 3600]",
+                );
                 let memory_mb = r.memory_mb.unwrap_or(256);
                 if !(1..=65_536).contains(&memory_mb) {
-                    p.push(at("memory_mb"), format!("must be in 1..=65536, got {memory_mb}"));
+                    p.push(
+                        at("memory_mb"),
+                        format!("must be in 1..=65536, got {memory_mb}"),
+                    );
                 }
                 if r.fuel == Some(0) {
                     p.push(at("fuel"), "must be ≥ 1 (leave it out for no limit)");
@@ -1129,7 +1140,10 @@ impl RunFile {
                     .map(|(name, rel)| {
                         let path = base.join(&rel);
                         if !path.is_file() {
-                            p.push(at(&format!("models.{name}")), format!("{} not found", path.display()));
+                            p.push(
+                                at(&format!("models.{name}")),
+                                format!("{} not found", path.display()),
+                            );
                         }
                         (name, path)
                     })

@@ -64,8 +64,9 @@ fn main() {
             metadata: serde_json::json!({"epoch": 0}),
         })
         .collect();
-    let mut builtin =
-        hrf_rewards::jpeg::JpegCompressibility::new(hrf_rewards::jpeg::JpegDirection::Compressibility);
+    let mut builtin = hrf_rewards::jpeg::JpegCompressibility::new(
+        hrf_rewards::jpeg::JpegDirection::Compressibility,
+    );
     let mut jpeg = wasm("jpeg_wasm", serde_json::json!({}));
     let mut trivial = wasm("misbehave", serde_json::json!({"mode": "ok"}));
     let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models");
@@ -86,10 +87,16 @@ fn main() {
     let t = median_us(&mut trivial, &samples);
     println!("reward call on 64 images of 32×32 (median of 300 calls)");
     println!("  built-in jpeg-compressibility   {b:9.1} µs");
-    println!("  wasm jpeg plugin                {j:9.1} µs   ({:.2}× the built-in)", j / b);
+    println!(
+        "  wasm jpeg plugin                {j:9.1} µs   ({:.2}× the built-in)",
+        j / b
+    );
     println!("  wasm trivial plugin (overhead)  {t:9.1} µs");
     let a = median_us(aesthetic.as_mut(), &samples);
     let aw = median_us(&mut aesthetic_wasm, &samples);
     println!("  built-in aesthetic (onnx)       {a:9.1} µs");
-    println!("  wasm aesthetic via host onnx    {aw:9.1} µs   ({:.2}× the built-in)", aw / a);
+    println!(
+        "  wasm aesthetic via host onnx    {aw:9.1} µs   ({:.2}× the built-in)",
+        aw / a
+    );
 }

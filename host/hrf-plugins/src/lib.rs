@@ -130,7 +130,8 @@ fn compile(bytes: &[u8]) -> Result<Component, String> {
             return Ok(c);
         }
     }
-    let component = Component::new(engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
+    let component =
+        Component::new(engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
     if let (Some(path), Ok(compiled)) = (cached, component.serialize()) {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -228,12 +229,19 @@ impl State {
         name: &str,
         f: impl FnOnce(&mut OnnxModel) -> Result<R, String>,
     ) -> Result<R, String> {
-        let mut models = self.models.lock().map_err(|_| "model lock poisoned".to_string())?;
+        let mut models = self
+            .models
+            .lock()
+            .map_err(|_| "model lock poisoned".to_string())?;
         let known: Vec<String> = models.keys().cloned().collect();
         let m = models.get_mut(name).ok_or_else(|| {
             format!(
                 "no model {name:?} declared in this plugin's `models:` (declared: {})",
-                if known.is_empty() { "none".into() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
             )
         })?;
         f(m)
@@ -571,10 +579,16 @@ impl Reward for WasmReward {
 
     fn score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, RewardError> {
         self.calls += 1;
-        let scores = self.call_score(samples).map_err(|message| RewardError::Failed {
-            reward: format!("{} (wasm plugin {})", self.info.label(), self.settings.path.display()),
-            message,
-        })?;
+        let scores = self
+            .call_score(samples)
+            .map_err(|message| RewardError::Failed {
+                reward: format!(
+                    "{} (wasm plugin {})",
+                    self.info.label(),
+                    self.settings.path.display()
+                ),
+                message,
+            })?;
         hrf_core::check_scores(&self.info, samples.len(), &scores)?;
         Ok(scores)
     }

@@ -110,7 +110,11 @@ fn flag(mut samples: Vec<Sample>) -> Vec<Sample> {
 fn recovers(r: &mut WasmReward, samples: &[Sample]) {
     let want: Vec<f32> = samples
         .iter()
-        .map(|s| s.image.data().iter().map(|&b| b as f32).sum::<f32>() / s.image.data().len() as f32 / 255.0)
+        .map(|s| {
+            s.image.data().iter().map(|&b| b as f32).sum::<f32>()
+                / s.image.data().len() as f32
+                / 255.0
+        })
         .collect();
     let got: Vec<f32> = r.score(samples).unwrap().iter().map(|s| s.value).collect();
     assert_eq!(got, want);
@@ -133,12 +137,20 @@ fn a_plugin_running_onnx_through_the_host_equals_the_builtin_onnx_reward() {
     let mut plugin = WasmReward::load(s.clone()).unwrap();
     let got = plugin.score(&samples).unwrap();
     for (g, w) in got.iter().zip(&want) {
-        assert!((g.value - w.value).abs() <= 1e-5, "plugin {} vs built-in {}", g.value, w.value);
+        assert!(
+            (g.value - w.value).abs() <= 1e-5,
+            "plugin {} vs built-in {}",
+            g.value,
+            w.value
+        );
     }
     // A model the YAML did not declare is refused by name at configure time.
     s.models.remove("head");
     let e = WasmReward::load(s).err().unwrap().to_string();
-    assert!(e.contains("no model \"head\" declared") && e.contains("encoder"), "{e}");
+    assert!(
+        e.contains("no model \"head\" declared") && e.contains("encoder"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -213,11 +225,23 @@ fn the_guest_can_open_no_host_file_reach_no_port_and_sees_no_environment() {
         )
     };
     let mut fs = WasmReward::load(cfg("fs")).unwrap();
-    assert_eq!(fs.score(&samples).unwrap()[0].value, 0.0, "a host file was readable");
+    assert_eq!(
+        fs.score(&samples).unwrap()[0].value,
+        0.0,
+        "a host file was readable"
+    );
     let mut net = WasmReward::load(cfg("net")).unwrap();
-    assert_eq!(net.score(&samples).unwrap()[0].value, 0.0, "the port was reachable");
+    assert_eq!(
+        net.score(&samples).unwrap()[0].value,
+        0.0,
+        "the port was reachable"
+    );
     let mut env = WasmReward::load(cfg("env")).unwrap();
-    assert_eq!(env.score(&samples).unwrap()[0].value, 0.0, "environment leaked");
+    assert_eq!(
+        env.score(&samples).unwrap()[0].value,
+        0.0,
+        "environment leaked"
+    );
     let mut print = WasmReward::load(misbehave("print")).unwrap();
     for _ in 0..3 {
         recovers(&mut print, &samples);
@@ -231,7 +255,11 @@ fn wrong_answers_are_refused_and_the_next_call_works() {
     let mut r = WasmReward::load(misbehave_once("wrong-count")).unwrap();
     assert!(matches!(
         r.score(&flag(samples.clone())),
-        Err(RewardError::WrongCount { want: 3, got: 2, .. })
+        Err(RewardError::WrongCount {
+            want: 3,
+            got: 2,
+            ..
+        })
     ));
     recovers(&mut r, &samples);
     for mode in ["nan", "inf"] {

@@ -82,7 +82,8 @@ impl Reward for Aesthetic {
             shape: vec![n as u64, 1, h as u64, w as u64],
             data,
         };
-        let outs = onnx::run("encoder", &[(&self.encoder_input, &input)]).map_err(RewardError::Failed)?;
+        let outs =
+            onnx::run("encoder", &[(&self.encoder_input, &input)]).map_err(RewardError::Failed)?;
         let mut feats = outs
             .into_iter()
             .find(|(name, _)| *name == self.features)

@@ -39,7 +39,10 @@ impl Reward for Jpeg {
             }
         };
         if let Some(obj) = config.as_object() {
-            if let Some(k) = obj.keys().find(|k| !["quality", "direction"].contains(&k.as_str())) {
+            if let Some(k) = obj
+                .keys()
+                .find(|k| !["quality", "direction"].contains(&k.as_str()))
+            {
                 return Err(RewardError::Config(format!(
                     "unknown key {k:?} (known: quality, direction)"
                 )));

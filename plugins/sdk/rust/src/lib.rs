@@ -110,7 +110,10 @@ pub enum RewardError {
     /// The entry's `config:` is unusable.
     Config(String),
     /// One sample cannot be scored.
-    InvalidSample { index: u32, message: String },
+    InvalidSample {
+        index: u32,
+        message: String,
+    },
     Failed(String),
 }
 
@@ -202,7 +205,10 @@ pub mod __private {
         }
     }
 
-    pub fn configure<T: Reward>(slot: &'static Slot<T>, config: String) -> Result<(), wire::RewardError> {
+    pub fn configure<T: Reward>(
+        slot: &'static Slot<T>,
+        config: String,
+    ) -> Result<(), wire::RewardError> {
         let value: serde_json::Value = serde_json::from_str(&config)
             .map_err(|e| wire::RewardError::Config(format!("config is not JSON: {e}")))?;
         let r = T::configure(&value).map_err(to_wire)?;

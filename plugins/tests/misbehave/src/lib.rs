@@ -26,11 +26,21 @@ impl Reward for Misbehave {
     }
 
     fn configure(config: &Value) -> Result<Self, RewardError> {
-        let mode = config.get("mode").and_then(|m| m.as_str()).unwrap_or("ok").to_string();
+        let mode = config
+            .get("mode")
+            .and_then(|m| m.as_str())
+            .unwrap_or("ok")
+            .to_string();
         Ok(Misbehave {
             mode,
-            flagged: config.get("flagged").and_then(|o| o.as_bool()).unwrap_or(false),
-            file: config.get("file").and_then(|f| f.as_str()).map(String::from),
+            flagged: config
+                .get("flagged")
+                .and_then(|o| o.as_bool())
+                .unwrap_or(false),
+            file: config
+                .get("file")
+                .and_then(|f| f.as_str())
+                .map(String::from),
             port: config.get("port").and_then(|p| p.as_u64()).unwrap_or(1) as u16,
             calls: Cell::new(0),
         })
@@ -40,13 +50,19 @@ impl Reward for Misbehave {
         let call = self.calls.get();
         self.calls.set(call + 1);
         let mean = |s: &Sample| {
-            s.image.data.iter().map(|&b| b as f32).sum::<f32>() / s.image.data.len().max(1) as f32 / 255.0
+            s.image.data.iter().map(|&b| b as f32).sum::<f32>()
+                / s.image.data.len().max(1) as f32
+                / 255.0
         };
         let each = |v: f32| Ok(vec![Score::new(v); samples.len()]);
         let flag = samples
             .first()
             .is_some_and(|s| s.metadata.get("misbehave").and_then(|m| m.as_bool()) == Some(true));
-        let mode = if self.flagged && !flag { "ok" } else { self.mode.as_str() };
+        let mode = if self.flagged && !flag {
+            "ok"
+        } else {
+            self.mode.as_str()
+        };
         match mode {
             "loop" => {
                 let mut x: u64 = 1;
