@@ -99,6 +99,15 @@ say "building (release)"
 cargo build --release --workspace --bins
 say "building the reward plugins (wasm32-wasip2: the Rust SDK, examples, test fixtures)"
 cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
+say "building the native example plugins (C with cc, Rust)"
+mkdir -p plugins/target/native
+cc -shared -fPIC -O2 -Wall -Wextra -Iplugins/native/include \
+  -o plugins/target/native/libbrightness_c.so plugins/native/examples/brightness.c
+# A fixture for the tests: the same plugin claiming ABI version 2.
+cc -shared -fPIC -O2 -DHRF_TEST_ABI=2 -Iplugins/native/include \
+  -o plugins/target/native/libbrightness_c_abi2.so plugins/native/examples/brightness.c
+CARGO_TARGET_DIR=plugins/target/native-rust \
+  cargo build --release --manifest-path plugins/native/rust-example/Cargo.toml
 say "set-up done in $((SECONDS - t0)) s"
 
 if ((run_default)); then

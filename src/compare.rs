@@ -28,6 +28,9 @@ pub struct CompareArgs {
     /// Do not evaluate the base model (no gains or ratios to the base).
     #[arg(long)]
     pub no_base: bool,
+    /// Allow the runs' native reward plugins when evaluating the base model.
+    #[arg(long)]
+    pub allow_native: bool,
     /// auto, cpu, cuda or cuda:N (for evaluating the base model)
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -36,7 +39,12 @@ pub struct CompareArgs {
 /// The base model's final-evaluation report, reused from `out/base-eval.json` when it was made
 /// with the same evaluation settings; otherwise evaluated now (and its samples kept for the
 /// side-by-side grid).
-fn base_reference(first: &Path, out: &Path, device: &str) -> anyhow::Result<EvalReport> {
+fn base_reference(
+    first: &Path,
+    out: &Path,
+    device: &str,
+    allow_native: bool,
+) -> anyhow::Result<EvalReport> {
     let resolved_path = first.join(RESOLVED_FILE);
     let resolved: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&resolved_path)
@@ -63,7 +71,7 @@ fn base_reference(first: &Path, out: &Path, device: &str) -> anyhow::Result<Eval
         p.evaluation.final_samples,
         first.display()
     );
-    let (report, images) = crate::run::evaluate_base(&p, dev)?;
+    let (report, images) = crate::run::evaluate_base(&p, dev, allow_native)?;
     let grid = out.join("base-final.png");
     hrf_data::grid::save_grid(&images[..images.len().min(64)], 8, 2, &grid)
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -90,7 +98,12 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     let base = if a.no_base {
         None
     } else {
-        Some(base_reference(&a.runs[0], &a.out, &a.device)?)
+        Some(base_reference(
+            &a.runs[0],
+            &a.out,
+            &a.device,
+            a.allow_native,
+        )?)
     };
     let c = Comparison::new(runs, base).map_err(UsageError)?;
     let verdicts = match &a.reference {

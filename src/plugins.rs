@@ -6,17 +6,21 @@ use std::time::Duration;
 
 use hrf_config::run::WasmSpec;
 use hrf_core::{Channels, Image, Reward, Sample};
+use hrf_plugins::native::{NativeReward, NativeSettings};
 use hrf_plugins::{WasmReward, WasmSettings};
 
 use crate::UsageError;
 
 #[derive(clap::Subcommand)]
 pub enum PluginsCommand {
-    /// Load a WASM reward plugin, print its info, and score a batch of real Fashion-MNIST test
-    /// images (or blank ones when the data is missing).
+    /// Load a reward plugin (a WASM component, or with --allow-native a native .so), print its
+    /// info, and score a batch of real Fashion-MNIST test images (blank ones without the data).
     Check {
-        /// The component (.wasm).
+        /// The component (.wasm) or native library (.so, .dylib).
         file: PathBuf,
+        /// Load a native plugin (it runs with all of hrf's rights).
+        #[arg(long)]
+        allow_native: bool,
         /// The plugin's config, as JSON (what a pipeline's `config:` would hold).
         #[arg(long, default_value = "{}")]
         config: String,
@@ -83,6 +87,7 @@ pub fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
             memory_mb,
             fuel,
             models,
+            allow_native,
         } => {
             let config: serde_json::Value = serde_json::from_str(&config)
                 .map_err(|e| UsageError(format!("--config: not JSON: {e}")))?;
@@ -107,13 +112,32 @@ pub fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
                     .collect::<Result<_, _>>()?,
             };
             let started = std::time::Instant::now();
-            let mut r = WasmReward::load(wasm_settings(&name, &spec, 0))?;
+            let native = matches!(
+                file.extension().and_then(|e| e.to_str()),
+                Some("so" | "dylib")
+            );
+            let (mut r, interface): (Box<dyn Reward>, String) = if native {
+                let r = NativeReward::load(NativeSettings {
+                    name: name.clone(),
+                    path: file.clone(),
+                    config: spec.config.clone(),
+                    trusted_by_pipeline: true,
+                    allowed_by_command_line: allow_native,
+                })?;
+                (
+                    Box::new(r),
+                    format!("native ABI {}", hrf_plugins::native::ABI_VERSION),
+                )
+            } else {
+                let r = WasmReward::load(wasm_settings(&name, &spec, 0))?;
+                let v = format!("{}@{}", hrf_plugins::PACKAGE, r.interface_version());
+                (Box::new(r), v)
+            };
             let load_s = started.elapsed().as_secs_f64();
             let info = r.info();
             println!(
-                "{}: hrf:reward@{}, {} {}, higher is better: {}, batch hint: {}, sha256 {}",
+                "{}: {interface}, {} {}, higher is better: {}, batch hint: {}, sha256 {}",
                 file.display(),
-                r.interface_version(),
                 name,
                 info.version,
                 info.higher_is_better,

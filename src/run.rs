@@ -9,6 +9,7 @@ use anyhow::Context;
 use hrf_config::model::ModelSource;
 use hrf_config::run::{RewardKind, RunPipeline, ScoreSpec};
 use hrf_diffusion::{device, DiffusersModel, SchedulerConfig};
+use hrf_plugins::native::NativeSettings;
 use hrf_rewards::onnx::{OnnxChain, OnnxReward, ScorePick};
 use hrf_rewards::{Component, RewardSet, RewardWorker};
 use hrf_train::evaluation::Evaluator;
@@ -42,6 +43,10 @@ pub struct RunArgs {
     /// Also print the resolved pipeline.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Allow native reward plugins (`kind: native` with `trust: native`): they run with all
+    /// of hrf's rights.
+    #[arg(long)]
+    pub allow_native: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -140,7 +145,11 @@ fn class_names_of(p: &RunPipeline, model: &DiffusersModel) -> anyhow::Result<Vec
     }
 }
 
-fn build_rewards(p: &RunPipeline, classes: &[String]) -> anyhow::Result<RewardSet> {
+fn build_rewards(
+    p: &RunPipeline,
+    classes: &[String],
+    allow_native: bool,
+) -> anyhow::Result<RewardSet> {
     let models = crate::testbed::models_dir();
     let mut components = Vec::new();
     for spec in &p.rewards {
@@ -165,6 +174,15 @@ fn build_rewards(p: &RunPipeline, classes: &[String]) -> anyhow::Result<RewardSe
             RewardKind::Wasm(w) => Box::new(hrf_plugins::WasmReward::load(
                 crate::plugins::wasm_settings(&spec.name, w, p.run.seed),
             )?),
+            RewardKind::Native(n) => {
+                Box::new(hrf_plugins::native::NativeReward::load(NativeSettings {
+                    name: spec.name.clone(),
+                    path: n.path.clone(),
+                    config: n.config.clone(),
+                    trusted_by_pipeline: n.trust.is_some(),
+                    allowed_by_command_line: allow_native,
+                })?)
+            }
         };
         components.push(Component {
             name: spec.name.clone(),
@@ -202,7 +220,7 @@ struct Loaded {
     evaluator: Option<Evaluator>,
 }
 
-fn load_all(p: &RunPipeline, dev: tch::Device) -> anyhow::Result<Loaded> {
+fn load_all(p: &RunPipeline, dev: tch::Device, allow_native: bool) -> anyhow::Result<Loaded> {
     let (model, scheduler) = load_model(p, dev)?;
     let classes = class_names_of(p, &model)?;
     let prompts = prompt_labels(p, &classes)?;
@@ -226,7 +244,7 @@ fn load_all(p: &RunPipeline, dev: tch::Device) -> anyhow::Result<Loaded> {
     .map_err(|e| UsageError(format!("{}: sampling.steps: {e}", p.file.display())))?;
     hrf_train::hrf::check_starts(&chain, &p.training)
         .map_err(|e| UsageError(format!("{}: {e}", p.file.display())))?;
-    let rewards = RewardWorker::spawn(build_rewards(p, &classes)?);
+    let rewards = RewardWorker::spawn(build_rewards(p, &classes, allow_native)?);
     let evaluator = evaluator_for(&model)?;
     Ok(Loaded {
         model,
@@ -244,6 +262,7 @@ fn load_all(p: &RunPipeline, dev: tch::Device) -> anyhow::Result<Loaded> {
 pub fn evaluate_base(
     p: &RunPipeline,
     dev: tch::Device,
+    allow_native: bool,
 ) -> anyhow::Result<(hrf_train::run::EvalReport, Vec<hrf_core::Image>)> {
     let Loaded {
         model,
@@ -252,7 +271,7 @@ pub fn evaluate_base(
         rewards,
         evaluator,
         ..
-    } = load_all(p, dev)?;
+    } = load_all(p, dev, allow_native)?;
     static NEVER: AtomicBool = AtomicBool::new(false);
     let mut run = Run {
         pipeline: p,
@@ -315,7 +334,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         prompts,
         rewards,
         evaluator,
-    } = load_all(&p, dev)?;
+    } = load_all(&p, dev, a.allow_native)?;
 
     if a.dry_run {
         return dry_run(&p, &model, &chain, rewards, dev);

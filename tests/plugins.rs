@@ -209,3 +209,37 @@ fn a_plugin_built_outside_from_the_wit_alone_runs_and_other_versions_are_refused
     );
     std::fs::remove_dir_all(d).unwrap();
 }
+
+#[test]
+fn a_native_plugin_runs_only_with_both_opt_ins() {
+    let d = tmp("hrf-plugins", "native");
+    let p = repo().join("tests/pipelines/tiny-native.yaml");
+    let run = |dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            p.to_str().unwrap(),
+            "-q",
+            "--run-dir",
+            dir.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        hrf(&args, &[])
+    };
+    let o = run(&d.join("refused"), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("`--allow-native`"), "{}", text(&o));
+    let o = run(
+        &d.join("untrusted"),
+        &["--allow-native", "--set", "rewards[0].trust=maybe"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("rewards[0].trust"), "{}", text(&o));
+    let ok = d.join("ok");
+    let o = run(&ok, &["--allow-native"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = epoch_lines(&ok)[0]["reward_components"]["brightness"]
+        .as_f64()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&v), "{v}");
+    std::fs::remove_dir_all(d).unwrap();
+}

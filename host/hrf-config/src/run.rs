@@ -253,6 +253,9 @@ pub enum RewardKindName {
     Onnx,
     /// A WebAssembly component implementing `hrf:reward` (wit/reward.wit), run sandboxed.
     Wasm,
+    /// A shared library implementing plugins/native/include/hrf_reward.h; runs with hrf's
+    /// rights, so it needs `trust: native` here and `--allow-native` on the command line.
+    Native,
 }
 
 impl RewardKindName {
@@ -264,6 +267,7 @@ impl RewardKindName {
             Self::PromptAlignment => "prompt-alignment",
             Self::Onnx => "onnx",
             Self::Wasm => "wasm",
+            Self::Native => "native",
         }
     }
 }
@@ -295,10 +299,10 @@ pub struct RewardRaw {
     /// Images per reward call.
     #[serde(default = "default_reward_batch")]
     pub batch_size: usize,
-    /// `wasm` only: the component file, relative to the YAML file.
+    /// `wasm` and `native`: the plugin file, relative to the YAML file.
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// `wasm` only: handed to the plugin's `configure` as JSON (default `{}`).
+    /// `wasm` and `native`: handed to the plugin (`configure` / `create`) as JSON (default `{}`).
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Value>")]
     pub config: Option<serde_json::Value>,
@@ -318,6 +322,9 @@ pub struct RewardRaw {
     /// relative to the YAML file), for plugins of the `reward-plugin-onnx` world.
     #[serde(default)]
     pub models: Option<BTreeMap<String, PathBuf>>,
+    /// `native` only: must be `native`, the pipeline's half of the two opt-ins.
+    #[serde(default)]
+    pub trust: Option<String>,
 }
 
 fn one() -> f64 {
@@ -460,6 +467,17 @@ pub enum RewardKind {
         score: ScoreSpec,
     },
     Wasm(WasmSpec),
+    Native(NativeSpec),
+}
+
+/// A `kind: native` reward, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NativeSpec {
+    /// Resolved against the YAML's folder.
+    pub path: PathBuf,
+    pub config: serde_json::Value,
+    /// `trust: native` was given.
+    pub trust: Option<String>,
 }
 
 /// A `kind: wasm` reward, validated.
@@ -559,6 +577,8 @@ struct ResolvedReward<'a> {
     classes: Option<&'a [String]>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     wasm: Option<&'a WasmSpec>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    native: Option<&'a NativeSpec>,
 }
 
 impl Serialize for RunPipeline {
@@ -581,12 +601,17 @@ impl Serialize for RunPipeline {
                     score: None,
                     classes: None,
                     wasm: None,
+                    native: None,
                 };
                 match &r.kind {
                     RewardKind::Builtin(kind) => out.kind = kind,
                     RewardKind::Wasm(w) => {
                         out.kind = "wasm";
                         out.wasm = Some(w);
+                    }
+                    RewardKind::Native(n) => {
+                        out.kind = "native";
+                        out.native = Some(n);
                     }
                     RewardKind::Onnx {
                         stages,
@@ -1041,7 +1066,7 @@ impl RunFile {
                     p.push(at("name"), "an onnx reward needs a name");
                     String::new()
                 }
-                (None, RewardKindName::Wasm) => r
+                (None, RewardKindName::Wasm | RewardKindName::Native) => r
                     .path
                     .as_ref()
                     .and_then(|f| f.file_stem())
@@ -1066,9 +1091,8 @@ impl RunFile {
                 );
             }
             p.at_least(at("batch_size"), r.batch_size, 1);
+            let plugin_fields = [("path", r.path.is_some()), ("config", r.config.is_some())];
             let wasm_fields = [
-                ("path", r.path.is_some()),
-                ("config", r.config.is_some()),
                 ("timeout_s", r.timeout_s.is_some()),
                 ("memory_mb", r.memory_mb.is_some()),
                 ("fuel", r.fuel.is_some()),
@@ -1091,26 +1115,47 @@ impl RunFile {
                     }
                 }
             };
+            let is_plugin = matches!(r.kind, RewardKindName::Wasm | RewardKindName::Native);
+            if !is_plugin {
+                refuse(&mut p, &plugin_fields, "wasm and native");
+            }
             if r.kind != RewardKindName::Wasm {
                 refuse(&mut p, &wasm_fields, "wasm");
             }
+            if r.kind != RewardKindName::Native {
+                refuse(&mut p, &[("trust", r.trust.is_some())], "native");
+            }
+            let plugin_path = |p: &mut Problems<'_>| match &r.path {
+                Some(rel) => {
+                    let path = base.join(rel);
+                    if !path.is_file() {
+                        p.push(at("path"), format!("{} not found", path.display()));
+                    }
+                    path
+                }
+                None => {
+                    p.push(
+                        at("path"),
+                        format!("a {kind} reward needs the plugin file's path"),
+                    );
+                    PathBuf::new()
+                }
+            };
             if r.kind != RewardKindName::Onnx {
                 refuse(&mut p, &onnx_fields, "onnx");
             }
-            let kind = if r.kind == RewardKindName::Wasm {
-                let path = match &r.path {
-                    Some(rel) => {
-                        let path = base.join(rel);
-                        if !path.is_file() {
-                            p.push(at("path"), format!("{} not found", path.display()));
-                        }
-                        path
-                    }
-                    None => {
-                        p.push(at("path"), "a wasm reward needs the component's path");
-                        PathBuf::new()
-                    }
-                };
+            let kind = if r.kind == RewardKindName::Native {
+                let path = plugin_path(&mut p);
+                if let Some(t) = r.trust.as_deref().filter(|t| *t != "native") {
+                    p.push(at("trust"), format!("{t:?}: the only value is `native`"));
+                }
+                RewardKind::Native(NativeSpec {
+                    path,
+                    config: r.config.clone().unwrap_or_else(|| serde_json::json!({})),
+                    trust: r.trust.clone(),
+                })
+            } else if r.kind == RewardKindName::Wasm {
+                let path = plugin_path(&mut p);
                 let timeout_s = r.timeout_s.unwrap_or(5.0);
                 p.real(
                     at("timeout_s"),

@@ -82,6 +82,15 @@ fn main() {
         .map(|(k, f)| (k.to_string(), models.join(f)))
         .collect(),
     );
+    let mut native = hrf_plugins::native::NativeReward::load(hrf_plugins::native::NativeSettings {
+        name: "brightness-c".into(),
+        path: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../plugins/target/native/libbrightness_c.so"),
+        config: serde_json::json!({}),
+        trusted_by_pipeline: true,
+        allowed_by_command_line: true,
+    })
+    .expect("native plugin (./setup.sh builds it)");
     let b = median_us(&mut builtin, &samples);
     let j = median_us(&mut jpeg, &samples);
     let t = median_us(&mut trivial, &samples);
@@ -92,6 +101,8 @@ fn main() {
         j / b
     );
     println!("  wasm trivial plugin (overhead)  {t:9.1} µs");
+    let n = median_us(&mut native, &samples);
+    println!("  native C plugin (brightness)    {n:9.1} µs");
     let a = median_us(aesthetic.as_mut(), &samples);
     let aw = median_us(&mut aesthetic_wasm, &samples);
     println!("  built-in aesthetic (onnx)       {a:9.1} µs");

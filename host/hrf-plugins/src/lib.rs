@@ -8,6 +8,7 @@
 //! lookups; clocks are real, insecure randomness is seeded from the run's seed; stdout and stderr
 //! go to bounded buffers that are copied into the log. A trap, a timeout or a broken store makes
 //! the call fail with an error naming the plugin, and the next call starts from a fresh store.
+//! Native plugins (C ABI, trusted only on two opt-ins) are in [`native`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub mod native;
 
 mod bindings {
     wasmtime::component::bindgen!({

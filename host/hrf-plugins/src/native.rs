@@ -1,0 +1,225 @@
+//! Native reward plugins: shared libraries implementing the C ABI of
+//! `plugins/native/include/hrf_reward.h`, loaded with libloading. They run with the host's rights,
+//! so hrf loads one only when its pipeline entry says `trust: native` and the command line says
+//! `--allow-native`. The ABI version function is checked first, then the table's version and the
+//! sizes of both structs; errors come back through `last_error`, never by unwinding.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::PathBuf;
+
+use hrf_core::{Reward, RewardError, RewardInfo, Sample, Score};
+
+use crate::PluginError;
+
+/// The ABI version this host speaks (`HRF_REWARD_ABI_VERSION`).
+pub const ABI_VERSION: u32 = 1;
+
+#[repr(C)]
+struct CSample {
+    width: u32,
+    height: u32,
+    channels: u32,
+    data: *const u8,
+    prompt: *const c_char,
+    metadata_json: *const c_char,
+}
+
+#[repr(C)]
+struct CTable {
+    abi_version: u32,
+    table_size: u32,
+    sample_size: u32,
+    name: *const c_char,
+    version: *const c_char,
+    higher_is_better: i32,
+    batch_hint: u32,
+    create: unsafe extern "C" fn(*const c_char) -> *mut c_void,
+    score: unsafe extern "C" fn(*mut c_void, *const CSample, usize, *mut f32) -> i32,
+    last_error: unsafe extern "C" fn(*mut c_void) -> *const c_char,
+    destroy: unsafe extern "C" fn(*mut c_void),
+}
+
+/// One `kind: native` entry, validated.
+#[derive(Debug, Clone)]
+pub struct NativeSettings {
+    pub name: String,
+    pub path: PathBuf,
+    pub config: serde_json::Value,
+    /// The entry says `trust: native`.
+    pub trusted_by_pipeline: bool,
+    /// The command line says `--allow-native`.
+    pub allowed_by_command_line: bool,
+}
+
+/// A loaded native plugin.
+pub struct NativeReward {
+    settings: NativeSettings,
+    table: *const CTable,
+    state: *mut c_void,
+    info: RewardInfo,
+    // Declared last: dropped after `state` is destroyed (see Drop).
+    _library: libloading::Library,
+}
+
+// SAFETY: the plugin's state is used from one thread at a time (`&mut self`), which the ABI
+// allows; the table is immutable.
+unsafe impl Send for NativeReward {}
+
+fn text(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the ABI promises NUL-terminated strings valid until the plugin's next call.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+impl NativeReward {
+    pub fn load(settings: NativeSettings) -> Result<Self, PluginError> {
+        let err = |message: String| PluginError::Load {
+            plugin: settings.name.clone(),
+            path: settings.path.clone(),
+            message,
+        };
+        match (
+            settings.trusted_by_pipeline,
+            settings.allowed_by_command_line,
+        ) {
+            (true, true) => {}
+            (t, a) => {
+                let mut missing = Vec::new();
+                if !t {
+                    missing.push("`trust: native` in its pipeline entry");
+                }
+                if !a {
+                    missing.push("`--allow-native` on the command line");
+                }
+                return Err(err(format!(
+                    "a native plugin runs with all of hrf's rights, so it needs {}",
+                    missing.join(" and ")
+                )));
+            }
+        }
+        // SAFETY: loading runs the library's initialisers: that is the trust both opt-ins grant.
+        let library = unsafe { libloading::Library::new(&settings.path) }
+            .map_err(|e| err(format!("cannot be loaded: {e}")))?;
+        // SAFETY: the symbols' types are those of hrf_reward.h; the version function is checked
+        // before anything else is used.
+        let table = unsafe {
+            let version: libloading::Symbol<unsafe extern "C" fn() -> u32> =
+                library.get(b"hrf_reward_abi_version\0").map_err(|e| {
+                    err(format!(
+                        "not an hrf native plugin (no hrf_reward_abi_version): {e}"
+                    ))
+                })?;
+            let v = version();
+            if v != ABI_VERSION {
+                return Err(err(format!(
+                    "ABI version {v}; this hrf speaks native ABI version {ABI_VERSION} (rebuild it against plugins/native/include/hrf_reward.h)"
+                )));
+            }
+            let get: libloading::Symbol<unsafe extern "C" fn() -> *const CTable> = library
+                .get(b"hrf_reward_plugin_table\0")
+                .map_err(|e| err(format!("no hrf_reward_plugin_table: {e}")))?;
+            get()
+        };
+        if table.is_null() {
+            return Err(err("hrf_reward_plugin_table returned NULL".into()));
+        }
+        // SAFETY: non-null, and valid while the library is loaded (the ABI's promise).
+        let t = unsafe { &*table };
+        let sizes = (
+            std::mem::size_of::<CTable>() as u32,
+            std::mem::size_of::<CSample>() as u32,
+        );
+        if t.abi_version != ABI_VERSION || (t.table_size, t.sample_size) != sizes {
+            return Err(err(format!(
+                "ABI mismatch: table says version {}, table {} bytes, sample {} bytes; this hrf expects version {ABI_VERSION}, {} and {} bytes",
+                t.abi_version, t.table_size, t.sample_size, sizes.0, sizes.1
+            )));
+        }
+        let config = CString::new(settings.config.to_string())
+            .map_err(|_| err("config holds a NUL character".into()))?;
+        // SAFETY: per the ABI; `config` outlives the call.
+        let state = unsafe { (t.create)(config.as_ptr()) };
+        if state.is_null() {
+            // SAFETY: last_error(NULL) reports create's failure.
+            let why = text(unsafe { (t.last_error)(std::ptr::null_mut()) });
+            return Err(err(format!("create failed: {why}")));
+        }
+        let info = RewardInfo {
+            name: settings.name.clone(),
+            version: format!("{} {}", text(t.name), text(t.version)),
+            higher_is_better: t.higher_is_better != 0,
+            batch_hint: (t.batch_hint > 0).then_some(t.batch_hint),
+        };
+        Ok(NativeReward {
+            settings,
+            table,
+            state,
+            info,
+            _library: library,
+        })
+    }
+}
+
+impl Reward for NativeReward {
+    fn info(&self) -> RewardInfo {
+        self.info.clone()
+    }
+
+    fn score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, RewardError> {
+        let fail = |message: String| RewardError::Failed {
+            reward: format!(
+                "{} (native plugin {})",
+                self.info.label(),
+                self.settings.path.display()
+            ),
+            message,
+        };
+        let strings: Vec<(Option<CString>, CString)> = samples
+            .iter()
+            .map(|s| {
+                (
+                    s.prompt
+                        .as_ref()
+                        .map(|p| CString::new(p.replace('\0', " ")).unwrap_or_default()),
+                    CString::new(s.metadata.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let c: Vec<CSample> = samples
+            .iter()
+            .zip(&strings)
+            .map(|(s, (prompt, meta))| CSample {
+                width: s.image.width(),
+                height: s.image.height(),
+                channels: s.image.channels().count() as u32,
+                data: s.image.data().as_ptr(),
+                prompt: prompt.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
+                metadata_json: meta.as_ptr(),
+            })
+            .collect();
+        let mut out = vec![f32::NAN; samples.len()];
+        // SAFETY: `table` and `state` are live; `c`, `strings` and `samples` outlive the call;
+        // `out` has room for one score per sample.
+        let rc = unsafe {
+            let t = &*self.table;
+            (t.score)(self.state, c.as_ptr(), c.len(), out.as_mut_ptr())
+        };
+        if rc != 0 {
+            // SAFETY: per the ABI.
+            let why = text(unsafe { ((*self.table).last_error)(self.state) });
+            return Err(fail(format!("score failed ({rc}): {why}")));
+        }
+        let scores: Vec<Score> = out.into_iter().map(Score::new).collect();
+        hrf_core::check_scores(&self.info, samples.len(), &scores)?;
+        Ok(scores)
+    }
+}
+
+impl Drop for NativeReward {
+    fn drop(&mut self) {
+        // SAFETY: `state` came from create and is destroyed once, before the library unloads.
+        unsafe { ((*self.table).destroy)(self.state) };
+    }
+}
