@@ -108,6 +108,12 @@ cc -shared -fPIC -O2 -DHRF_TEST_ABI=2 -Iplugins/native/include \
   -o plugins/target/native/libbrightness_c_abi2.so plugins/native/examples/brightness.c
 CARGO_TARGET_DIR=plugins/target/native-rust \
   cargo build --release --manifest-path plugins/native/rust-example/Cargo.toml
+if [[ ! plugins/target/python/contrast.wasm -nt plugins/python/examples/contrast/app.py ||
+      plugins/python/examples/contrast/contrast.py -nt plugins/target/python/contrast.wasm ||
+      wit/reward.wit -nt plugins/target/python/contrast.wasm ]]; then
+  say "packaging the Python example reward (componentize-py 0.25.1)"
+  tools/plugins/build_python.sh plugins/python/examples/contrast/app.py plugins/target/python/contrast.wasm
+fi
 say "set-up done in $((SECONDS - t0)) s"
 
 if ((run_default)); then

@@ -243,3 +243,59 @@ fn a_native_plugin_runs_only_with_both_opt_ins() {
     assert!((0.0..=1.0).contains(&v), "{v}");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// The Python example (plugins/python/examples/contrast, packaged by set-up with
+/// componentize-py) scores exactly what CPython computes with the same function, and trains.
+#[test]
+fn the_python_reward_matches_cpython_and_runs_in_hrf_run() {
+    let wasm = repo().join("plugins/target/python/contrast.wasm");
+    assert!(wasm.exists(), "{} missing: run ./setup.sh", wasm.display());
+    let o = hrf(
+        &["plugins", "check", wasm.to_str().unwrap(), "-n", "8"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ours: Vec<f64> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("sample "))
+        .map(|l| l.split(':').nth(1).unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(ours.len(), 8, "{}", text(&o));
+    // CPython on the same images: the first test images, padded to 32×32 with black.
+    let script = r#"
+import gzip, sys
+sys.path.insert(0, sys.argv[1])
+from contrast import contrast
+raw = gzip.open('/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz').read()[16:]
+for i in range(8):
+    img = raw[i * 784:(i + 1) * 784]
+    rows = [bytes(2) + img[r * 28:(r + 1) * 28] + bytes(2) for r in range(28)]
+    print(contrast(bytes(64) + b''.join(rows) + bytes(64)))
+"#;
+    let py = Command::new("python3")
+        .args(["-c", script])
+        .arg(repo().join("plugins/python/examples/contrast"))
+        .output()
+        .expect("python3 runs");
+    assert!(py.status.success(), "{}", text(&py));
+    let cpython: Vec<f64> = String::from_utf8_lossy(&py.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    for (a, b) in ours.iter().zip(&cpython) {
+        // The WIT score is an f32: equal to CPython's f64 up to that rounding.
+        assert!(
+            (a - b).abs() <= 1e-7 + 1e-6 * b.abs(),
+            "plugin {a} vs CPython {b}"
+        );
+    }
+    let d = tmp("hrf-plugins", "python");
+    let run = d.join("run");
+    let o = run_tiny_with(&run, &wasm, "rewards[0].config.scale=2.0");
+    assert!(o.status.success(), "{}", text(&o));
+    let v = epoch_lines(&run)[0]["reward_components"]["jpeg-in-wasm"]
+        .as_f64()
+        .unwrap();
+    assert!(v > 0.0 && v < 2.0, "{v}");
+    std::fs::remove_dir_all(d).unwrap();
+}
