@@ -10,6 +10,7 @@ use hrf_config::model::ModelSource;
 use hrf_config::run::{RewardKind, RunPipeline, ScoreSpec};
 use hrf_diffusion::{device, DiffusersModel, SchedulerConfig};
 use hrf_plugins::native::NativeSettings;
+use hrf_plugins::process::{ProcessReward, ProcessSettings};
 use hrf_rewards::onnx::{OnnxChain, OnnxReward, ScorePick};
 use hrf_rewards::{Component, RewardSet, RewardWorker};
 use hrf_train::evaluation::Evaluator;
@@ -183,6 +184,15 @@ fn build_rewards(
                     allowed_by_command_line: allow_native,
                 })?)
             }
+            RewardKind::Process(pr) => Box::new(ProcessReward::load(ProcessSettings {
+                name: spec.name.clone(),
+                command: pr.command.clone(),
+                dir: pr.dir.clone(),
+                config: pr.config.clone(),
+                timeout: std::time::Duration::from_secs_f64(pr.timeout_s),
+                trusted_by_pipeline: pr.trust.is_some(),
+                allowed_by_command_line: allow_native,
+            })?),
         };
         components.push(Component {
             name: spec.name.clone(),

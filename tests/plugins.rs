@@ -241,6 +241,28 @@ fn a_native_plugin_runs_only_with_both_opt_ins() {
         .as_f64()
         .unwrap();
     assert!((0.0..=1.0).contains(&v), "{v}");
+    // A `process` reward (CPython over stdin/stdout) takes the same opt-ins.
+    let p = repo().join("tests/pipelines/tiny-process.yaml");
+    let run = |dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            p.to_str().unwrap(),
+            "-q",
+            "--run-dir",
+            dir.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        hrf(&args, &[])
+    };
+    let o = run(&d.join("process-refused"), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let ok = d.join("process");
+    let o = run(&ok, &["--allow-native"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = epoch_lines(&ok)[0]["reward_components"]["contrast"]
+        .as_f64()
+        .unwrap();
+    assert!(v > 0.0 && v < 0.5, "{v}");
     std::fs::remove_dir_all(d).unwrap();
 }
 

@@ -256,6 +256,9 @@ pub enum RewardKindName {
     /// A shared library implementing plugins/native/include/hrf_reward.h; runs with hrf's
     /// rights, so it needs `trust: native` here and `--allow-native` on the command line.
     Native,
+    /// A long-lived child process speaking hrf's framing over stdin/stdout (e.g. Python with
+    /// torch); the same two opt-ins as `native`.
+    Process,
 }
 
 impl RewardKindName {
@@ -268,6 +271,7 @@ impl RewardKindName {
             Self::Onnx => "onnx",
             Self::Wasm => "wasm",
             Self::Native => "native",
+            Self::Process => "process",
         }
     }
 }
@@ -322,9 +326,12 @@ pub struct RewardRaw {
     /// relative to the YAML file), for plugins of the `reward-plugin-onnx` world.
     #[serde(default)]
     pub models: Option<BTreeMap<String, PathBuf>>,
-    /// `native` only: must be `native`, the pipeline's half of the two opt-ins.
+    /// `native` and `process`: must be `native`, the pipeline's half of the two opt-ins.
     #[serde(default)]
     pub trust: Option<String>,
+    /// `process` only: the program and its arguments, run in the YAML file's folder.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
 }
 
 fn one() -> f64 {
@@ -468,6 +475,18 @@ pub enum RewardKind {
     },
     Wasm(WasmSpec),
     Native(NativeSpec),
+    Process(ProcessSpec),
+}
+
+/// A `kind: process` reward, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessSpec {
+    pub command: Vec<String>,
+    /// The folder it runs in: the YAML file's.
+    pub dir: PathBuf,
+    pub config: serde_json::Value,
+    pub timeout_s: f64,
+    pub trust: Option<String>,
 }
 
 /// A `kind: native` reward, validated.
@@ -579,6 +598,8 @@ struct ResolvedReward<'a> {
     wasm: Option<&'a WasmSpec>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     native: Option<&'a NativeSpec>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    process: Option<&'a ProcessSpec>,
 }
 
 impl Serialize for RunPipeline {
@@ -602,6 +623,7 @@ impl Serialize for RunPipeline {
                     classes: None,
                     wasm: None,
                     native: None,
+                    process: None,
                 };
                 match &r.kind {
                     RewardKind::Builtin(kind) => out.kind = kind,
@@ -612,6 +634,10 @@ impl Serialize for RunPipeline {
                     RewardKind::Native(n) => {
                         out.kind = "native";
                         out.native = Some(n);
+                    }
+                    RewardKind::Process(pr) => {
+                        out.kind = "process";
+                        out.process = Some(pr);
                     }
                     RewardKind::Onnx {
                         stages,
@@ -1066,6 +1092,13 @@ impl RunFile {
                     p.push(at("name"), "an onnx reward needs a name");
                     String::new()
                 }
+                (None, RewardKindName::Process) => r
+                    .command
+                    .as_ref()
+                    .and_then(|c| c.last())
+                    .and_then(|f| std::path::Path::new(f).file_stem())
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| kind.to_string()),
                 (None, RewardKindName::Wasm | RewardKindName::Native) => r
                     .path
                     .as_ref()
@@ -1091,9 +1124,7 @@ impl RunFile {
                 );
             }
             p.at_least(at("batch_size"), r.batch_size, 1);
-            let plugin_fields = [("path", r.path.is_some()), ("config", r.config.is_some())];
             let wasm_fields = [
-                ("timeout_s", r.timeout_s.is_some()),
                 ("memory_mb", r.memory_mb.is_some()),
                 ("fuel", r.fuel.is_some()),
                 ("sha256", r.sha256.is_some()),
@@ -1115,16 +1146,45 @@ impl RunFile {
                     }
                 }
             };
-            let is_plugin = matches!(r.kind, RewardKindName::Wasm | RewardKindName::Native);
-            if !is_plugin {
-                refuse(&mut p, &plugin_fields, "wasm and native");
+            use RewardKindName::{Native, Process, Wasm};
+            if !matches!(r.kind, Wasm | Native) {
+                refuse(&mut p, &[("path", r.path.is_some())], "wasm and native");
             }
-            if r.kind != RewardKindName::Wasm {
+            if !matches!(r.kind, Wasm | Native | Process) {
+                refuse(&mut p, &[("config", r.config.is_some())], "plugin");
+            }
+            if !matches!(r.kind, Wasm | Process) {
+                refuse(
+                    &mut p,
+                    &[("timeout_s", r.timeout_s.is_some())],
+                    "wasm and process",
+                );
+            }
+            if r.kind != Wasm {
                 refuse(&mut p, &wasm_fields, "wasm");
             }
-            if r.kind != RewardKindName::Native {
-                refuse(&mut p, &[("trust", r.trust.is_some())], "native");
+            if !matches!(r.kind, Native | Process) {
+                refuse(
+                    &mut p,
+                    &[("trust", r.trust.is_some())],
+                    "native and process",
+                );
             }
+            if r.kind != Process {
+                refuse(&mut p, &[("command", r.command.is_some())], "process");
+            }
+            if let Some(t) = r.trust.as_deref().filter(|t| *t != "native") {
+                p.push(at("trust"), format!("{t:?}: the only value is `native`"));
+            }
+            let timeout_s = r
+                .timeout_s
+                .unwrap_or(if r.kind == Process { 60.0 } else { 5.0 });
+            p.real(
+                at("timeout_s"),
+                timeout_s,
+                |v| v > 0.0 && v <= 3600.0,
+                "in (0, 3600]",
+            );
             let plugin_path = |p: &mut Problems<'_>| match &r.path {
                 Some(rel) => {
                     let path = base.join(rel);
@@ -1144,11 +1204,23 @@ impl RunFile {
             if r.kind != RewardKindName::Onnx {
                 refuse(&mut p, &onnx_fields, "onnx");
             }
-            let kind = if r.kind == RewardKindName::Native {
-                let path = plugin_path(&mut p);
-                if let Some(t) = r.trust.as_deref().filter(|t| *t != "native") {
-                    p.push(at("trust"), format!("{t:?}: the only value is `native`"));
+            let kind = if r.kind == Process {
+                let command = r.command.clone().unwrap_or_default();
+                if command.first().is_none_or(|c| c.is_empty()) {
+                    p.push(
+                        at("command"),
+                        "give the program and its arguments, e.g. [python3, reward.py]",
+                    );
                 }
+                RewardKind::Process(ProcessSpec {
+                    command,
+                    dir: base.to_path_buf(),
+                    config: r.config.clone().unwrap_or_else(|| serde_json::json!({})),
+                    timeout_s,
+                    trust: r.trust.clone(),
+                })
+            } else if r.kind == Native {
+                let path = plugin_path(&mut p);
                 RewardKind::Native(NativeSpec {
                     path,
                     config: r.config.clone().unwrap_or_else(|| serde_json::json!({})),
@@ -1156,13 +1228,6 @@ impl RunFile {
                 })
             } else if r.kind == RewardKindName::Wasm {
                 let path = plugin_path(&mut p);
-                let timeout_s = r.timeout_s.unwrap_or(5.0);
-                p.real(
-                    at("timeout_s"),
-                    timeout_s,
-                    |v| v > 0.0 && v <= 3600.0,
-                    "in (0, 3600]",
-                );
                 let memory_mb = r.memory_mb.unwrap_or(256);
                 if !(1..=65_536).contains(&memory_mb) {
                     p.push(

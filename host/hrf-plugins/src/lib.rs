@@ -24,6 +24,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub mod native;
+pub mod process;
 
 mod bindings {
     wasmtime::component::bindgen!({
