@@ -210,21 +210,24 @@ fn a_plugin_built_outside_from_the_wit_alone_runs_and_other_versions_are_refused
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// `hrf run tests/pipelines/NAME -q --run-dir DIR EXTRA...`.
+fn run_pipeline(name: &str, dir: &Path, extra: &[&str]) -> std::process::Output {
+    let p = repo().join("tests/pipelines").join(name);
+    let mut args = vec![
+        "run",
+        p.to_str().unwrap(),
+        "-q",
+        "--run-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    hrf(&args, &[])
+}
+
 #[test]
 fn a_native_plugin_runs_only_with_both_opt_ins() {
     let d = tmp("hrf-plugins", "native");
-    let p = repo().join("tests/pipelines/tiny-native.yaml");
-    let run = |dir: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            p.to_str().unwrap(),
-            "-q",
-            "--run-dir",
-            dir.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        hrf(&args, &[])
-    };
+    let run = |dir: &Path, extra: &[&str]| run_pipeline("tiny-native.yaml", dir, extra);
     let o = run(&d.join("refused"), &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("`--allow-native`"), "{}", text(&o));
@@ -242,18 +245,7 @@ fn a_native_plugin_runs_only_with_both_opt_ins() {
         .unwrap();
     assert!((0.0..=1.0).contains(&v), "{v}");
     // A `process` reward (CPython over stdin/stdout) takes the same opt-ins.
-    let p = repo().join("tests/pipelines/tiny-process.yaml");
-    let run = |dir: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            p.to_str().unwrap(),
-            "-q",
-            "--run-dir",
-            dir.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        hrf(&args, &[])
-    };
+    let run = |dir: &Path, extra: &[&str]| run_pipeline("tiny-process.yaml", dir, extra);
     let o = run(&d.join("process-refused"), &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let ok = d.join("process");
