@@ -37,6 +37,9 @@ pub struct EvalArgs {
     /// aesthetic, prompt-alignment.
     #[arg(long = "reward")]
     pub rewards: Vec<String>,
+    /// Only the unconditional set (e.g. for models fine-tuned unconditionally).
+    #[arg(long)]
+    pub unconditional_only: bool,
     /// Write the JSON report here instead of printing it.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -167,9 +170,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         Some(k) => {
             let uncond = vec![k - 1; a.n];
             report["unconditional"] = run_set("unconditional", Some(uncond), 1.0)?;
-            let per = classes.len() as i64;
-            let cond: Vec<i64> = (0..a.n as i64).map(|i| i % per).collect();
-            report["conditional"] = run_set("conditional", Some(cond), a.guidance)?;
+            if !a.unconditional_only {
+                let per = classes.len() as i64;
+                let cond: Vec<i64> = (0..a.n as i64).map(|i| i % per).collect();
+                report["conditional"] = run_set("conditional", Some(cond), a.guidance)?;
+            }
         }
         None => report["unconditional"] = run_set("unconditional", None, 1.0)?,
     }
