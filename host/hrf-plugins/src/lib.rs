@@ -316,11 +316,11 @@ pub struct WasmReward {
     info: RewardInfo,
     version: String,
     live: Option<Live>,
-    calls: u64,
 }
 
-fn load_err(s: &WasmSettings) -> impl Fn(String) -> PluginError {
-    let (plugin, path) = (s.name.clone(), s.path.clone());
+/// The error of loading plugin `name` from `path`, for any message (shared by every kind).
+pub(crate) fn load_err(name: &str, path: &Path) -> impl Fn(String) -> PluginError + Clone {
+    let (plugin, path) = (name.to_string(), path.to_path_buf());
     move |message| PluginError::Load {
         plugin: plugin.clone(),
         path: path.clone(),
@@ -328,11 +328,21 @@ fn load_err(s: &WasmSettings) -> impl Fn(String) -> PluginError {
     }
 }
 
+/// What a plugin is known as before it has described itself.
+pub(crate) fn provisional_info(name: &str) -> RewardInfo {
+    RewardInfo {
+        name: name.to_string(),
+        version: "?".into(),
+        higher_is_better: true,
+        batch_hint: None,
+    }
+}
+
 impl WasmReward {
     /// Reads, pins, compiles (or loads from the cache), links and pre-instantiates the component,
     /// then instantiates it, asks its `info` and `configure`s it with the entry's config.
     pub fn load(settings: WasmSettings) -> Result<Self, PluginError> {
-        let err = load_err(&settings);
+        let err = load_err(&settings.name, &settings.path);
         let bytes = std::fs::read(&settings.path).map_err(|e| err(e.to_string()))?;
         if let Some(want) = &settings.sha256 {
             let got = hex(&Sha256::digest(&bytes));
@@ -359,20 +369,14 @@ impl WasmReward {
         let pre = bindings::RewardPluginOnnxPre::new(pre)
             .map_err(|e| err(format!("does not match world reward-plugin: {e:#}")))?;
         let mut me = WasmReward {
-            info: RewardInfo {
-                name: settings.name.clone(),
-                version: "?".into(),
-                higher_is_better: true,
-                batch_hint: None,
-            },
+            info: provisional_info(&settings.name),
             settings,
             models: Arc::new(Mutex::new(models)),
             pre,
             version,
             live: None,
-            calls: 0,
         };
-        me.start().map_err(|e| load_err(&me.settings)(e))?;
+        me.start().map_err(err)?;
         Ok(me)
     }
 
@@ -419,19 +423,19 @@ impl WasmReward {
     }
 
     /// Arms the per-call limits: the epoch deadline and the fuel.
-    fn arm(store: &mut Store<State>, s: &WasmSettings) -> Result<(), String> {
-        let ticks = (s.timeout.as_millis() / TICK.as_millis()).max(1) as u64;
+    fn arm(store: &mut Store<State>, timeout: Duration, fuel: Option<u64>) -> Result<(), String> {
+        let ticks = (timeout.as_millis() / TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         store
-            .set_fuel(s.fuel.unwrap_or(u64::MAX))
+            .set_fuel(fuel.unwrap_or(u64::MAX))
             .map_err(|e| format!("{e:#}"))
     }
 
     /// Instantiates a fresh store, reads `info` and calls `configure`.
     fn start(&mut self) -> Result<(), String> {
         let (mut store, stdout, stderr) = self.new_store();
-        Self::arm(&mut store, &self.settings)?;
+        Self::arm(&mut store, self.settings.timeout, self.settings.fuel)?;
         let plugin = self
             .pre
             .instantiate(&mut store)
@@ -528,9 +532,9 @@ impl WasmReward {
             self.start()?;
         }
         let wire: Vec<types::Sample> = samples.iter().map(to_wire).collect();
-        let s = self.settings.clone();
+        let (timeout, fuel) = (self.settings.timeout, self.settings.fuel);
         let live = self.live.as_mut().expect("started");
-        Self::arm(&mut live.store, &s)?;
+        Self::arm(&mut live.store, timeout, fuel)?;
         let out = live
             .plugin
             .hrf_reward_reward()
@@ -582,7 +586,6 @@ impl Reward for WasmReward {
     }
 
     fn score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, RewardError> {
-        self.calls += 1;
         let scores = self
             .call_score(samples)
             .map_err(|message| RewardError::Failed {

@@ -75,11 +75,7 @@ fn text(p: *const c_char) -> String {
 
 impl NativeReward {
     pub fn load(settings: NativeSettings) -> Result<Self, PluginError> {
-        let err = |message: String| PluginError::Load {
-            plugin: settings.name.clone(),
-            path: settings.path.clone(),
-            message,
-        };
+        let err = crate::load_err(&settings.name, &settings.path);
         match (
             settings.trusted_by_pipeline,
             settings.allowed_by_command_line,

@@ -66,15 +66,8 @@ pub struct ProcessReward {
 
 impl ProcessReward {
     pub fn load(settings: ProcessSettings) -> Result<Self, PluginError> {
-        let (plugin, path) = (
-            settings.name.clone(),
-            PathBuf::from(settings.command.first().cloned().unwrap_or_default()),
-        );
-        let err = move |message: String| PluginError::Load {
-            plugin: plugin.clone(),
-            path: path.clone(),
-            message,
-        };
+        let program = PathBuf::from(settings.command.first().cloned().unwrap_or_default());
+        let err = crate::load_err(&settings.name, &program);
         if !(settings.trusted_by_pipeline && settings.allowed_by_command_line) {
             return Err(err.clone()(
                 "a process reward runs with the user's rights, so it needs `trust: native` in its pipeline entry and `--allow-native` on the command line"
@@ -82,12 +75,7 @@ impl ProcessReward {
             ));
         }
         let mut me = ProcessReward {
-            info: RewardInfo {
-                name: settings.name.clone(),
-                version: "?".into(),
-                higher_is_better: true,
-                batch_hint: None,
-            },
+            info: crate::provisional_info(&settings.name),
             settings,
             running: None,
         };
