@@ -48,7 +48,6 @@ pub struct RunRecord {
     pub curve: Vec<EvalReport>,
     /// UNet evaluations used up to the end of each epoch (index e: after e + 1 epochs).
     pub cumulative_unet_evals: Vec<u64>,
-    pub unet_evals: u64,
     /// Images scored by the rewards while training (evaluations not counted).
     pub reward_evals: u64,
     /// Sampling, reward, training and evaluation time summed over the epochs (a resumed run's
@@ -70,6 +69,11 @@ fn read_json_lines(path: &Path) -> Result<Vec<Value>, String> {
 }
 
 impl RunRecord {
+    /// UNet evaluations of the whole run.
+    pub fn unet_evals(&self) -> u64 {
+        self.cumulative_unet_evals.last().copied().unwrap_or(0)
+    }
+
     /// Reads a finished run folder (its resolved pipeline and metrics.jsonl).
     pub fn load(dir: &Path) -> Result<Self, String> {
         let resolved_path = dir.join(RESOLVED_FILE);
@@ -131,7 +135,6 @@ impl RunRecord {
             last,
             curve,
             cumulative_unet_evals,
-            unet_evals,
             reward_evals,
             wall_s,
             key: evaluation_key(&resolved),
@@ -295,7 +298,7 @@ impl Comparison {
                     fid_like: col(&|x| x.fid_like),
                     is_like: col(&|x| x.is_like),
                     unet_evals: MeanStd::of(
-                        &rs.iter().map(|r| r.unet_evals as f64).collect::<Vec<_>>(),
+                        &rs.iter().map(|r| r.unet_evals() as f64).collect::<Vec<_>>(),
                     ),
                     reward_evals: MeanStd::of(
                         &rs.iter().map(|r| r.reward_evals as f64).collect::<Vec<_>>(),
@@ -700,7 +703,6 @@ mod tests {
                 report(1, reward / 2.0, vendi, 2.0, 128),
             ],
             cumulative_unet_evals: vec![100, 200],
-            unet_evals: 200,
             reward_evals: 64,
             wall_s: 10.0,
             key: serde_json::json!({"same": true}),
