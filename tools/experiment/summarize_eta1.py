@@ -6,7 +6,7 @@ model's, with the HRF claim's verdict against DDPO. Writes RESULTS.md beside the
 import json
 from pathlib import Path
 
-root = Path(__file__).resolve().parents[2] / "experiments" / "hrf-vs-ddpo" / "eta1-reevaluation"
+root = Path(__file__).resolve().parents[2] / "experiments" / "hrf-vs-ddpo" / "eta0-seed0" / "eta1-reevaluation"
 rows = ["| task | method | reward | gain over base | Vendi (÷ base) | class entropy (÷ base) | classes | FID-like | share of DDPO's gain | target |",
         "|---|---|---|---|---|---|---|---|---|---|"]
 for task, reward in [("compressibility", "jpeg-compressibility"), ("aesthetic", "aesthetic")]:
