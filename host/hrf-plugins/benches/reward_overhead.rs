@@ -4,7 +4,7 @@
 //! almost nothing (the mean pixel: the fixed cost of crossing into the sandbox and back).
 //! Prints microseconds per call (median of many calls) and the ratios.
 //!
-//! `cargo bench -p hrf-plugins` (set-up builds the plugins first).
+//! `cargo bench -p hrf-plugins` (set-up builds the plugins first); `-- jpeg` for the JPEG rows only.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -54,6 +54,8 @@ fn wasm_with(
 }
 
 fn main() {
+    // `cargo bench -p hrf-plugins -- jpeg`: the JPEG rows only (for profiling the guest).
+    let only_jpeg = std::env::args().skip(1).any(|a| a == "jpeg");
     let test = hrf_data::fashion_mnist(None, hrf_data::Split::Test)
         .expect("Fashion-MNIST")
         .fit_to(32, 0);
@@ -101,6 +103,9 @@ fn main() {
         j / b
     );
     println!("  wasm trivial plugin (overhead)  {t:9.1} µs");
+    if only_jpeg {
+        return;
+    }
     let n = median_us(&mut native, &samples);
     println!("  native C plugin (brightness)    {n:9.1} µs");
     let a = median_us(aesthetic.as_mut(), &samples);

@@ -1,7 +1,8 @@
 //! hrf-plugins: rewards written as WebAssembly components against the `hrf:reward` WIT package
 //! (`wit/reward.wit`, DESIGN.md §5), run sandboxed in wasmtime.
 //!
-//! One engine per process (component model, epoch interruption, fuel), components compiled once
+//! One engine per process (component model, epoch interruption; a second one with fuel metering
+//! for plugins given a `fuel:` budget), components compiled once
 //! and cached on disk, one store per plugin. Each call runs under an epoch deadline (the YAML's
 //! timeout), a memory cap (`StoreLimits`, growth past it traps) and optional fuel. The guest's
 //! WASI context inherits nothing: no preopened directories, no environment, no sockets or name
@@ -78,13 +79,18 @@ pub struct WasmSettings {
     pub models: BTreeMap<String, PathBuf>,
 }
 
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
+/// The process's engine for plugins without fuel, or (`metered`) the one for plugins with a
+/// `fuel:` budget. Fuel metering is compiled into every function and costs time on every call,
+/// so plugins that did not ask for it run on an engine without it; both engines interrupt by
+/// epoch (the timeout) and are made once per process, each with its epoch ticker.
+fn engine(metered: bool) -> &'static Engine {
+    static PLAIN: OnceLock<Engine> = OnceLock::new();
+    static METERED: OnceLock<Engine> = OnceLock::new();
+    (if metered { &METERED } else { &PLAIN }).get_or_init(|| {
         let mut c = Config::new();
         c.wasm_component_model(true)
             .epoch_interruption(true)
-            .consume_fuel(true);
+            .consume_fuel(metered);
         let engine = Engine::new(&c).expect("wasmtime engine");
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -117,8 +123,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Compiles `bytes`, or loads the compiled form cached under the hash of the bytes and of this
 /// engine's settings (wasmtime checks its own version and settings again when loading).
-fn compile(bytes: &[u8]) -> Result<Component, String> {
-    let engine = engine();
+fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, String> {
     let mut h = Sha256::new();
     h.update(bytes);
     let mut settings = std::collections::hash_map::DefaultHasher::new();
@@ -150,8 +155,7 @@ fn compile(bytes: &[u8]) -> Result<Component, String> {
 
 /// The `hrf:reward` version a component exports its reward from, checked against
 /// [`SUPPORTED_VERSIONS`].
-fn check_version(component: &Component) -> Result<String, String> {
-    let engine = engine();
+fn check_version(engine: &Engine, component: &Component) -> Result<String, String> {
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
     let prefix = format!("{PACKAGE}/reward@");
@@ -357,9 +361,10 @@ impl WasmReward {
             let m = OnnxModel::load(path).map_err(|e| err(format!("models.{name}: {e}")))?;
             models.insert(name.clone(), m);
         }
-        let component = compile(&bytes).map_err(&err)?;
-        let version = check_version(&component).map_err(&err)?;
-        let mut linker: Linker<State> = Linker::new(engine());
+        let engine = engine(settings.fuel.is_some());
+        let component = compile(engine, &bytes).map_err(&err)?;
+        let version = check_version(engine, &component).map_err(&err)?;
+        let mut linker: Linker<State> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| err(format!("{e:#}")))?;
         bindings::RewardPluginOnnx::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(|e| err(format!("{e:#}")))?;
@@ -408,7 +413,7 @@ impl WasmReward {
             .trap_on_grow_failure(true)
             .build();
         let mut store = Store::new(
-            engine(),
+            engine(s.fuel.is_some()),
             State {
                 limits,
                 wasi,
@@ -427,9 +432,10 @@ impl WasmReward {
         let ticks = (timeout.as_millis() / TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        store
-            .set_fuel(fuel.unwrap_or(u64::MAX))
-            .map_err(|e| format!("{e:#}"))
+        match fuel {
+            Some(fuel) => store.set_fuel(fuel).map_err(|e| format!("{e:#}")),
+            None => Ok(()),
+        }
     }
 
     /// Instantiates a fresh store, reads `info` and calls `configure`.
