@@ -155,6 +155,7 @@ pub fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
                 .collect();
             let t = std::time::Instant::now();
             let scores = r.score(&samples)?;
+            hrf_core::check_scores(&r.info(), samples.len(), &scores)?;
             let score_s = t.elapsed().as_secs_f64();
             for (i, s) in scores.iter().enumerate() {
                 let extras: Vec<String> =

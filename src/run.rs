@@ -198,6 +198,7 @@ fn build_rewards(
             name: spec.name.clone(),
             weight: spec.weight,
             reward,
+            skip_failures: spec.on_error == hrf_config::run::OnError::Skip,
         });
     }
     Ok(RewardSet::new(components))
@@ -476,7 +477,10 @@ fn dry_run(
     let t1 = std::time::Instant::now();
     let scores = rewards.score_now(samples)?;
     let reward_s = t1.elapsed().as_secs_f64();
-    let (mean, std) = hrf_train::ddpo::mean_std(&scores.total);
+    for why in &scores.skip_reasons {
+        println!("warning: {why}");
+    }
+    let (mean, std) = hrf_train::ddpo::mean_std(&scores.kept_values(&scores.total));
     // Training recomputes one forward and backward per trained step: about 3× a sampling step.
     let trainable = sched.trainable_steps(0).len() as f64 * p.training.timestep_fraction;
     let batches = p.sampling.batches_per_epoch as f64;
@@ -491,7 +495,10 @@ fn dry_run(
         "dry run: one batch of {n} sampled in {sample_s:.2} s, scored in {reward_s:.2} s: reward {mean:.4} ± {std:.4}"
     );
     for (name, v) in &scores.components {
-        println!("  {name}: mean {:.4}", hrf_train::ddpo::mean_std(v).0);
+        println!(
+            "  {name}: mean {:.4}",
+            hrf_train::ddpo::mean_of_scored(&scores.kept_values(v))
+        );
     }
     println!(
         "estimated: {:.0} s per epoch, {:.1} min for {} epochs (evaluations extra); disk ≈ {:.1} MB (weights {weights_mb:.1} MB, optimiser 2×, {checkpoints} model folders, grids)",

@@ -108,6 +108,53 @@ fn a_failing_plugin_stops_the_run_naming_it() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+#[test]
+fn on_error_skip_trains_on_what_could_be_scored() {
+    let d = tmp("hrf-plugins", "skip");
+    // NaN for every other sample: with the default `on_error: fail` the run stops at once …
+    let run = d.join("fail");
+    let o = run_tiny_with(&run, &plugin("misbehave"), "rewards[0].config.mode=nan-odd");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("jpeg-in-wasm"), "{}", text(&o));
+    assert!(!run.join("final").exists());
+    // … with `on_error: skip` those samples are left out and the run finishes.
+    let run = d.join("skip");
+    let p = repo().join("tests/pipelines/tiny-wasm.yaml");
+    let path = format!("rewards[0].path={}", plugin("misbehave").display());
+    let o = hrf(
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "-q",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--set",
+            &path,
+            "--set",
+            "rewards[0].config.mode=nan-odd",
+            "--set",
+            "rewards[0].on_error=skip",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("warning: epoch 1: 4 of 8 samples skipped (on_error: skip)"),
+        "{}",
+        text(&o)
+    );
+    let lines = epoch_lines(&run);
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        // Batches of 4: positions 1 and 3 of each are skipped; the statistics are the kept ones'.
+        assert_eq!(l["skipped"], 4, "{l}");
+        assert!(l["reward_mean"].as_f64().unwrap().is_finite(), "{l}");
+        assert!(l["reward_components"]["jpeg-in-wasm"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    assert!(run.join("final").exists());
+    std::fs::remove_dir_all(d).unwrap();
+}
+
 /// Builds a reward plugin in a fresh folder from a copy of wit/ (its package version set to
 /// `version`) and wit-bindgen from crates.io, as a third party would.
 fn build_outside(dir: &Path, version: &str) -> PathBuf {

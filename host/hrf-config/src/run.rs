@@ -332,6 +332,22 @@ pub struct RewardRaw {
     /// `process` only: the program and its arguments, run in the YAML file's folder.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// What a failure of this reward does: `fail` (default) stops the run with the error;
+    /// `skip` leaves out of training the samples it could not score (a failed call skips the
+    /// call's samples, a NaN or infinite value its sample) and logs why.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// What a failing reward does to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Stop with the error (nothing is trained on the failed batch).
+    #[default]
+    Fail,
+    /// Skip the samples the reward could not score.
+    Skip,
 }
 
 fn one() -> f64 {
@@ -461,6 +477,7 @@ pub struct RewardSpec {
     pub weight: f64,
     pub kind: RewardKind,
     pub batch_size: usize,
+    pub on_error: OnError,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1319,6 +1336,7 @@ impl RunFile {
                 weight: r.weight,
                 kind,
                 batch_size: r.batch_size,
+                on_error: r.on_error,
             });
         }
 
@@ -1669,6 +1687,7 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
                 weight: 1.0,
                 kind: RewardKind::Builtin("jpeg-compressibility".into()),
                 batch_size: 256,
+                on_error: OnError::Fail,
             }]
         );
         assert_eq!(p.evaluation.every, 5);
@@ -1809,6 +1828,24 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
         assert_eq!(err.field.as_deref(), Some("training.optimizer.lr"));
         assert_eq!((err.line, err.column), (Some(6), Some(9)), "{e}");
         assert!(messages(&e).contains("p.yaml:6:9: training.optimizer.lr: must be positive"));
+    }
+
+    #[test]
+    fn on_error_is_fail_unless_the_entry_says_skip() {
+        let fx = Fixture::new("on-error");
+        let text = |v: &str| {
+            format!(
+                "model: {{weights: ../models/base}}\nrewards:\n  - {{kind: aesthetic}}\n  - {{kind: jpeg-compressibility, on_error: {v}}}\nrun: {{name: t}}\n"
+            )
+        };
+        let p = fx.load(&text("skip"), &[]).unwrap();
+        assert_eq!(
+            (p.rewards[0].on_error, p.rewards[1].on_error),
+            (OnError::Fail, OnError::Skip)
+        );
+        let e = fx.load(&text("sometimes"), &[]).unwrap_err();
+        let msg = messages(&e);
+        assert!(msg.contains("p.yaml:4:44: unknown variant `sometimes`, expected one of fail, skip"), "{msg}");
     }
 
     #[test]

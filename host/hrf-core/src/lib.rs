@@ -208,19 +208,13 @@ pub trait Reward: Send {
 }
 
 /// Checks what a reward returned: one finite value per sample. Every reward's output passes here
-/// before the trainer uses it.
+/// before the trainer uses it (`RewardSet` checks each of its rewards).
 pub fn check_scores(
     info: &RewardInfo,
     samples: usize,
     scores: &[Score],
 ) -> Result<(), RewardError> {
-    if scores.len() != samples {
-        return Err(RewardError::WrongCount {
-            reward: info.label(),
-            want: samples,
-            got: scores.len(),
-        });
-    }
+    check_count(info, samples, scores)?;
     if let Some((index, s)) = scores
         .iter()
         .enumerate()
@@ -230,6 +224,20 @@ pub fn check_scores(
             reward: info.label(),
             index,
             value: s.value,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a reward returned one score per sample. Plugins check this themselves (scores
+/// that do not match their samples are useless); whether a NaN fails the batch or skips its
+/// sample is the reward set's decision (`on_error`), so they leave values to it.
+pub fn check_count(info: &RewardInfo, samples: usize, scores: &[Score]) -> Result<(), RewardError> {
+    if scores.len() != samples {
+        return Err(RewardError::WrongCount {
+            reward: info.label(),
+            want: samples,
+            got: scores.len(),
         });
     }
     Ok(())

@@ -602,7 +602,7 @@ impl Reward for WasmReward {
                 ),
                 message,
             })?;
-        hrf_core::check_scores(&self.info, samples.len(), &scores)?;
+        hrf_core::check_count(&self.info, samples.len(), &scores)?;
         Ok(scores)
     }
 }

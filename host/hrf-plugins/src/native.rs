@@ -208,7 +208,7 @@ impl Reward for NativeReward {
             return Err(fail(format!("score failed ({rc}): {why}")));
         }
         let scores: Vec<Score> = out.into_iter().map(Score::new).collect();
-        hrf_core::check_scores(&self.info, samples.len(), &scores)?;
+        hrf_core::check_count(&self.info, samples.len(), &scores)?;
         Ok(scores)
     }
 }

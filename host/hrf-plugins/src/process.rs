@@ -253,7 +253,7 @@ impl Reward for ProcessReward {
                 ),
                 message,
             })?;
-        hrf_core::check_scores(&self.info, samples.len(), &scores)?;
+        hrf_core::check_count(&self.info, samples.len(), &scores)?;
         Ok(scores)
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use hrf_core::{Reward, RewardError, Sample};
 use hrf_plugins::{WasmReward, WasmSettings};
+use hrf_rewards::{Component, RewardSet};
 
 fn component(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -263,13 +264,50 @@ fn wrong_answers_are_refused_and_the_next_call_works() {
     ));
     recovers(&mut r, &samples);
     for mode in ["nan", "inf"] {
+        // The plugin hands back what it computed; the reward set refuses it (or, with
+        // `on_error: skip`, skips those samples: the next test).
         let mut r = WasmReward::load(misbehave_once(mode)).unwrap();
+        let scores = r.score(&flag(samples.clone())).unwrap();
         assert!(matches!(
-            r.score(&flag(samples.clone())),
+            hrf_core::check_scores(&r.info(), 3, &scores),
             Err(RewardError::NotFinite { index: 0, .. })
         ));
         recovers(&mut r, &samples);
     }
+}
+
+#[test]
+fn with_on_error_skip_a_failing_batch_is_skipped_and_the_next_is_scored() {
+    let samples = real_samples(3);
+    let mut quick = misbehave_once("loop");
+    quick.timeout = Duration::from_millis(300);
+    let mut set = RewardSet::new(
+        [
+            quick,
+            misbehave_once("panic"),
+            misbehave_once("wrong-count"),
+            misbehave_once("inf"),
+        ]
+        .into_iter()
+        .map(|s| Component {
+            name: s.name.clone(),
+            weight: 1.0,
+            reward: Box::new(WasmReward::load(s).unwrap()),
+            skip_failures: true,
+        })
+        .collect(),
+    );
+    let bad = set.score(&flag(samples.clone())).unwrap();
+    assert_eq!(bad.skipped, vec![true; 3]);
+    let why = bad.skip_reasons.join("\n");
+    for what in ["timed out", "trapped", "scores for 3 samples", "non-finite"] {
+        assert!(why.contains(what), "{what}: {why}");
+    }
+    // The same set, its plugins' stores rebuilt, scores the next batch.
+    let good = set.score(&samples).unwrap();
+    assert_eq!(good.skipped, vec![false; 3]);
+    assert!(good.skip_reasons.is_empty());
+    assert!(good.total.iter().all(|t| t.is_finite()));
 }
 
 #[test]

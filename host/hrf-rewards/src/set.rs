@@ -1,6 +1,8 @@
 //! The rewards of a run combined into one number per sample (a weighted sum, each reward turned
 //! so that higher is better), and a worker thread that scores batches while the trainer samples
-//! the next ones. Every component's values are kept for logging.
+//! the next ones. Every component's values are kept for logging. A reward whose entry says
+//! `on_error: skip` does not stop the run when it fails: the samples it could not score are
+//! marked skipped (their total is NaN) and the trainer leaves them out.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
@@ -12,20 +14,30 @@ pub struct Component {
     pub name: String,
     pub weight: f64,
     pub reward: Box<dyn Reward>,
+    /// `on_error: skip`: a failed call (error, trap, timeout, wrong count) skips every sample
+    /// of the call, a NaN or infinite value skips its sample; otherwise either fails the batch.
+    pub skip_failures: bool,
 }
 
 /// Scores of a batch: the weighted total and each component's own values (as the reward
 /// returned them, before orientation and weighting).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SetScores {
+    /// NaN for a skipped sample.
     pub total: Vec<f64>,
     pub components: Vec<(String, Vec<f64>)>,
+    /// Per sample: skipped because a reward with `on_error: skip` failed on it.
+    pub skipped: Vec<bool>,
+    /// What was skipped and why, one line per failure, for the log.
+    pub skip_reasons: Vec<String>,
 }
 
 impl SetScores {
     /// Appends another batch's scores (same components, in order).
     pub fn extend(&mut self, other: SetScores) {
         self.total.extend(other.total);
+        self.skipped.extend(other.skipped);
+        self.skip_reasons.extend(other.skip_reasons);
         if self.components.is_empty() {
             self.components = other.components;
         } else {
@@ -33,6 +45,18 @@ impl SetScores {
                 mine.extend(theirs);
             }
         }
+    }
+
+    /// The indices of the samples not skipped.
+    pub fn kept(&self) -> Vec<usize> {
+        (0..self.total.len())
+            .filter(|&i| !self.skipped.get(i).copied().unwrap_or(false))
+            .collect()
+    }
+
+    /// The entries of `values` (one per sample) of the samples not skipped.
+    pub fn kept_values(&self, values: &[f64]) -> Vec<f64> {
+        self.kept().into_iter().map(|i| values[i]).collect()
     }
 }
 
@@ -50,22 +74,59 @@ impl RewardSet {
     }
 
     /// Scores every sample with every component. A reward that fails, returns the wrong count
-    /// or a non-finite value fails the whole batch, naming the reward.
+    /// or a non-finite value fails the whole batch, naming the reward, unless its entry says
+    /// `on_error: skip`: then the samples it could not score are skipped (see [`SetScores`]).
     pub fn score(&mut self, samples: &[Sample]) -> Result<SetScores, RewardError> {
+        let n = samples.len();
         let mut out = SetScores {
-            total: vec![0.0; samples.len()],
+            total: vec![0.0; n],
             components: Vec::with_capacity(self.components.len()),
+            skipped: vec![false; n],
+            skip_reasons: Vec::new(),
         };
         for c in &mut self.components {
             let info = c.reward.info();
-            let scores = c.reward.score(samples)?;
-            check_scores(&info, samples.len(), &scores)?;
+            let scored = c.reward.score(samples);
+            let checked = match &scored {
+                Ok(scores) => check_scores(&info, n, scores),
+                Err(_) => Ok(()),
+            };
+            let values: Vec<f64> = match (scored, checked) {
+                (Ok(scores), Ok(())) => scores.iter().map(|s| s.value as f64).collect(),
+                (Err(e), _) | (_, Err(e)) if !c.skip_failures => return Err(e),
+                (Ok(scores), Err(RewardError::NotFinite { .. })) => {
+                    // Scored, but some values are not numbers: skip just those samples.
+                    let values: Vec<f64> = scores.iter().map(|s| s.value as f64).collect();
+                    let bad: Vec<usize> = (0..n).filter(|&i| !values[i].is_finite()).collect();
+                    out.skip_reasons.push(format!(
+                        "{}: non-finite value for {} of {n} samples (first: sample {}); skipped them (on_error: skip)",
+                        info.label(),
+                        bad.len(),
+                        bad[0]
+                    ));
+                    values
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    out.skip_reasons.push(format!(
+                        "{e}; skipped the call's {n} samples (on_error: skip)"
+                    ));
+                    vec![f64::NAN; n]
+                }
+            };
             let sign = if info.higher_is_better { 1.0 } else { -1.0 };
-            let values: Vec<f64> = scores.iter().map(|s| s.value as f64).collect();
-            for (t, v) in out.total.iter_mut().zip(&values) {
-                *t += c.weight * sign * v;
+            for (i, (t, v)) in out.total.iter_mut().zip(&values).enumerate() {
+                if v.is_finite() {
+                    *t += c.weight * sign * v;
+                } else {
+                    out.skipped[i] = true;
+                }
             }
             out.components.push((c.name.clone(), values));
+        }
+        for (t, &s) in out.total.iter_mut().zip(&out.skipped) {
+            if s {
+                *t = f64::NAN;
+            }
         }
         Ok(out)
     }
@@ -205,7 +266,81 @@ mod tests {
             name: format!("c{value}"),
             weight,
             reward: Box::new(Constant(value, higher)),
+            skip_failures: false,
         }
+    }
+
+    /// Returns NaN for the samples whose pixel is odd, or (`fail`) an error, or one score too few.
+    struct Flaky(&'static str);
+    impl Reward for Flaky {
+        fn info(&self) -> RewardInfo {
+            RewardInfo {
+                name: "flaky".into(),
+                version: "0.3".into(),
+                higher_is_better: true,
+                batch_hint: None,
+            }
+        }
+        fn score(&mut self, s: &[Sample]) -> Result<Vec<Score>, RewardError> {
+            let v = |x: &Sample| x.image.data()[0] as f32;
+            match self.0 {
+                "nan" => Ok(s
+                    .iter()
+                    .map(|x| Score::new(if v(x) % 2.0 == 1.0 { f32::NAN } else { v(x) }))
+                    .collect()),
+                "fail" => Err(RewardError::Failed {
+                    reward: "flaky 0.3".into(),
+                    message: "trapped".into(),
+                }),
+                _ => Ok(s.iter().skip(1).map(|x| Score::new(v(x))).collect()),
+            }
+        }
+    }
+
+    fn flaky(mode: &'static str, skip_failures: bool) -> Component {
+        Component {
+            name: "flaky".into(),
+            weight: 1.0,
+            reward: Box::new(Flaky(mode)),
+            skip_failures,
+        }
+    }
+
+    #[test]
+    fn on_error_fail_stops_the_batch_and_names_the_reward() {
+        for mode in ["nan", "fail", "short"] {
+            let mut set = RewardSet::new(vec![flaky(mode, false)]);
+            let e = set.score(&samples(4)).unwrap_err().to_string();
+            assert!(e.contains("flaky"), "{mode}: {e}");
+        }
+    }
+
+    #[test]
+    fn on_error_skip_skips_only_what_could_not_be_scored() {
+        // NaN for samples 1 and 3: those two are skipped, the others keep every component.
+        let mut set = RewardSet::new(vec![component(10.0, true, 1.0), flaky("nan", true)]);
+        let s = set.score(&samples(4)).unwrap();
+        assert_eq!(s.skipped, vec![false, true, false, true]);
+        assert_eq!(s.kept(), vec![0, 2]);
+        assert_eq!(s.kept_values(&s.total), vec![10.0, 14.0]);
+        assert!(s.total[1].is_nan() && s.total[3].is_nan());
+        assert_eq!(s.skip_reasons.len(), 1);
+        assert!(s.skip_reasons[0].contains("flaky@0.3: non-finite value for 2 of 4 samples (first: sample 1)"), "{:?}", s.skip_reasons);
+        // A failed call or a wrong count skips the whole call.
+        for mode in ["fail", "short"] {
+            let mut set = RewardSet::new(vec![component(10.0, true, 1.0), flaky(mode, true)]);
+            let s = set.score(&samples(3)).unwrap();
+            assert_eq!(s.skipped, vec![true; 3], "{mode}");
+            assert!(s.kept().is_empty());
+            assert!(s.skip_reasons[0].contains("skipped the call's 3 samples"), "{:?}", s.skip_reasons);
+        }
+        // Batches accumulate their flags.
+        let mut all = SetScores::default();
+        let mut set = RewardSet::new(vec![flaky("nan", true)]);
+        all.extend(set.score(&samples(2)).unwrap());
+        all.extend(set.score(&samples(2)).unwrap());
+        assert_eq!(all.skipped, vec![false, true, false, true]);
+        assert_eq!(all.skip_reasons.len(), 2);
     }
 
     #[test]

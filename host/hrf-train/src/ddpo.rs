@@ -53,6 +53,16 @@ pub struct EpochStats {
     /// Time spent waiting for rewards after sampling (they are computed while sampling).
     pub reward_wait_s: f64,
     pub train_s: f64,
+    /// Samples left out because a reward with `on_error: skip` could not score them.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped: usize,
+    /// Why, one line per failure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skip_reasons: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The prompts a conditional model is trained on: (text, class label).
@@ -194,21 +204,41 @@ impl Ddpo<'_> {
             }
         }
         let reward_wait_s = reward_start.elapsed().as_secs_f64();
-        let (reward_mean, reward_std) = mean_std(&scores.total);
+        // Samples a reward with `on_error: skip` could not score are left out of the statistics
+        // and the advantages; their advantage is 0, so they add no policy-gradient term.
+        let kept = scores.kept();
+        if kept.is_empty() {
+            return Err(RewardError::Failed {
+                reward: "rewards".into(),
+                message: format!(
+                    "every sample of epoch {} was skipped (on_error: skip): {}",
+                    epoch + 1,
+                    scores.skip_reasons.join("; ")
+                ),
+            }
+            .into());
+        }
+        let total = scores.kept_values(&scores.total);
+        let (reward_mean, reward_std) = mean_std(&total);
         let samples = &sampled.samples;
-        let mut adv = match (self.advantages.mode, self.tracker.as_mut()) {
+        let kept_adv = match (self.advantages.mode, self.tracker.as_mut()) {
             (AdvantageMode::PerPrompt, Some(tracker)) => {
-                let prompts: Vec<String> = samples
+                let prompts: Vec<String> = kept
                     .iter()
-                    .map(|x| x.prompt.clone().unwrap_or_default())
+                    .map(|&i| samples[i].prompt.clone().unwrap_or_default())
                     .collect();
-                tracker.update(&prompts, &scores.total)
+                tracker.update(&prompts, &total)
             }
             (AdvantageMode::Group, _) => {
-                advantages::group_advantages(&scores.total, &sampled.groups)
+                let groups: Vec<usize> = kept.iter().map(|&i| sampled.groups[i]).collect();
+                advantages::group_advantages(&total, &groups)
             }
-            _ => advantages::epoch_advantages(&scores.total),
+            _ => advantages::epoch_advantages(&total),
         };
+        let mut adv = vec![0.0; samples.len()];
+        for (&i, a) in kept.iter().zip(kept_adv) {
+            adv[i] = a;
+        }
         // HRF scales both clips by the window fraction f of the sample's start.
         let clip_scale: Vec<f64> = sampled
             .train_starts
@@ -237,7 +267,7 @@ impl Ddpo<'_> {
             reward_components: scores
                 .components
                 .iter()
-                .map(|(name, v)| (name.clone(), mean_std(v).0))
+                .map(|(name, v)| (name.clone(), mean_std(&scores.kept_values(v)).0))
                 .collect(),
             loss: trained.loss,
             clipfrac: trained.clipfrac,
@@ -252,6 +282,8 @@ impl Ddpo<'_> {
             sample_s,
             reward_wait_s,
             train_s: train_start.elapsed().as_secs_f64(),
+            skipped: samples.len() - kept.len(),
+            skip_reasons: scores.skip_reasons.clone(),
         };
         Ok(EpochOutcome {
             stats,
@@ -506,10 +538,18 @@ impl Ddpo<'_> {
                 &chunk_anchors.index_select(0, &copy0),
             );
             for (n, _) in chunk.iter().enumerate() {
-                let reward: Vec<f64> = scored.total[n * rows..(n + 1) * rows]
+                let mut reward: Vec<f64> = scored.total[n * rows..(n + 1) * rows]
                     .chunks(c)
-                    .map(|r| mean_std(r).0)
+                    .map(mean_of_scored)
                     .collect();
+                // A candidate none of whose copies could be scored (on_error: skip) counts as
+                // the worst scored one; with none scored, R is flat and D alone decides.
+                let worst = reward.iter().copied().filter(|r| r.is_finite()).fold(f64::INFINITY, f64::min);
+                for r in &mut reward {
+                    if !r.is_finite() {
+                        *r = if worst.is_finite() { worst } else { 0.0 };
+                    }
+                }
                 ks.push(hrf::choose_start(
                     &cands,
                     &reward,
@@ -799,6 +839,16 @@ struct Trained {
 }
 
 /// Mean and population standard deviation.
+/// The mean of the values that were scored (skipped samples' totals are NaN); NaN if none.
+pub fn mean_of_scored(v: &[f64]) -> f64 {
+    let scored: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if scored.is_empty() {
+        f64::NAN
+    } else {
+        mean_std(&scored).0
+    }
+}
+
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let mean = v.iter().sum::<f64>() / n;
@@ -901,6 +951,7 @@ mod tests {
         let mut worker = RewardWorker::spawn(RewardSet::new(vec![Component {
             name: "brightness".into(),
             weight: 1.0,
+            skip_failures: false,
             reward: Box::new(Brightness),
         }]));
         let mut stats = Vec::new();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use hrf_config::run::{BestBy, RunPipeline};
-use hrf_core::{Image, Sample};
+use hrf_core::{Image, RewardError, Sample};
 use hrf_diffusion::{DdimScheduler, DiffusersModel};
 use hrf_rewards::RewardWorker;
 use serde::{Deserialize, Serialize};
@@ -282,11 +282,25 @@ impl Run<'_> {
         }
         let samples = self.samples_of(images.clone(), &keys, epoch);
         let scores = self.rewards.score_now(samples)?;
-        let (reward_mean, reward_std) = mean_std(&scores.total);
+        // Samples a reward with `on_error: skip` could not score are left out of the means.
+        if scores.kept().is_empty() {
+            return Err(RewardError::Failed {
+                reward: "rewards".into(),
+                message: format!(
+                    "every evaluation sample was skipped (on_error: skip): {}",
+                    scores.skip_reasons.join("; ")
+                ),
+            }
+            .into());
+        }
+        for why in &scores.skip_reasons {
+            eprintln!("warning: evaluation: {why}");
+        }
+        let (reward_mean, reward_std) = mean_std(&scores.kept_values(&scores.total));
         let reward_components = scores
             .components
             .iter()
-            .map(|(name, v)| (name.clone(), mean_std(v).0))
+            .map(|(name, v)| (name.clone(), mean_std(&scores.kept_values(v)).0))
             .collect();
         // Every step's predictions in one reward call, then a mean per step.
         let mut along: Vec<Sample> = Vec::with_capacity(predictions.len() * trajectory_n);
@@ -300,7 +314,7 @@ impl Run<'_> {
                 .score_now(along)?
                 .total
                 .chunks(trajectory_n)
-                .map(|r| mean_std(r).0)
+                .map(crate::ddpo::mean_of_scored)
                 .collect()
         };
         let (mut diversity, mut per_prompt_vendi, mut class_accuracy) = (None, None, None);
@@ -574,6 +588,15 @@ impl Run<'_> {
             line["class_histogram"] = serde_json::to_value(&histogram).expect("histogram");
             self.append_metrics(&line)?;
             self.write_grid(&images, &format!("epoch-{:04}.png", epoch + 1))?;
+            if outcome.stats.skipped > 0 {
+                eprintln!(
+                    "warning: epoch {}: {} of {} samples skipped (on_error: skip): {}",
+                    epoch + 1,
+                    outcome.stats.skipped,
+                    outcome.samples.len(),
+                    outcome.stats.skip_reasons.join("; ")
+                );
+            }
             if self.verbosity != Verbosity::Quiet {
                 let s = &outcome.stats;
                 eprintln!(

@@ -110,6 +110,12 @@ impl Reward for Misbehave {
                 v
             }),
             "nan" => each(f32::NAN),
+            // NaN for the samples at odd positions of the batch, the mean pixel for the others.
+            "nan-odd" => Ok(samples
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Score::new(if i % 2 == 1 { f32::NAN } else { mean(s) }))
+                .collect()),
             "inf" => each(f32::INFINITY),
             _ => Ok(samples.iter().map(|s| Score::new(mean(s))).collect()),
         }
