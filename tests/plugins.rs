@@ -27,24 +27,23 @@ fn epoch_lines(run: &Path) -> Vec<serde_json::Value> {
 }
 
 /// `hrf run tests/pipelines/tiny-wasm.yaml` with its plugin (`rewards[0]`) replaced by `wasm`
-/// and `config` set as given.
-fn run_tiny_with(run: &Path, wasm: &Path, config: &str) -> std::process::Output {
+/// and the overrides `sets` (`key=value`).
+fn run_tiny_with(run: &Path, wasm: &Path, sets: &[&str]) -> std::process::Output {
     let p = repo().join("tests/pipelines/tiny-wasm.yaml");
     let path = format!("rewards[0].path={}", wasm.display());
-    hrf(
-        &[
-            "run",
-            p.to_str().unwrap(),
-            "-q",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--set",
-            &path,
-            "--set",
-            config,
-        ],
-        &[],
-    )
+    let mut args = vec![
+        "run",
+        p.to_str().unwrap(),
+        "-q",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--set",
+        &path,
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    hrf(&args, &[])
 }
 
 #[test]
@@ -96,7 +95,11 @@ fn the_wasm_example_checks_and_trains_like_the_builtin() {
 fn a_failing_plugin_stops_the_run_naming_it() {
     let d = tmp("hrf-plugins", "fail");
     let run = d.join("run");
-    let o = run_tiny_with(&run, &plugin("misbehave"), "rewards[0].config.mode=panic");
+    let o = run_tiny_with(
+        &run,
+        &plugin("misbehave"),
+        &["rewards[0].config.mode=panic"],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = text(&o);
     assert!(
@@ -113,29 +116,20 @@ fn on_error_skip_trains_on_what_could_be_scored() {
     let d = tmp("hrf-plugins", "skip");
     // NaN for every other sample: with the default `on_error: fail` the run stops at once …
     let run = d.join("fail");
-    let o = run_tiny_with(&run, &plugin("misbehave"), "rewards[0].config.mode=nan-odd");
+    let o = run_tiny_with(
+        &run,
+        &plugin("misbehave"),
+        &["rewards[0].config.mode=nan-odd"],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("jpeg-in-wasm"), "{}", text(&o));
     assert!(!run.join("final").exists());
     // … with `on_error: skip` those samples are left out and the run finishes.
     let run = d.join("skip");
-    let p = repo().join("tests/pipelines/tiny-wasm.yaml");
-    let path = format!("rewards[0].path={}", plugin("misbehave").display());
-    let o = hrf(
-        &[
-            "run",
-            p.to_str().unwrap(),
-            "-q",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--set",
-            &path,
-            "--set",
-            "rewards[0].config.mode=nan-odd",
-            "--set",
-            "rewards[0].on_error=skip",
-        ],
-        &[],
+    let o = run_tiny_with(
+        &run,
+        &plugin("misbehave"),
+        &["rewards[0].config.mode=nan-odd", "rewards[0].on_error=skip"],
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(
@@ -149,7 +143,10 @@ fn on_error_skip_trains_on_what_could_be_scored() {
         // Batches of 4: positions 1 and 3 of each are skipped; the statistics are the kept ones'.
         assert_eq!(l["skipped"], 4, "{l}");
         assert!(l["reward_mean"].as_f64().unwrap().is_finite(), "{l}");
-        assert!(l["reward_components"]["jpeg-in-wasm"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(
+            l["reward_components"]["jpeg-in-wasm"].as_f64().unwrap() > 0.0,
+            "{l}"
+        );
     }
     assert!(run.join("final").exists());
     std::fs::remove_dir_all(d).unwrap();
@@ -239,7 +236,7 @@ fn a_plugin_built_outside_from_the_wit_alone_runs_and_other_versions_are_refused
     let d = tmp("hrf-plugins", "outside");
     let wasm = build_outside(&d, "0.1.0");
     let run = d.join("run");
-    let o = run_tiny_with(&run, &wasm, "rewards[0].config={}");
+    let o = run_tiny_with(&run, &wasm, &["rewards[0].config={}"]);
     assert!(o.status.success(), "{}", text(&o));
     for l in epoch_lines(&run) {
         let v = l["reward_components"]["jpeg-in-wasm"].as_f64().unwrap();
@@ -352,7 +349,7 @@ for i in range(8):
     }
     let d = tmp("hrf-plugins", "python");
     let run = d.join("run");
-    let o = run_tiny_with(&run, &wasm, "rewards[0].config.scale=2.0");
+    let o = run_tiny_with(&run, &wasm, &["rewards[0].config.scale=2.0"]);
     assert!(o.status.success(), "{}", text(&o));
     let v = epoch_lines(&run)[0]["reward_components"]["jpeg-in-wasm"]
         .as_f64()

@@ -1845,7 +1845,10 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
         );
         let e = fx.load(&text("sometimes"), &[]).unwrap_err();
         let msg = messages(&e);
-        assert!(msg.contains("p.yaml:4:44: unknown variant `sometimes`, expected one of fail, skip"), "{msg}");
+        assert!(
+            msg.contains("p.yaml:4:44: unknown variant `sometimes`, expected one of fail, skip"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -325,14 +325,23 @@ mod tests {
         assert_eq!(s.kept_values(&s.total), vec![10.0, 14.0]);
         assert!(s.total[1].is_nan() && s.total[3].is_nan());
         assert_eq!(s.skip_reasons.len(), 1);
-        assert!(s.skip_reasons[0].contains("flaky@0.3: non-finite value for 2 of 4 samples (first: sample 1)"), "{:?}", s.skip_reasons);
+        assert!(
+            s.skip_reasons[0]
+                .contains("flaky@0.3: non-finite value for 2 of 4 samples (first: sample 1)"),
+            "{:?}",
+            s.skip_reasons
+        );
         // A failed call or a wrong count skips the whole call.
         for mode in ["fail", "short"] {
             let mut set = RewardSet::new(vec![component(10.0, true, 1.0), flaky(mode, true)]);
             let s = set.score(&samples(3)).unwrap();
             assert_eq!(s.skipped, vec![true; 3], "{mode}");
             assert!(s.kept().is_empty());
-            assert!(s.skip_reasons[0].contains("skipped the call's 3 samples"), "{:?}", s.skip_reasons);
+            assert!(
+                s.skip_reasons[0].contains("skipped the call's 3 samples"),
+                "{:?}",
+                s.skip_reasons
+            );
         }
         // Batches accumulate their flags.
         let mut all = SetScores::default();

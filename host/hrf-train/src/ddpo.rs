@@ -544,7 +544,11 @@ impl Ddpo<'_> {
                     .collect();
                 // A candidate none of whose copies could be scored (on_error: skip) counts as
                 // the worst scored one; with none scored, R is flat and D alone decides.
-                let worst = reward.iter().copied().filter(|r| r.is_finite()).fold(f64::INFINITY, f64::min);
+                let worst = reward
+                    .iter()
+                    .copied()
+                    .filter(|r| r.is_finite())
+                    .fold(f64::INFINITY, f64::min);
                 for r in &mut reward {
                     if !r.is_finite() {
                         *r = if worst.is_finite() { worst } else { 0.0 };
