@@ -497,7 +497,7 @@ fn dry_run(
     for (name, v) in &scores.components {
         println!(
             "  {name}: mean {:.4}",
-            hrf_train::ddpo::mean_of_scored(&scores.kept_values(v))
+            hrf_train::ddpo::mean_std(&scores.kept_values(v)).0
         );
     }
     println!(

@@ -332,6 +332,23 @@ pub(crate) fn load_err(name: &str, path: &Path) -> impl Fn(String) -> PluginErro
     }
 }
 
+/// A plugin call's outcome as [`Reward::score`] returns it: a failure names the plugin (`source`:
+/// its kind and where it comes from, e.g. `wasm plugin PATH`), and there must be one score per
+/// sample (values are the reward set's to check: `on_error`). Shared by every kind.
+pub(crate) fn finish_score(
+    info: &RewardInfo,
+    source: std::fmt::Arguments<'_>,
+    samples: usize,
+    called: Result<Vec<Score>, String>,
+) -> Result<Vec<Score>, RewardError> {
+    let scores = called.map_err(|message| RewardError::Failed {
+        reward: format!("{} ({source})", info.label()),
+        message,
+    })?;
+    hrf_core::check_count(info, samples, &scores)?;
+    Ok(scores)
+}
+
 /// What a plugin is known as before it has described itself.
 pub(crate) fn provisional_info(name: &str) -> RewardInfo {
     RewardInfo {
@@ -592,18 +609,13 @@ impl Reward for WasmReward {
     }
 
     fn score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, RewardError> {
-        let scores = self
-            .call_score(samples)
-            .map_err(|message| RewardError::Failed {
-                reward: format!(
-                    "{} (wasm plugin {})",
-                    self.info.label(),
-                    self.settings.path.display()
-                ),
-                message,
-            })?;
-        hrf_core::check_count(&self.info, samples.len(), &scores)?;
-        Ok(scores)
+        let called = self.call_score(samples);
+        finish_score(
+            &self.info,
+            format_args!("wasm plugin {}", self.settings.path.display()),
+            samples.len(),
+            called,
+        )
     }
 }
 

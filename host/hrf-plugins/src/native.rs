@@ -164,14 +164,19 @@ impl Reward for NativeReward {
     }
 
     fn score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, RewardError> {
-        let fail = |message: String| RewardError::Failed {
-            reward: format!(
-                "{} (native plugin {})",
-                self.info.label(),
-                self.settings.path.display()
-            ),
-            message,
-        };
+        let called = self.call_score(samples);
+        crate::finish_score(
+            &self.info,
+            format_args!("native plugin {}", self.settings.path.display()),
+            samples.len(),
+            called,
+        )
+    }
+}
+
+impl NativeReward {
+    /// One `score` call through the table; the plugin's `last_error` on failure.
+    fn call_score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, String> {
         let strings: Vec<(Option<CString>, CString)> = samples
             .iter()
             .map(|s| {
@@ -205,11 +210,9 @@ impl Reward for NativeReward {
         if rc != 0 {
             // SAFETY: per the ABI.
             let why = text(unsafe { ((*self.table).last_error)(self.state) });
-            return Err(fail(format!("score failed ({rc}): {why}")));
+            return Err(format!("score failed ({rc}): {why}"));
         }
-        let scores: Vec<Score> = out.into_iter().map(Score::new).collect();
-        hrf_core::check_count(&self.info, samples.len(), &scores)?;
-        Ok(scores)
+        Ok(out.into_iter().map(Score::new).collect())
     }
 }
 

@@ -243,17 +243,12 @@ impl Reward for ProcessReward {
     }
 
     fn score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, RewardError> {
-        let scores = self
-            .call_score(samples)
-            .map_err(|message| RewardError::Failed {
-                reward: format!(
-                    "{} (process {})",
-                    self.info.label(),
-                    self.settings.command.join(" ")
-                ),
-                message,
-            })?;
-        hrf_core::check_count(&self.info, samples.len(), &scores)?;
-        Ok(scores)
+        let called = self.call_score(samples);
+        crate::finish_score(
+            &self.info,
+            format_args!("process {}", self.settings.command.join(" ")),
+            samples.len(),
+            called,
+        )
     }
 }

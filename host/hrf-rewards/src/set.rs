@@ -50,13 +50,18 @@ impl SetScores {
     /// The indices of the samples not skipped.
     pub fn kept(&self) -> Vec<usize> {
         (0..self.total.len())
-            .filter(|&i| !self.skipped.get(i).copied().unwrap_or(false))
+            .filter(|&i| !self.skipped[i])
             .collect()
     }
 
     /// The entries of `values` (one per sample) of the samples not skipped.
     pub fn kept_values(&self, values: &[f64]) -> Vec<f64> {
-        self.kept().into_iter().map(|i| values[i]).collect()
+        values
+            .iter()
+            .zip(&self.skipped)
+            .filter(|(_, &skipped)| !skipped)
+            .map(|(&v, _)| v)
+            .collect()
     }
 }
 
