@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use hrf_config::model::ModelSource;
-use hrf_config::run::{RewardKind, RunPipeline, ScoreSpec};
+use hrf_config::run::{RewardKind, RunPipeline, ScoreSpec, Transform};
 use hrf_diffusion::{device, DiffusersModel, SchedulerConfig};
 use hrf_plugins::native::NativeSettings;
 use hrf_plugins::process::{ProcessReward, ProcessSettings};
@@ -193,6 +193,10 @@ fn build_rewards(
                 trusted_by_pipeline: pr.trust.is_some(),
                 allowed_by_command_line: allow_native,
             })?),
+        };
+        let reward = match spec.transform {
+            Transform::Identity => reward,
+            Transform::Log => Box::new(hrf_rewards::LogScore::new(reward)),
         };
         components.push(Component {
             name: spec.name.clone(),

@@ -337,6 +337,22 @@ pub struct RewardRaw {
     /// call's samples, a NaN or infinite value its sample) and logs why.
     #[serde(default)]
     pub on_error: OnError,
+    /// `log` trains on ln(score) instead of the score: for a probability (prompt alignment,
+    /// an `onnx` classifier) that is the log-likelihood, which still separates samples where
+    /// the probability saturates near 1. Scores must be ≥ 0; below 1e-6 they count as 1e-6.
+    #[serde(default)]
+    pub transform: Transform,
+}
+
+/// How a reward's scores are turned before they are weighted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transform {
+    /// The score as the reward gives it.
+    #[default]
+    Identity,
+    /// ln(max(score, 1e-6)); a negative score is an error.
+    Log,
 }
 
 /// What a failing reward does to the run.
@@ -478,6 +494,7 @@ pub struct RewardSpec {
     pub kind: RewardKind,
     pub batch_size: usize,
     pub on_error: OnError,
+    pub transform: Transform,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1337,6 +1354,7 @@ impl RunFile {
                 kind,
                 batch_size: r.batch_size,
                 on_error: r.on_error,
+                transform: r.transform,
             });
         }
 
@@ -1688,6 +1706,7 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
                 kind: RewardKind::Builtin("jpeg-compressibility".into()),
                 batch_size: 256,
                 on_error: OnError::Fail,
+                transform: Transform::Identity,
             }]
         );
         assert_eq!(p.evaluation.every, 5);
@@ -1847,6 +1866,27 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
         let msg = messages(&e);
         assert!(
             msg.contains("p.yaml:4:44: unknown variant `sometimes`, expected one of fail, skip"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn transform_is_identity_unless_the_entry_says_log() {
+        let fx = Fixture::new("transform");
+        let text = |v: &str| {
+            format!(
+                "model: {{weights: ../models/base}}\nrewards:\n  - {{kind: aesthetic}}\n  - {{kind: jpeg-incompressibility, transform: {v}}}\nrun: {{name: t}}\n"
+            )
+        };
+        let p = fx.load(&text("log"), &[]).unwrap();
+        assert_eq!(
+            (p.rewards[0].transform, p.rewards[1].transform),
+            (Transform::Identity, Transform::Log)
+        );
+        let e = fx.load(&text("ln"), &[]).unwrap_err();
+        let msg = messages(&e);
+        assert!(
+            msg.contains("p.yaml:4:47: unknown variant `ln`, expected one of identity, log"),
             "{msg}"
         );
     }

@@ -9,6 +9,8 @@ pub mod onnx;
 #[cfg(feature = "onnx")]
 pub mod onnx_runtime;
 pub mod set;
+pub mod transform;
 
 pub use jpeg::{JpegCompressibility, JpegDirection};
 pub use set::{Component, RewardSet, RewardWorker, SetScores};
+pub use transform::LogScore;
