@@ -1,11 +1,13 @@
 #!/bin/bash
 # Runs on a GPU machine from gpu/ as tools/gpu/pack.sh prepares it (copied there as pretrain.sh):
-# checks the CUDA path (hrf doctor), pretrains two variants of the testbed architecture side by side
+# checks the CUDA path (hrf doctor), pretrains two variants (A: testbed, batch 256; B: see below) side by side
 # for BUDGET seconds each (steps sized from a 100-step probe), evaluates both with hrf eval and
 # times sampling; everything but checkpoints ends up in $OUT/results.tgz.
 set -u
 cd "$(dirname "$0")"
 BUDGET=${BUDGET:-240}      # seconds of pretraining
+# Variant B: the 2026-11-26 run used the testbed at batch 128; B_CONFIG=testbed-wide B_BATCH=256 is next.
+B_CONFIG=${B_CONFIG:-testbed}; B_BATCH=${B_BATCH:-128}
 rm -rf work; mkdir -p work; ln -sfn "$PWD/work" out
 exec > >(tee out/script.log) 2>&1
 HRF=$PWD/bin/hrf
@@ -33,18 +35,18 @@ fi
 $HRF doctor 2>&1
 DEV=${DEV:-cuda}
 if ! $HRF doctor --device "$DEV" 2>&1 | grep -q "^device *Cuda"; then echo "no $DEV: falling back to cpu"; DEV=cpu; export HRF_THREADS=8; fi
-gen() { # name steps batch lr warmup ema
-  sed -e "s/NAME/$1/g" -e "s/STEPS/$2/" -e "s/BATCH/$3/" -e "s/LR/$4/" -e "s/WARMUP/$5/" -e "s/EMA/$6/" -e "s/DEVICE/$DEV/" -e "s/LOGEVERY/${LOGEVERY:-50}/" template.yaml > "$1.yaml"
+gen() { # name steps batch lr warmup ema config
+  sed -e "s/NAME/$1/g" -e "s/CONFIG/${7:-testbed}/" -e "s/STEPS/$2/" -e "s/BATCH/$3/" -e "s/LR/$4/" -e "s/WARMUP/$5/" -e "s/EMA/$6/" -e "s/DEVICE/$DEV/" -e "s/LOGEVERY/${LOGEVERY:-50}/" template.yaml > "$1.yaml"
   cp "$1.yaml" out/; }
 rate() { python3 -c "import json;print(json.loads(open('out/$1/run/metrics.jsonl').read().splitlines()[-1])['images_per_s'])"; }
 # probe both configs side by side (as they will run)
-gen probeA ${PROBE:-100} 256 0.002 50 0.999; gen probeB ${PROBE:-100} 128 0.002 50 0.999
+gen probeA ${PROBE:-100} 256 0.002 50 0.999; gen probeB ${PROBE:-100} $B_BATCH 0.002 50 0.999 $B_CONFIG
 $HRF pretrain -q probeA.yaml > out/probeA.log 2>&1 & p1=$!; $HRF pretrain -q probeB.yaml > out/probeB.log 2>&1 & p2=$!; wait $p1 $p2
 tail -q -n 2 out/probeA.log out/probeB.log
 RA=$(rate probeA); RB=$(rate probeB); echo "probe images/s: A $RA B $RB"
-SA=$(python3 -c "print(max(20,int($RA*$BUDGET/256/50)*50))"); SB=$(python3 -c "print(max(20,int($RB*$BUDGET/128/50)*50))")
-echo "steps: A $SA (batch 256) B $SB (batch 128)"
-gen A "$SA" 256 0.002 300 0.999; gen B "$SB" 128 0.002 200 0.999
+SA=$(python3 -c "print(max(20,int($RA*$BUDGET/256/50)*50))"); SB=$(python3 -c "print(max(20,int($RB*$BUDGET/$B_BATCH/50)*50))")
+echo "steps: A $SA (batch 256) B $SB (batch $B_BATCH, $B_CONFIG)"
+gen A "$SA" 256 0.002 300 0.999; gen B "$SB" $B_BATCH 0.002 200 0.999 $B_CONFIG
 T0=$(date +%s)
 timeout $((BUDGET+90)) $HRF pretrain -q A.yaml > out/A.log 2>&1 & p1=$!; timeout $((BUDGET+90)) $HRF pretrain -q B.yaml > out/B.log 2>&1 & p2=$!; wait $p1 $p2
 echo "pretraining took $(( $(date +%s) - T0 )) s"; tail -q -n 3 out/A.log out/B.log

@@ -14,7 +14,8 @@ pub struct ModelSpecRaw {
     /// A diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors),
     /// relative to the YAML file.
     pub weights: Option<String>,
-    /// A named architecture with random weights: testbed, ddpm-celebahq-256, ddpm-cifar10-32.
+    /// A named architecture with random weights: testbed, testbed-wide, ddpm-celebahq-256,
+    /// ddpm-cifar10-32.
     pub config: Option<String>,
     /// `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`.
     #[serde(default = "default_device")]
@@ -38,7 +39,12 @@ pub struct ModelSpec {
     pub device: String,
 }
 
-pub const NAMED_CONFIGS: [&str; 3] = ["testbed", "ddpm-celebahq-256", "ddpm-cifar10-32"];
+pub const NAMED_CONFIGS: [&str; 4] = [
+    "testbed",
+    "testbed-wide",
+    "ddpm-celebahq-256",
+    "ddpm-cifar10-32",
+];
 
 impl ModelSpecRaw {
     /// Checks the section; `file` is the YAML it came from (paths are relative to its folder).
