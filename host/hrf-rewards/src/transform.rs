@@ -63,7 +63,10 @@ mod tests {
             }
         }
         fn score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, RewardError> {
-            Ok(self.0[..samples.len()].iter().map(|&v| Score::new(v)).collect())
+            Ok(self.0[..samples.len()]
+                .iter()
+                .map(|&v| Score::new(v))
+                .collect())
         }
     }
 
@@ -93,6 +96,9 @@ mod tests {
     fn a_negative_score_is_an_error_naming_the_reward_and_sample() {
         let mut r = LogScore::new(Box::new(Fixed(vec![0.2, -0.1])));
         let e = r.score(&samples(2)).unwrap_err().to_string();
-        assert!(e.contains("fixed") && e.contains("sample 1 scored -0.1"), "{e}");
+        assert!(
+            e.contains("fixed") && e.contains("sample 1 scored -0.1"),
+            "{e}"
+        );
     }
 }
