@@ -247,6 +247,51 @@ fn bad_pipelines_exit_2_naming_the_place_and_write_nothing() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// `transform: log` trains on ln(score): the same JPEG reward logged plain and logged under
+/// `log` agree as mean(ln kB) ≤ ln(mean kB), within the spread of one epoch's sizes.
+#[test]
+fn log_transform_scores_the_logarithm() {
+    let d = tmp("hrf-run", "log");
+    let f = d.join("tiny.yaml");
+    let rewards = "rewards:
+  - {kind: jpeg-incompressibility, name: kb}
+  - {kind: jpeg-incompressibility, name: log-kb, transform: log}
+";
+    let text_yaml = tiny(&d).replace("rewards:\n  - {kind: jpeg-compressibility}\n", rewards);
+    assert!(text_yaml.contains("log-kb"));
+    std::fs::write(&f, text_yaml).unwrap();
+    let o = hrf(
+        &[
+            "run",
+            f.to_str().unwrap(),
+            "-q",
+            "--set",
+            "training.epochs=1",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let run = std::fs::read_dir(d.join("out"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let epoch = metrics(&run)
+        .into_iter()
+        .find(|m| m["kind"] == "epoch")
+        .unwrap();
+    let c = &epoch["reward_components"];
+    let (kb, log_kb) = (c["kb"].as_f64().unwrap(), c["log-kb"].as_f64().unwrap());
+    assert!(kb > 0.5, "{c}");
+    assert!(
+        log_kb <= kb.ln() + 1e-6 && log_kb > kb.ln() - 0.1,
+        "mean ln kB {log_kb} vs ln mean kB {}",
+        kb.ln()
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
 #[test]
 fn dry_run_scores_a_batch_and_writes_nothing() {
     let d = tmp("hrf-run", "dry");
