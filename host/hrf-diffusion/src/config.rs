@@ -186,7 +186,7 @@ impl UNetConfig {
 
     /// The testbed's layout with twice the channels (32/64/64, attention head dim 32): 1.1M
     /// parameters, for pretraining on a GPU where the 0.28M testbed runs out of capacity;
-    /// sampling costs about 2.3× the testbed's.
+    /// sampling 64 × 40 steps on 2 CPU cores takes 2.1× the testbed's time.
     pub fn testbed_wide() -> Self {
         Self {
             block_out_channels: vec![32, 64, 64],
