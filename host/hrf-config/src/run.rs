@@ -1849,14 +1849,18 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
         assert!(messages(&e).contains("p.yaml:6:9: training.optimizer.lr: must be positive"));
     }
 
+    /// A pipeline of two rewards, the second a `kind` entry with `field: value` added (the value
+    /// is on line 4, at column 16 + the lengths of `kind` and `field`).
+    fn two_rewards(kind: &str, field: &str, value: &str) -> String {
+        format!(
+            "model: {{weights: ../models/base}}\nrewards:\n  - {{kind: aesthetic}}\n  - {{kind: {kind}, {field}: {value}}}\nrun: {{name: t}}\n"
+        )
+    }
+
     #[test]
     fn on_error_is_fail_unless_the_entry_says_skip() {
         let fx = Fixture::new("on-error");
-        let text = |v: &str| {
-            format!(
-                "model: {{weights: ../models/base}}\nrewards:\n  - {{kind: aesthetic}}\n  - {{kind: jpeg-compressibility, on_error: {v}}}\nrun: {{name: t}}\n"
-            )
-        };
+        let text = |v: &str| two_rewards("jpeg-compressibility", "on_error", v);
         let p = fx.load(&text("skip"), &[]).unwrap();
         assert_eq!(
             (p.rewards[0].on_error, p.rewards[1].on_error),
@@ -1873,11 +1877,7 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
     #[test]
     fn transform_is_identity_unless_the_entry_says_log() {
         let fx = Fixture::new("transform");
-        let text = |v: &str| {
-            format!(
-                "model: {{weights: ../models/base}}\nrewards:\n  - {{kind: aesthetic}}\n  - {{kind: jpeg-incompressibility, transform: {v}}}\nrun: {{name: t}}\n"
-            )
-        };
+        let text = |v: &str| two_rewards("jpeg-incompressibility", "transform", v);
         let p = fx.load(&text("log"), &[]).unwrap();
         assert_eq!(
             (p.rewards[0].transform, p.rewards[1].transform),

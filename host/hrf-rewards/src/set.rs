@@ -54,6 +54,22 @@ impl SetScores {
             .collect()
     }
 
+    /// [`kept`](Self::kept), or an error saying why nothing of `what` (an epoch, an evaluation)
+    /// could be used: there is nothing to train on or to average.
+    pub fn kept_or_fail(&self, what: &str) -> Result<Vec<usize>, RewardError> {
+        let kept = self.kept();
+        if kept.is_empty() {
+            return Err(RewardError::Failed {
+                reward: "rewards".into(),
+                message: format!(
+                    "every sample of {what} was skipped (on_error: skip): {}",
+                    self.skip_reasons.join("; ")
+                ),
+            });
+        }
+        Ok(kept)
+    }
+
     /// The entries of `values` (one per sample) of the samples not skipped.
     pub fn kept_values(&self, values: &[f64]) -> Vec<f64> {
         values
@@ -327,6 +343,7 @@ mod tests {
         let s = set.score(&samples(4)).unwrap();
         assert_eq!(s.skipped, vec![false, true, false, true]);
         assert_eq!(s.kept(), vec![0, 2]);
+        assert_eq!(s.kept_or_fail("epoch 1").unwrap(), vec![0, 2]);
         assert_eq!(s.kept_values(&s.total), vec![10.0, 14.0]);
         assert!(s.total[1].is_nan() && s.total[3].is_nan());
         assert_eq!(s.skip_reasons.len(), 1);
@@ -342,6 +359,8 @@ mod tests {
             let s = set.score(&samples(3)).unwrap();
             assert_eq!(s.skipped, vec![true; 3], "{mode}");
             assert!(s.kept().is_empty());
+            let e = s.kept_or_fail("epoch 2").unwrap_err().to_string();
+            assert!(e.contains("every sample of epoch 2 was skipped"), "{e}");
             assert!(
                 s.skip_reasons[0].contains("skipped the call's 3 samples"),
                 "{:?}",

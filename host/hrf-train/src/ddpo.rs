@@ -206,18 +206,7 @@ impl Ddpo<'_> {
         let reward_wait_s = reward_start.elapsed().as_secs_f64();
         // Samples a reward with `on_error: skip` could not score are left out of the statistics
         // and the advantages; their advantage is 0, so they add no policy-gradient term.
-        let kept = scores.kept();
-        if kept.is_empty() {
-            return Err(RewardError::Failed {
-                reward: "rewards".into(),
-                message: format!(
-                    "every sample of epoch {} was skipped (on_error: skip): {}",
-                    epoch + 1,
-                    scores.skip_reasons.join("; ")
-                ),
-            }
-            .into());
-        }
+        let kept = scores.kept_or_fail(&format!("epoch {}", epoch + 1))?;
         let total = scores.kept_values(&scores.total);
         let (reward_mean, reward_std) = mean_std(&total);
         let samples = &sampled.samples;
@@ -842,7 +831,6 @@ struct Trained {
     unet_evals: u64,
 }
 
-/// Mean and population standard deviation.
 /// The mean of the values that were scored (skipped samples' totals are NaN); NaN if none.
 pub fn mean_of_scored(v: &[f64]) -> f64 {
     let scored: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -853,6 +841,7 @@ pub fn mean_of_scored(v: &[f64]) -> f64 {
     }
 }
 
+/// Mean and population standard deviation.
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let mean = v.iter().sum::<f64>() / n;

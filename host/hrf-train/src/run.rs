@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use hrf_config::run::{BestBy, RunPipeline};
-use hrf_core::{Image, RewardError, Sample};
+use hrf_core::{Image, Sample};
 use hrf_diffusion::{DdimScheduler, DiffusersModel};
 use hrf_rewards::RewardWorker;
 use serde::{Deserialize, Serialize};
@@ -283,16 +283,7 @@ impl Run<'_> {
         let samples = self.samples_of(images.clone(), &keys, epoch);
         let scores = self.rewards.score_now(samples)?;
         // Samples a reward with `on_error: skip` could not score are left out of the means.
-        if scores.kept().is_empty() {
-            return Err(RewardError::Failed {
-                reward: "rewards".into(),
-                message: format!(
-                    "every evaluation sample was skipped (on_error: skip): {}",
-                    scores.skip_reasons.join("; ")
-                ),
-            }
-            .into());
-        }
+        scores.kept_or_fail("the evaluation")?;
         for why in &scores.skip_reasons {
             eprintln!("warning: evaluation: {why}");
         }
