@@ -1,13 +1,17 @@
 #!/bin/bash
 # Runs on a GPU machine from gpu/ as tools/gpu/pack.sh prepares it (copied there as pretrain.sh):
-# checks the CUDA path (hrf doctor), pretrains two variants (A: testbed, batch 256; B: see below) side by side
-# for BUDGET seconds each (steps sized from a 100-step probe), evaluates both with hrf eval and
-# times sampling; everything but checkpoints ends up in $OUT/results.tgz.
+# checks the CUDA path (hrf doctor), pretrains several variants side by side for BUDGET seconds each
+# (steps sized from a probe run side by side the same way), evaluates every model with hrf eval at
+# each (η, guidance) in EVALS and times sampling; logs, pipelines, metrics, evaluations, grids and
+# the exported models end up in $OUT/results.tgz (checkpoints, probes and the runs' final/ copies
+# stay behind: one file must stay under the device tool's 16 MiB).
+#   VARIANTS: space-separated NAME=CONFIG,BATCH,LR,CLASS_DROPOUT
+#   EVALS:    space-separated ETA:GUIDANCE
 set -u
 cd "$(dirname "$0")"
 BUDGET=${BUDGET:-240}      # seconds of pretraining
-# Variant B: the 2026-11-26 run used the testbed at batch 128; B_CONFIG=testbed-wide B_BATCH=256 is next.
-B_CONFIG=${B_CONFIG:-testbed}; B_BATCH=${B_BATCH:-128}
+VARIANTS=${VARIANTS:-"A=testbed,256,0.002,0.1 B=testbed,128,0.002,0.1"}
+EVALS=${EVALS:-"1:2"}
 rm -rf work; mkdir -p work; ln -sfn "$PWD/work" out
 exec > >(tee out/script.log) 2>&1
 HRF=$PWD/bin/hrf
@@ -29,29 +33,41 @@ fi
 if ! python3 -c "import onnxruntime" 2>/dev/null; then
   export ORT_DYLIB_PATH=$(timeout 20 find / -xdev -name 'libonnxruntime.so*' -path '*onnxruntime/capi/*' 2>/dev/null | head -1); echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
 fi
+# the data must be in place before the doctor's check, which fails without it
 if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
-  mkdir -p /usr/share/datasets/fashion-mnist && cp data/* /usr/share/datasets/fashion-mnist/ || echo "cannot install data for eval"
+  mkdir -p /usr/share/datasets/fashion-mnist && for f in data/*; do gzip -1 -c "$f" > /usr/share/datasets/fashion-mnist/$(basename "$f").gz; done || echo "cannot install data for eval"
 fi
 $HRF doctor 2>&1
 DEV=${DEV:-cuda}
 if ! $HRF doctor --device "$DEV" 2>&1 | grep -q "^device *Cuda"; then echo "no $DEV: falling back to cpu"; DEV=cpu; export HRF_THREADS=8; fi
-gen() { # name steps batch lr warmup ema config
-  sed -e "s/NAME/$1/g" -e "s/CONFIG/${7:-testbed}/" -e "s/STEPS/$2/" -e "s/BATCH/$3/" -e "s/LR/$4/" -e "s/WARMUP/$5/" -e "s/EMA/$6/" -e "s/DEVICE/$DEV/" -e "s/LOGEVERY/${LOGEVERY:-50}/" template.yaml > "$1.yaml"
+gen() { # name steps batch lr warmup dropout config
+  sed -e "s/NAME/$1/g" -e "s/CONFIG/$7/" -e "s/STEPS/$2/" -e "s/BATCH/$3/" -e "s/LR/$4/" -e "s/WARMUP/$5/" -e "s/DROPOUT/$6/" -e "s/EMA/${EMA:-0.999}/" -e "s/DEVICE/$DEV/" -e "s/LOGEVERY/${LOGEVERY:-50}/" template.yaml > "$1.yaml"
   cp "$1.yaml" out/; }
 rate() { python3 -c "import json;print(json.loads(open('out/$1/run/metrics.jsonl').read().splitlines()[-1])['images_per_s'])"; }
-# probe both configs side by side (as they will run)
-gen probeA ${PROBE:-100} 256 0.002 50 0.999; gen probeB ${PROBE:-100} $B_BATCH 0.002 50 0.999 $B_CONFIG
-$HRF pretrain -q probeA.yaml > out/probeA.log 2>&1 & p1=$!; $HRF pretrain -q probeB.yaml > out/probeB.log 2>&1 & p2=$!; wait $p1 $p2
-tail -q -n 2 out/probeA.log out/probeB.log
-RA=$(rate probeA); RB=$(rate probeB); echo "probe images/s: A $RA B $RB"
-SA=$(python3 -c "print(max(20,int($RA*$BUDGET/256/50)*50))"); SB=$(python3 -c "print(max(20,int($RB*$BUDGET/$B_BATCH/50)*50))")
-echo "steps: A $SA (batch 256) B $SB (batch $B_BATCH, $B_CONFIG)"
-gen A "$SA" 256 0.002 300 0.999; gen B "$SB" $B_BATCH 0.002 200 0.999 $B_CONFIG
+side_by_side() { # prefix steps-or-empty timeout
+  local pids=""
+  for v in $VARIANTS; do
+    name=${v%%=*}; IFS=, read -r cfg batch lr drop <<< "${v#*=}"
+    steps=${2:-$(python3 -c "print(max(20,int($(rate probe$name)*$BUDGET/$batch/50)*50))")}
+    gen "$1$name" "$steps" "$batch" "$lr" "$(( steps < 3000 ? steps / 10 : 300 ))" "$drop" "$cfg"
+    echo "$1$name: $cfg, batch $batch, lr $lr, class dropout $drop, $steps steps"
+    timeout "$3" $HRF pretrain -q "$1$name.yaml" > "out/$1$name.log" 2>&1 & pids="$pids $!"
+  done
+  wait $pids; }
+side_by_side probe "${PROBE:-60}" 120
+for v in $VARIANTS; do echo "probe ${v%%=*}: $(rate probe${v%%=*}) images/s"; done
 T0=$(date +%s)
-timeout $((BUDGET+90)) $HRF pretrain -q A.yaml > out/A.log 2>&1 & p1=$!; timeout $((BUDGET+90)) $HRF pretrain -q B.yaml > out/B.log 2>&1 & p2=$!; wait $p1 $p2
-echo "pretraining took $(( $(date +%s) - T0 )) s"; tail -q -n 3 out/A.log out/B.log
-pids=""; for v in A B; do if [ -e out/$v/model/config.json ]; then timeout 100 $HRF eval --model out/$v/model -n ${EVALN:-1000} --device $DEV --json out/$v/eval.json > out/$v/eval.txt 2>&1 & pids="$pids $!"; fi; done; wait $pids
-for v in A B; do cat out/$v/eval.txt 2>/dev/null | tail -12; done
-for v in A B; do if [ -e out/$v/model/config.json ]; then TIMEFORMAT="$v sample 64x40 on $DEV: %R s"; time $HRF sample --model out/$v/model -n 64 --steps 40 --seed 0 --device $DEV -o out/$v/uncond-64.png > /dev/null 2>&1; fi; done
-tar czf "$OUT/results.tgz" --exclude=checkpoints -C work .
+# a long run can fall behind its probe's rate (the 1.1M model side by side, 2026-11-26: by ~25%): a wide margin
+side_by_side "" "" $((BUDGET * 13 / 10 + 60))
+echo "pretraining took $(( $(date +%s) - T0 )) s"
+pids=""
+for v in $VARIANTS; do name=${v%%=*}; tail -n 2 out/$name.log
+  if [ -e out/$name/model/config.json ]; then
+    ( for e in $EVALS; do timeout 120 $HRF eval --model out/$name/model -n ${EVALN:-1000} --eta ${e%%:*} --guidance ${e#*:} --device $DEV --json out/$name/eval-eta${e%%:*}-g${e#*:}.json > out/$name/eval-eta${e%%:*}-g${e#*:}.txt 2>&1; done ) & pids="$pids $!"
+  fi
+done; wait $pids
+for v in $VARIANTS; do name=${v%%=*}; for e in $EVALS; do echo "== $name eta ${e%%:*} guidance ${e#*:}"; tail -n 4 out/$name/eval-eta${e%%:*}-g${e#*:}.txt 2>/dev/null; done; done
+for v in $VARIANTS; do name=${v%%=*}; if [ -e out/$name/model/config.json ]; then TIMEFORMAT="$name sample 64x40 on $DEV: %R s"; time $HRF sample --model out/$name/model -n 64 --steps 40 --seed 0 --device $DEV -o out/$name/uncond-64.png > /dev/null 2>&1; fi; done
+tar czf "$OUT/results.tgz" --exclude=checkpoints --exclude=final --exclude="./probe*" -C work .
+ls -la "$OUT"
 date
