@@ -64,6 +64,10 @@ enum Command {
         /// No progress bar; a log line every `log_every` steps instead.
         #[arg(short, long)]
         quiet: bool,
+        /// Override a field: `--set training.steps=8000` (repeatable; recorded in the run's
+        /// pipeline.yaml).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        sets: Vec<String>,
     },
     /// Fine-tune a model with reinforcement learning as a pipeline file says (DDPO-IS, DDPO-SF).
     Run(run::RunArgs),
@@ -127,7 +131,8 @@ fn main() -> ExitCode {
             pipeline,
             resume,
             quiet,
-        } => pretrain::run(&pipeline, resume, quiet),
+            sets,
+        } => pretrain::run(&pipeline, &sets, resume, quiet),
         Command::Run(args) => run::run(args),
         Command::Validate { pipeline, sets } => run::validate(&pipeline, &sets),
         Command::Schema => run::schema(),

@@ -27,8 +27,9 @@ pub fn load_model(
     })
 }
 
-pub fn run(file: &Path, resume: bool, quiet: bool) -> anyhow::Result<ExitCode> {
-    let p: PretrainPipeline = hrf_config::pretrain::load(file).map_err(UsageError::from)?;
+pub fn run(file: &Path, sets: &[String], resume: bool, quiet: bool) -> anyhow::Result<ExitCode> {
+    let p: PretrainPipeline =
+        hrf_config::pretrain::load_with_overrides(file, sets).map_err(UsageError::from)?;
     let dev = device::parse_device(&p.model.device)
         .map_err(|e| UsageError(format!("{}: model.{e}", file.display())))?;
     let scheduler: SchedulerConfig = serde_json::from_value(p.scheduler.clone())
@@ -55,8 +56,11 @@ pub fn run(file: &Path, resume: bool, quiet: bool) -> anyhow::Result<ExitCode> {
         data = data.select(&(0..limit.min(data.len())).collect::<Vec<_>>());
     }
     std::fs::create_dir_all(&p.output).with_context(|| p.output.display().to_string())?;
-    std::fs::copy(file, p.output.join("pipeline.yaml"))
-        .with_context(|| p.output.display().to_string())?;
+    std::fs::write(
+        p.output.join("pipeline.yaml"),
+        recorded_pipeline(file, sets)?,
+    )
+    .with_context(|| p.output.display().to_string())?;
     eprintln!(
         "pretraining {} parameters on {} images ({} classes) on {dev:?} for {} steps of {}",
         model.num_parameters(),
@@ -89,4 +93,20 @@ pub fn run(file: &Path, resume: bool, quiet: bool) -> anyhow::Result<ExitCode> {
     }
     println!("{}", serde_json::to_string(&summary)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pipeline file as run: its text, then the command line's overrides as comments, so the run
+/// folder says exactly what was trained.
+fn recorded_pipeline(file: &Path, sets: &[String]) -> anyhow::Result<String> {
+    let mut text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+    if !sets.is_empty() {
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str("# overridden on the command line (hrf pretrain --set):\n");
+        for set in sets {
+            text.push_str(&format!("#   {set}\n"));
+        }
+    }
+    Ok(text)
 }

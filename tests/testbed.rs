@@ -27,33 +27,30 @@ fn weights(dir: &Path) -> Vec<u8> {
 fn pretraining_resumes_exactly_after_a_kill() {
     let d = tmp("hrf-e2e", "pretrain");
     std::fs::write(d.join("a.yaml"), TINY).unwrap();
-    std::fs::write(
-        d.join("b.yaml"),
-        TINY.replace("output: out", "output: out-b")
-            .replace("export: model", "export: model-b"),
-    )
-    .unwrap();
-    let full = hrf(&["pretrain", d.join("a.yaml").to_str().unwrap(), "-q"], &[]);
+    let a = d.join("a.yaml");
+    let a = a.to_str().unwrap();
+    let full = hrf(&["pretrain", a, "-q"], &[]);
     assert!(full.status.success(), "{}", text(&full));
-    let killed = hrf(
-        &["pretrain", d.join("b.yaml").to_str().unwrap(), "-q"],
-        &[("HRF_TEST_ABORT_AFTER_CHECKPOINT", "4")],
-    );
+    // The second run is the same pipeline with its folders overridden on the command line.
+    let b = |extra: &[&'static str]| {
+        let mut args = vec!["pretrain", a, "-q", "--set", "output=out-b"];
+        args.extend(["--set", "export=model-b"]);
+        args.extend(extra);
+        args
+    };
+    let killed = hrf(&b(&[]), &[("HRF_TEST_ABORT_AFTER_CHECKPOINT", "4")]);
     assert_eq!(killed.status.code(), Some(137), "{}", text(&killed));
     assert!(
         !d.join("model-b").exists(),
         "nothing exported by a killed run"
     );
-    let resumed = hrf(
-        &[
-            "pretrain",
-            d.join("b.yaml").to_str().unwrap(),
-            "-q",
-            "--resume",
-        ],
-        &[],
-    );
+    let resumed = hrf(&b(&["--resume"]), &[]);
     assert!(resumed.status.success(), "{}", text(&resumed));
+    let recorded = std::fs::read_to_string(d.join("out-b/pipeline.yaml")).unwrap();
+    assert!(
+        recorded.starts_with(TINY) && recorded.contains("\n#   output=out-b\n#   export=model-b\n"),
+        "{recorded}"
+    );
     assert!(text(&resumed).contains("step 4"), "{}", text(&resumed));
     assert!(
         weights(&d.join("model")) == weights(&d.join("model-b")),
@@ -175,10 +172,18 @@ fn bad_pretraining_pipelines_exit_2_naming_the_place() {
     let o = hrf(&["pretrain", f.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        text(&o).contains("training.steps") && text(&o).contains("training.batch_size"),
+        text(&o).contains("p.yaml:4:10: training.steps")
+            && text(&o).contains("p.yaml:5:15: training.batch_size"),
         "{}",
         text(&o)
     );
+    std::fs::write(&f, TINY).unwrap();
+    let o = hrf(
+        &["pretrain", f.to_str().unwrap(), "--set", "training.stepz=1"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("stepz"), "{}", text(&o));
     assert!(
         !d.join("out").exists(),
         "nothing written for a bad pipeline"

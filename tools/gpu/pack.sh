@@ -13,5 +13,4 @@ for f in /usr/share/datasets/fashion-mnist/*.gz; do
   zcat "$f" | xz -T2 -9 -c > "gpu/pack/$(basename "$f" .gz).xz"
 done
 cp tools/gpu/pretrain-variants.sh gpu/pretrain.sh
-cp tools/gpu/pretrain-template.yaml gpu/template.yaml
 du -sh gpu

@@ -40,18 +40,23 @@ fi
 $HRF doctor 2>&1
 DEV=${DEV:-cuda}
 if ! $HRF doctor --device "$DEV" 2>&1 | grep -q "^device *Cuda"; then echo "no $DEV: falling back to cpu"; DEV=cpu; export HRF_THREADS=8; fi
-gen() { # name steps batch lr warmup dropout config
-  sed -e "s/NAME/$1/g" -e "s/CONFIG/$7/" -e "s/STEPS/$2/" -e "s/BATCH/$3/" -e "s/LR/$4/" -e "s/WARMUP/$5/" -e "s/DROPOUT/$6/" -e "s/EMA/${EMA:-0.999}/" -e "s/DEVICE/$DEV/" -e "s/LOGEVERY/${LOGEVERY:-50}/" template.yaml > "$1.yaml"
-  cp "$1.yaml" out/; }
+# one variant: configs/testbed-pretrain.yaml's recipe with these overrides (recorded in its run/pipeline.yaml)
+pretrain() { # timeout name steps batch lr warmup dropout config
+  local limit=$1 name=$2 steps=$3 batch=$4 lr=$5 warmup=$6 drop=$7 cfg=$8
+  timeout "$limit" $HRF pretrain ../configs/testbed-pretrain.yaml -q --set model.config=$cfg --set model.device=$DEV \
+    --set data.path="$PWD/data" --set output="$PWD/out/$name/run" --set export="$PWD/out/$name/model" \
+    --set training.steps=$steps --set training.batch_size=$batch --set training.optimizer.lr=$lr \
+    --set training.warmup_steps=$warmup --set training.class_dropout=$drop --set training.ema_decay=${EMA:-0.999} \
+    --set training.log_every=${LOGEVERY:-50} --set training.sample_every=100000 \
+    --set training.checkpoint_every=1000 --set training.keep_checkpoints=1; }
 rate() { python3 -c "import json;print(json.loads(open('out/$1/run/metrics.jsonl').read().splitlines()[-1])['images_per_s'])"; }
 side_by_side() { # prefix steps-or-empty timeout
   local pids=""
   for v in $VARIANTS; do
     name=${v%%=*}; IFS=, read -r cfg batch lr drop <<< "${v#*=}"
     steps=${2:-$(python3 -c "print(max(20,int($(rate probe$name)*$BUDGET/$batch/50)*50))")}
-    gen "$1$name" "$steps" "$batch" "$lr" "$(( steps < 3000 ? steps / 10 : 300 ))" "$drop" "$cfg"
     echo "$1$name: $cfg, batch $batch, lr $lr, class dropout $drop, $steps steps"
-    timeout "$3" $HRF pretrain -q "$1$name.yaml" > "out/$1$name.log" 2>&1 & pids="$pids $!"
+    pretrain "$3" "$1$name" "$steps" "$batch" "$lr" "$(( steps < 3000 ? steps / 10 : 300 ))" "$drop" "$cfg" > "out/$1$name.log" 2>&1 & pids="$pids $!"
   done
   wait $pids; }
 side_by_side probe "${PROBE:-60}" 120

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 pub mod ddpo;
 pub mod model;
+mod overrides;
 pub mod pretrain;
 pub mod reward;
 pub mod run;

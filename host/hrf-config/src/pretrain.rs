@@ -235,13 +235,20 @@ impl PretrainFile {
 
 /// Reads and validates a pretraining pipeline.
 pub fn load(file: &Path) -> Result<PretrainPipeline, ConfigErrors> {
-    crate::read_yaml::<PretrainFile>(file)?.validate(file)
+    load_with_overrides(file, &[])
+}
+
+/// Reads a pretraining pipeline with `--set key.path=value` overrides applied, and validates it.
+pub fn load_with_overrides(file: &Path, sets: &[String]) -> Result<PretrainPipeline, ConfigErrors> {
+    let text = crate::read_text(file)?;
+    crate::overrides::parse_validated(file, &text, sets, |raw: PretrainFile| raw.validate(file))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::parse_yaml;
+    use crate::ModelSource;
 
     #[test]
     fn defaults_fill_the_training_section() {
@@ -252,6 +259,31 @@ mod tests {
         assert_eq!(p.training.optimizer.lr, 0.002);
         assert_eq!(p.training.optimizer.beta2, 0.999);
         assert_eq!(p.output, Path::new("/x/runs/p"));
+    }
+
+    #[test]
+    fn overrides_apply_and_every_error_has_its_place() {
+        let file = Path::new("/x/p.yaml");
+        let text = "model: {config: testbed}\ndata: {source: fashion-mnist}\noutput: o\ntraining:\n  steps: 5\n  optimizer: {lr: 0.002}\n";
+        let load = |text: &str, sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            crate::overrides::parse_validated(file, text, &sets, |raw: PretrainFile| {
+                raw.validate(file)
+            })
+        };
+        let p = load(text, &["training.steps=7", "model.config=testbed-wide"]).unwrap();
+        assert_eq!(p.training.steps, 7);
+        assert_eq!(p.model.source, ModelSource::Named("testbed-wide".into()));
+        assert_eq!(p.training.optimizer.lr, 0.002);
+        // A misspelt override names itself; a bad value set by an override has no line.
+        let e = load(text, &["training.stepz=7"]).unwrap_err().to_string();
+        assert!(e.contains("stepz"), "{e}");
+        let e = load(text, &["training.steps=0"]).unwrap_err();
+        assert_eq!(e.0[0].field.as_deref(), Some("training.steps"));
+        assert_eq!(e.0[0].line, None, "{e}");
+        // A bad value in the file is placed at its line and column (of the value).
+        let e = load(&text.replace("steps: 5", "steps: 0"), &[]).unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].column), (Some(5), Some(10)), "{e}");
     }
 
     #[test]
