@@ -287,6 +287,24 @@ mod tests {
     }
 
     #[test]
+    fn shipped_pretraining_pipelines_load() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&configs).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().ends_with("pretrain.yaml") {
+                let p = load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(p.export.is_some(), "{}", path.display());
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 2,
+            "testbed-pretrain.yaml and testbed-wide-pretrain.yaml"
+        );
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let text = "model: {config: testbed}\ndata: {source: folder}\noutput: o\ntraining:\n  steps: 0\n  optimizer: {lr: -1}\n";
         let f: PretrainFile = parse_yaml(Path::new("p.yaml"), text).unwrap();
