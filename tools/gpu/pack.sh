@@ -13,4 +13,10 @@ for f in /usr/share/datasets/fashion-mnist/*.gz; do
   zcat "$f" | xz -T2 -9 -c > "gpu/pack/$(basename "$f" .gz).xz"
 done
 cp tools/gpu/pretrain-variants.sh gpu/pretrain.sh
-du -sh gpu
+# the device tool carries the tracked tree and gpu/ together, at most 64 MiB
+tree=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
+packed=$(du -sb gpu | cut -f1)
+echo "gpu/ $((packed / 1048576)) MiB + tracked tree $((tree / 1048576)) MiB = $(((packed + tree) / 1048576)) MiB of 64"
+if [ $((packed + tree)) -gt $((64 * 1048576 - 262144)) ]; then
+  echo "too close to the 64 MiB the device tool carries: slim the pack or the tree first" >&2; exit 1
+fi
