@@ -44,14 +44,32 @@ pub fn save_grid(images: &[Image], cols: usize, zoom: u32, path: &Path) -> Resul
 }
 
 /// Writes an RGB canvas as a PNG via a temporary file in the same folder, then renames it.
+/// Best compression with adaptive filters: grids and plots are written rarely and kept (runs,
+/// experiments in the repository), and this halves them against the encoder's default.
 pub(crate) fn write_canvas(canvas: &image::RgbImage, path: &Path) -> Result<(), String> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    use image::ImageEncoder;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let tmp = path.with_extension("png.tmp");
-    canvas
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let write = || -> Result<(), String> {
+        let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        let mut out = std::io::BufWriter::new(file);
+        PngEncoder::new_with_quality(&mut out, CompressionType::Best, FilterType::Adaptive)
+            .write_image(
+                canvas.as_raw(),
+                canvas.width(),
+                canvas.height(),
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| e.to_string())?;
+        std::io::Write::flush(&mut out).map_err(|e| e.to_string())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", tmp.display())
+    })?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
