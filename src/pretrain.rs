@@ -56,11 +56,24 @@ pub fn run(file: &Path, sets: &[String], resume: bool, quiet: bool) -> anyhow::R
         data = data.select(&(0..limit.min(data.len())).collect::<Vec<_>>());
     }
     std::fs::create_dir_all(&p.output).with_context(|| p.output.display().to_string())?;
-    std::fs::write(
-        p.output.join("pipeline.yaml"),
-        recorded_pipeline(file, sets)?,
-    )
-    .with_context(|| p.output.display().to_string())?;
+    let recorded = p.output.join("pipeline.yaml");
+    let pipeline_text = recorded_pipeline(file, sets)?;
+    // Batches and the learning rate are keyed by step: a resume under other settings would not
+    // continue the run it claims to.
+    if resume {
+        if let Ok(before) = std::fs::read_to_string(&recorded) {
+            if before != pipeline_text {
+                return Err(UsageError(format!(
+                    "{}: --resume needs the pipeline and --set overrides the run started with; \
+                     they differ from {}",
+                    file.display(),
+                    recorded.display()
+                ))
+                .into());
+            }
+        }
+    }
+    std::fs::write(&recorded, pipeline_text).with_context(|| recorded.display().to_string())?;
     eprintln!(
         "pretraining {} parameters on {} images ({} classes) on {dev:?} for {} steps of {}",
         model.num_parameters(),
@@ -105,7 +118,8 @@ fn recorded_pipeline(file: &Path, sets: &[String]) -> anyhow::Result<String> {
         }
         text.push_str("# overridden on the command line (hrf pretrain --set):\n");
         for set in sets {
-            text.push_str(&format!("#   {set}\n"));
+            let one_line = set.replace('\n', "\\n").replace('\r', "\\r");
+            text.push_str(&format!("#   {one_line}\n"));
         }
     }
     Ok(text)

@@ -44,6 +44,9 @@ fn pretraining_resumes_exactly_after_a_kill() {
         !d.join("model-b").exists(),
         "nothing exported by a killed run"
     );
+    let other = hrf(&b(&["--resume", "--set", "training.steps=8"]), &[]);
+    assert_eq!(other.status.code(), Some(2), "{}", text(&other));
+    assert!(text(&other).contains("--resume needs"), "{}", text(&other));
     let resumed = hrf(&b(&["--resume"]), &[]);
     assert!(resumed.status.success(), "{}", text(&resumed));
     let recorded = std::fs::read_to_string(d.join("out-b/pipeline.yaml")).unwrap();

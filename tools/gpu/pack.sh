@@ -14,7 +14,7 @@ for f in /usr/share/datasets/fashion-mnist/*.gz; do
 done
 cp tools/gpu/pretrain-variants.sh gpu/pretrain.sh
 # the device tool carries the tracked tree and gpu/ together, at most 64 MiB
-tree=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
+tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1 || true)
 packed=$(du -sb gpu | cut -f1)
 echo "gpu/ $((packed / 1048576)) MiB + tracked tree $((tree / 1048576)) MiB = $(((packed + tree) / 1048576)) MiB of 64"
 if [ $((packed + tree)) -gt $((64 * 1048576 - 262144)) ]; then

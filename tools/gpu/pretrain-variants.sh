@@ -7,14 +7,20 @@
 # stay behind: one file must stay under the device tool's 16 MiB).
 #   VARIANTS: space-separated NAME=CONFIG,BATCH,LR,CLASS_DROPOUT
 #   EVALS:    space-separated ETA:GUIDANCE
+#   LIMIT:    seconds the whole script may take (the device call's timeout less a margin): every
+#             stage is cut to what is left, and results.tgz is written after training and again
+#             at the end, so a killed call still brings the models back.
 set -u
+END=$((SECONDS + ${LIMIT:-570}))
+left() { echo $(( END - SECONDS - ${1:-0} > 10 ? END - SECONDS - ${1:-0} : 10 )); }
 cd "$(dirname "$0")"
 BUDGET=${BUDGET:-240}      # seconds of pretraining
 VARIANTS=${VARIANTS:-"A=testbed,256,0.002,0.1 B=testbed,128,0.002,0.1"}
-EVALS=${EVALS:-"1:2"}
+EVALS=${EVALS:-"1:1.5"}
+NEVALS=$(echo $EVALS | wc -w)
 rm -rf work; mkdir -p work; ln -sfn "$PWD/work" out
 exec > >(tee out/script.log) 2>&1
-HRF=$PWD/bin/hrf
+HRF="$PWD/bin/hrf"
 python3 - <<'PY'
 import lzma, os, shutil
 for f in os.listdir('pack'):
@@ -37,14 +43,14 @@ fi
 if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
   mkdir -p /usr/share/datasets/fashion-mnist && for f in data/*; do gzip -1 -c "$f" > /usr/share/datasets/fashion-mnist/$(basename "$f").gz; done || echo "cannot install data for eval"
 fi
-$HRF doctor 2>&1
+"$HRF" doctor 2>&1
 DEV=${DEV:-cuda}
-if ! $HRF doctor --device "$DEV" 2>&1 | grep -q "^device *Cuda"; then echo "no $DEV: falling back to cpu"; DEV=cpu; export HRF_THREADS=8; fi
+if ! "$HRF" doctor --device "$DEV" 2>&1 | grep -q "^device *Cuda"; then echo "no $DEV: falling back to cpu"; DEV=cpu; export HRF_THREADS=8; fi
 # one variant: configs/testbed-pretrain.yaml's recipe with these overrides (recorded in its run/pipeline.yaml)
 pretrain() { # timeout name steps batch lr warmup dropout config
   local limit=$1 name=$2 steps=$3 batch=$4 lr=$5 warmup=$6 drop=$7 cfg=$8
-  timeout "$limit" $HRF pretrain ../configs/testbed-pretrain.yaml -q --set model.config=$cfg --set model.device=$DEV \
-    --set data.path="$PWD/data" --set output="$PWD/out/$name/run" --set export="$PWD/out/$name/model" \
+  timeout "$limit" "$HRF" pretrain ../configs/testbed-pretrain.yaml -q --set model.config=$cfg --set model.device=$DEV \
+    --set "data.path='$PWD/data'" --set "output='$PWD/out/$name/run'" --set "export='$PWD/out/$name/model'" \
     --set training.steps=$steps --set training.batch_size=$batch --set training.optimizer.lr=$lr \
     --set training.warmup_steps=$warmup --set training.class_dropout=$drop --set training.ema_decay=${EMA:-0.999} \
     --set training.log_every=${LOGEVERY:-50} --set training.sample_every=100000 \
@@ -54,25 +60,28 @@ side_by_side() { # prefix steps-or-empty timeout
   local pids=""
   for v in $VARIANTS; do
     name=${v%%=*}; IFS=, read -r cfg batch lr drop <<< "${v#*=}"
+    if [ -z "$2" ] && [ -z "$(rate probe$name 2>/dev/null)" ]; then echo "$name: its probe failed, skipped"; continue; fi
     steps=${2:-$(python3 -c "print(max(20,int($(rate probe$name)*$BUDGET/$batch/50)*50))")}
     echo "$1$name: $cfg, batch $batch, lr $lr, class dropout $drop, $steps steps"
     pretrain "$3" "$1$name" "$steps" "$batch" "$lr" "$(( steps < 3000 ? steps / 10 : 300 ))" "$drop" "$cfg" > "out/$1$name.log" 2>&1 & pids="$pids $!"
   done
   wait $pids; }
-side_by_side probe "${PROBE:-60}" 120
+side_by_side probe "${PROBE:-100}" 120
 for v in $VARIANTS; do echo "probe ${v%%=*}: $(rate probe${v%%=*}) images/s"; done
 T0=$(date +%s)
 # a long run can fall behind its probe's rate (the 1.1M model side by side, 2026-11-26: by ~25%): a wide margin
-side_by_side "" "" $((BUDGET * 13 / 10 + 60))
+LONG=$((BUDGET * 13 / 10 + 60)); CAP=$(left $((NEVALS * 45 + 40))); side_by_side "" "" $(( LONG < CAP ? LONG : CAP ))
 echo "pretraining took $(( $(date +%s) - T0 )) s"
+archive() { tar czf "$OUT/results.tgz" --exclude=checkpoints --exclude=final --exclude="./probe*" -C work .; }
+archive
 pids=""
 for v in $VARIANTS; do name=${v%%=*}; tail -n 2 out/$name.log
   if [ -e out/$name/model/config.json ]; then
-    ( for e in $EVALS; do timeout 120 $HRF eval --model out/$name/model -n ${EVALN:-1000} --eta ${e%%:*} --guidance ${e#*:} --device $DEV --json out/$name/eval-eta${e%%:*}-g${e#*:}.json > out/$name/eval-eta${e%%:*}-g${e#*:}.txt 2>&1; done ) & pids="$pids $!"
+    ( for e in $EVALS; do timeout $(left 30) "$HRF" eval --model out/$name/model -n ${EVALN:-1000} --eta ${e%%:*} --guidance ${e#*:} --device $DEV --json out/$name/eval-eta${e%%:*}-g${e#*:}.json > out/$name/eval-eta${e%%:*}-g${e#*:}.txt 2>&1; done ) & pids="$pids $!"
   fi
 done; wait $pids
 for v in $VARIANTS; do name=${v%%=*}; for e in $EVALS; do echo "== $name eta ${e%%:*} guidance ${e#*:}"; tail -n 4 out/$name/eval-eta${e%%:*}-g${e#*:}.txt 2>/dev/null; done; done
-for v in $VARIANTS; do name=${v%%=*}; if [ -e out/$name/model/config.json ]; then TIMEFORMAT="$name sample 64x40 on $DEV: %R s"; time $HRF sample --model out/$name/model -n 64 --steps 40 --seed 0 --device $DEV -o out/$name/uncond-64.png > /dev/null 2>&1; fi; done
-tar czf "$OUT/results.tgz" --exclude=checkpoints --exclude=final --exclude="./probe*" -C work .
+for v in $VARIANTS; do name=${v%%=*}; if [ -e out/$name/model/config.json ]; then TIMEFORMAT="$name sample 64x40 on $DEV: %R s"; time timeout $(left 5) "$HRF" sample --model out/$name/model -n 64 --steps 40 --seed 0 --device $DEV -o out/$name/uncond-64.png > /dev/null 2>&1; fi; done
+archive
 ls -la "$OUT"
 date
