@@ -124,3 +124,16 @@ fn recorded_pipeline(file: &Path, sets: &[String]) -> anyhow::Result<String> {
     }
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests {
+    /// hrf-config validates `model.config` against its list (it links no libtorch); the names
+    /// must be the ones `load_model` can build.
+    #[test]
+    fn the_config_layer_accepts_exactly_the_named_architectures() {
+        assert_eq!(
+            hrf_config::model::NAMED_CONFIGS,
+            hrf_diffusion::UNetConfig::NAMED
+        );
+    }
+}

@@ -250,7 +250,7 @@ impl Drop for RewardWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hrf_core::{Channels, Image, RewardInfo, Score};
+    use hrf_core::{RewardInfo, Score};
 
     struct Constant(f32, bool);
     impl Reward for Constant {
@@ -272,15 +272,7 @@ mod tests {
         }
     }
 
-    fn samples(n: u8) -> Vec<Sample> {
-        (0..n)
-            .map(|i| Sample {
-                image: Image::new(1, 1, Channels::L8, vec![i]).unwrap(),
-                prompt: None,
-                metadata: serde_json::Value::Null,
-            })
-            .collect()
-    }
+    use crate::test_samples::samples;
 
     fn component(value: f32, higher: bool, weight: f64) -> Component {
         Component {

@@ -48,7 +48,7 @@ impl Reward for LogScore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hrf_core::{Channels, Image};
+    use crate::test_samples::samples;
 
     /// Scores each sample with a fixed value, in order.
     struct Fixed(Vec<f32>);
@@ -68,17 +68,6 @@ mod tests {
                 .map(|&v| Score::new(v))
                 .collect())
         }
-    }
-
-    fn samples(n: usize) -> Vec<Sample> {
-        let image = Image::new(1, 1, Channels::L8, vec![0]).unwrap();
-        (0..n)
-            .map(|_| Sample {
-                image: image.clone(),
-                prompt: None,
-                metadata: serde_json::Value::Null,
-            })
-            .collect()
     }
 
     #[test]
