@@ -2,13 +2,18 @@
 # Prepares gpu/ (git-ignored) for a GPU machine that has python3 with torch 2.11 and onnxruntime but
 # no network and no Fashion-MNIST: the launcher, the stripped engine and the data, xz-compressed so
 # that the repository and gpu/ together stay under 64 MiB. On the GPU machine, from the repository
-# root: `gpu/pretrain.sh` (OUT=folder for results.tgz; BUDGET=seconds of pretraining per variant).
+# root: `gpu/pretrain.sh` (OUT=folder for results.tgz; BUDGET=seconds of pretraining per variant;
+# BENCH="BATCH STEPS" to run the training-step benchmark first).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rm -rf gpu && mkdir -p gpu/bin gpu/data gpu/pack
 cp target/release/hrf gpu/bin/
 strip -o gpu/hrf-engine target/release/hrf-engine
 xz -T2 -9 -c gpu/hrf-engine > gpu/pack/hrf-engine.xz && rm gpu/hrf-engine
+# the training-step benchmark (per-variable vs flat optimiser), when built:
+# cargo bench -p hrf-train --bench train_step --no-run
+bench=$(ls -t target/release/deps/train_step-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+if [ -n "$bench" ]; then strip -o gpu/train-step "$bench" && xz -T2 -9 -c gpu/train-step > gpu/pack/train-step.xz && rm gpu/train-step; fi
 for f in /usr/share/datasets/fashion-mnist/*.gz; do
   zcat "$f" | xz -T2 -9 -c > "gpu/pack/$(basename "$f" .gz).xz"
 done

@@ -24,11 +24,11 @@ HRF="$PWD/bin/hrf"
 python3 - <<'PY'
 import lzma, os, shutil
 for f in os.listdir('pack'):
-    dst = ('bin/' if f.startswith('hrf-engine') else 'data/') + f[:-3]
+    dst = ('bin/' if f.startswith(('hrf-engine', 'train-step')) else 'data/') + f[:-3]
     with lzma.open('pack/' + f) as i, open(dst, 'wb') as o:
         shutil.copyfileobj(i, o)
 PY
-chmod +x bin/hrf-engine; ls -la bin data
+chmod +x bin/*; ls -la bin data
 export HRF_THREADS=${HRF_THREADS:-4}
 date; nvidia-smi -L 2>&1 | head -2
 python3 -c "import torch,sys;print('python torch', torch.__version__, torch.cuda.is_available(), sys.executable)" 2>&1
@@ -46,6 +46,13 @@ fi
 "$HRF" doctor 2>&1
 DEV=${DEV:-cuda}
 if ! "$HRF" doctor --device "$DEV" 2>&1 | grep -q "^device *Cuda"; then echo "no $DEV: falling back to cpu"; DEV=cpu; export HRF_THREADS=8; fi
+# the training-step benchmark (per-variable vs flat optimiser updates), when packed and asked for
+if [ -n "${BENCH:-}" ] && [ -x bin/train-step ]; then
+  TORCH_LIB=$(python3 -c "import torch,os;print(os.path.join(os.path.dirname(torch.__file__),'lib'))" 2>/dev/null || dirname "$(readlink -f bin/torch/lib/libtorch_cpu.so)")
+  [ "$DEV" = cpu ] && export HRF_NO_CUDA=1
+  LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout $(left 300) bin/train-step $BENCH 2>&1 | tee out/train-step-bench.txt
+  unset HRF_NO_CUDA
+fi
 # one variant: configs/testbed-pretrain.yaml's recipe with these overrides (recorded in its run/pipeline.yaml)
 pretrain() { # timeout name steps batch lr warmup dropout config
   local limit=$1 name=$2 steps=$3 batch=$4 lr=$5 warmup=$6 drop=$7 cfg=$8

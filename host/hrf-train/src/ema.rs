@@ -21,6 +21,40 @@ pub fn update(ema: &VarStore, model: &VarStore, decay: f64) {
     });
 }
 
+/// The EMA of a model whose trainable variables an `AdamW` flattened: the EMA copy's variables of
+/// the same names, in the same order, moved into one buffer of the same layout, so an update is
+/// two kernels instead of three per variable (see `adamw::flatten`).
+pub struct FlatEma {
+    buffer: Tensor,
+}
+
+impl FlatEma {
+    /// `names`: the flattened model's variable names in buffer order (its optimiser's order).
+    /// `None` unless `ema` holds them all, flattenable, and they add up to `model_flat`'s size.
+    pub fn new(ema: &VarStore, names: &[String], model_flat: &Tensor) -> Option<Self> {
+        let vars = ema.variables();
+        let mut tensors = names
+            .iter()
+            .map(|n| vars.get(n).map(Tensor::shallow_clone))
+            .collect::<Option<Vec<Tensor>>>()?;
+        let numel: i64 = tensors.iter().map(|t| t.numel() as i64).sum();
+        if numel != model_flat.numel() as i64 || tensors.first()?.kind() != model_flat.kind() {
+            return None;
+        }
+        crate::adamw::flatten(&mut tensors).map(|buffer| Self { buffer })
+    }
+
+    /// ema ← d·ema + (1 − d)·model, the same arithmetic as `update`, over the whole buffer.
+    /// Variables outside the buffer (frozen ones) never change, so their EMA is their copy.
+    pub fn update(&self, model_flat: &Tensor, decay: f64) {
+        tch::no_grad(|| {
+            let mut e = self.buffer.shallow_clone();
+            let _ = e.g_mul_scalar_(decay);
+            let _ = e.g_add_(&(model_flat * (1.0 - decay)));
+        });
+    }
+}
+
 /// Copies every variable of `from` into `to`.
 pub fn copy_weights(to: &VarStore, from: &VarStore) {
     let src = from.variables();
@@ -48,5 +82,34 @@ mod tests {
         copy_weights(&a, &b);
         assert!(a.variables()["w"].equal(&wb));
         assert_eq!(warmed_decay(0.999, 0), 0.1);
+    }
+
+    /// The flat EMA over an optimiser's buffer computes what `update` does, variable by variable.
+    #[test]
+    fn flat_ema_matches_the_per_variable_one() {
+        // Fixed values: torch's global generator is shared with tests running alongside.
+        let stores = |phase: f64| {
+            let vs = VarStore::new(Device::Cpu);
+            let wave = |n: i64| (Tensor::arange(n, (tch::Kind::Float, Device::Cpu)) + phase).sin();
+            let _ = vs.root().var_copy("a", &wave(6).view([3, 2]));
+            let _ = vs.root().var_copy("b", &wave(4));
+            vs
+        };
+        let (model, ema_flat, ema_ref) = (stores(0.0), stores(1.0), stores(1.0));
+        let mut params: Vec<(String, Tensor)> = model.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+        let opt = crate::AdamW::new(params, Default::default());
+        let model_flat = opt.flat_params().unwrap();
+        let flat = FlatEma::new(&ema_flat, &names, model_flat).unwrap();
+        assert!(FlatEma::new(&ema_flat, &names[..1], model_flat).is_none());
+        for d in [0.5, 0.9, 0.99] {
+            flat.update(model_flat, d);
+            update(&ema_ref, &model, d);
+        }
+        let (a, b) = (ema_flat.variables(), ema_ref.variables());
+        for n in &names {
+            assert!(a[n].equal(&b[n]), "{n}");
+        }
     }
 }

@@ -43,7 +43,7 @@ pub enum PretrainError {
     },
     #[error("data: {0}")]
     Data(String),
-    #[error("training diverged at step {step}: loss {loss}")]
+    #[error("training diverged: the loss was not finite ({loss}) by step {step}")]
     Diverged { step: i64, loss: f64 },
 }
 
@@ -99,21 +99,44 @@ fn dataset_tensors(data: &Dataset) -> (Tensor, Tensor) {
     (x, y)
 }
 
-/// Sample indices of step `step` (0-based): epochs are seeded permutations of the dataset.
-fn batch_indices(n: i64, batch: i64, seed: u64, step: i64) -> Tensor {
-    let start = step * batch;
-    let mut parts = Vec::new();
-    let mut pos = start;
-    while pos < start + batch {
-        let epoch = pos / n;
-        let offset = pos % n;
-        let take = (batch - (pos - start)).min(n - offset);
-        tch::manual_seed(mix_seed(&[seed, 0xE90C, epoch as u64]));
-        let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
-        parts.push(perm.narrow(0, offset, take));
-        pos += take;
+/// The permutation of epoch `epoch`: epochs are seeded permutations of the dataset.
+fn epoch_permutation(n: i64, seed: u64, epoch: i64) -> Tensor {
+    tch::manual_seed(mix_seed(&[seed, 0xE90C, epoch as u64]));
+    Tensor::randperm(n, (Kind::Int64, Device::Cpu))
+}
+
+/// The sample order, one permutation per epoch, each drawn once (not once per step).
+#[derive(Default)]
+struct EpochOrder {
+    /// The epochs drawn and still needed, oldest first (a batch spans at most two).
+    epochs: Vec<(i64, Tensor)>,
+}
+
+impl EpochOrder {
+    /// Sample indices of step `step` (0-based): positions `step·batch ..` of the epochs'
+    /// permutations laid end to end. The same for a given (seed, step) however it is reached.
+    fn batch(&mut self, n: i64, batch: i64, seed: u64, step: i64) -> Tensor {
+        let start = step * batch;
+        self.epochs.retain(|(e, _)| *e >= start / n);
+        let mut parts = Vec::new();
+        let mut pos = start;
+        while pos < start + batch {
+            let (epoch, offset) = (pos / n, pos % n);
+            let take = (batch - (pos - start)).min(n - offset);
+            if !self.epochs.iter().any(|(e, _)| *e == epoch) {
+                self.epochs.push((epoch, epoch_permutation(n, seed, epoch)));
+            }
+            let perm = &self
+                .epochs
+                .iter()
+                .find(|(e, _)| *e == epoch)
+                .expect("drawn")
+                .1;
+            parts.push(perm.narrow(0, offset, take));
+            pos += take;
+        }
+        Tensor::cat(&parts, 0)
     }
-    Tensor::cat(&parts, 0)
 }
 
 fn checkpoint_dirs(out: &Path) -> Vec<(i64, PathBuf)> {
@@ -191,7 +214,11 @@ impl Pretrainer<'_> {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
         let mut opt = AdamW::new(params, s.optimizer.into());
+        let flat_ema = opt
+            .flat_params()
+            .and_then(|flat| ema::FlatEma::new(&ema_model.vs, &names, flat));
 
         let mut start_step = 0;
         if resume {
@@ -210,7 +237,10 @@ impl Pretrainer<'_> {
             }
         }
 
+        // The whole dataset lives on the training device (Fashion-MNIST: 61 MB as bytes).
         let (x_all, y_all) = dataset_tensors(self.data);
+        let (x_all, y_all) = (x_all.to_device(dev), y_all.to_device(dev));
+        let mut order = EpochOrder::default();
         let n = self.data.len() as i64;
         let t_max = self.scheduler.num_train_timesteps;
         let metrics_path = self.out_dir.join("metrics.jsonl");
@@ -232,20 +262,22 @@ impl Pretrainer<'_> {
         );
         bar.set_position(start_step as u64);
         let started = Instant::now();
-        let mut window = (Instant::now(), 0i64, 0f64, 0i64); // (since, images, loss sum, count)
+        // (since, images, loss sum on the device, count): the loss and the gradient norm are read
+        // back only when a line is logged, so a GPU is not made to wait every step.
+        let mut window = (
+            Instant::now(),
+            0i64,
+            Tensor::from(0f32).to_device(dev),
+            0i64,
+        );
         let mut last_loss = f64::NAN;
 
         for step in start_step..s.steps {
             // Everything random in this step is keyed by (seed, step): exact resume.
-            let idx = batch_indices(n, s.batch_size, s.seed, step);
+            let idx = order.batch(n, s.batch_size, s.seed, step).to_device(dev);
             tch::manual_seed(mix_seed(&[s.seed, 0x57E9, step as u64]));
-            let x0 = (x_all
-                .index_select(0, &idx)
-                .to_device(dev)
-                .to_kind(Kind::Float)
-                / 127.5)
-                - 1.0;
-            let mut y = y_all.index_select(0, &idx).to_device(dev);
+            let x0 = (x_all.index_select(0, &idx).to_kind(Kind::Float) / 127.5) - 1.0;
+            let mut y = y_all.index_select(0, &idx);
             if let Some(null) = null {
                 let drop = Tensor::rand([s.batch_size], (Kind::Float, dev)).lt(s.class_dropout);
                 y = y.where_self(&drop.logical_not(), &y.full_like(null));
@@ -266,31 +298,39 @@ impl Pretrainer<'_> {
             let loss = (pred - target).square().mean(Kind::Float);
             opt.zero_grad();
             loss.backward();
-            let grad_norm = opt.clip_grad_norm(s.max_grad_norm);
+            let grad_norm = opt.clip_grad_norm_deferred(s.max_grad_norm);
             let lr = lr_at(s, step + 1);
             opt.step_with_lr(lr);
-            ema::update(
-                &ema_model.vs,
-                &model.vs,
-                ema::warmed_decay(s.ema_decay, step),
-            );
-
-            last_loss = loss.double_value(&[]);
-            if !last_loss.is_finite() {
-                return Err(PretrainError::Diverged {
-                    step,
-                    loss: last_loss,
-                });
+            let decay = ema::warmed_decay(s.ema_decay, step);
+            match (&flat_ema, opt.flat_params()) {
+                (Some(e), Some(flat)) if opt.updates_flat() => e.update(flat, decay),
+                _ => ema::update(&ema_model.vs, &model.vs, decay),
             }
+
             window.1 += s.batch_size;
-            window.2 += last_loss;
+            let _ = window.2.g_add_(&loss.detach());
             window.3 += 1;
             let done = step + 1;
             bar.set_position(done as u64);
-            if done % s.log_every == 0 || done == s.steps {
+            let log_now = done % s.log_every == 0 || done == s.steps;
+            let checkpoint_now = done % s.checkpoint_every == 0 || done == s.steps;
+            if log_now || checkpoint_now || done % s.sample_every == 0 {
+                // A non-finite loss anywhere in the window makes the sum non-finite: nothing
+                // diverged is logged, sampled or checkpointed.
+                let loss_sum = window.2.double_value(&[]);
+                if !loss_sum.is_finite() {
+                    return Err(PretrainError::Diverged {
+                        step: done,
+                        loss: loss_sum,
+                    });
+                }
+                last_loss = loss.double_value(&[]);
+            }
+            if log_now {
+                let grad_norm = grad_norm.double_value(&[]);
                 let secs = window.0.elapsed().as_secs_f64().max(1e-9);
                 let ips = window.1 as f64 / secs;
-                let mean_loss = window.2 / window.3 as f64;
+                let mean_loss = window.2.double_value(&[]) / window.3 as f64;
                 bar.set_message(format!("loss {mean_loss:.4} · {ips:.0} img/s"));
                 if !self.show_progress {
                     eprintln!(
@@ -303,12 +343,12 @@ impl Pretrainer<'_> {
                     "images_per_s": ips, "elapsed_s": started.elapsed().as_secs_f64(),
                 });
                 writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
-                window = (Instant::now(), 0, 0.0, 0);
+                window = (Instant::now(), 0, window.2.zero_(), 0);
             }
             if done % s.sample_every == 0 || done == s.steps {
                 self.write_grid(&ema_model, &sched, done)?;
             }
-            if done % s.checkpoint_every == 0 || done == s.steps {
+            if checkpoint_now {
                 self.write_checkpoint(&model, &ema_model, &opt, done)?;
                 if self.abort_after_checkpoint == Some(done) {
                     std::process::exit(137);
@@ -437,13 +477,25 @@ mod tests {
     #[test]
     fn batches_cover_each_epoch_once() {
         let n = 10;
-        let mut seen: Vec<i64> = (0..5)
-            .flat_map(|s| Vec::<i64>::try_from(batch_indices(n, 4, 1, s)).unwrap())
+        let mut order = EpochOrder::default();
+        let batches: Vec<Vec<i64>> = (0..5)
+            .map(|s| Vec::<i64>::try_from(order.batch(n, 4, 1, s)).unwrap())
             .collect();
-        seen.truncate(10);
-        seen.sort();
-        assert_eq!(seen, (0..10).collect::<Vec<_>>());
-        // Same (seed, step) → same batch.
-        assert!(batch_indices(n, 4, 1, 3).equal(&batch_indices(n, 4, 1, 3)));
+        let mut first: Vec<i64> = batches.concat();
+        let second = first.split_off(10);
+        assert_ne!(first, second, "each epoch has its own order");
+        for mut epoch in [first, second] {
+            epoch.sort();
+            assert_eq!(epoch, (0..n).collect::<Vec<_>>());
+        }
+        // Same (seed, step) → same batch, whether reached in order (above) or directly (resume).
+        assert_eq!(
+            Vec::<i64>::try_from(EpochOrder::default().batch(n, 4, 1, 3)).unwrap(),
+            batches[3]
+        );
+        assert_ne!(
+            batches[0],
+            Vec::<i64>::try_from(EpochOrder::default().batch(n, 4, 2, 0)).unwrap()
+        );
     }
 }
