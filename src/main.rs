@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod compare;
 mod doctor;
 mod eval;
+mod interrupt;
 mod plugins;
 mod pretrain;
 mod run;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use hrf_config::model::ModelSource;
 use hrf_config::pretrain::{DataSource, PretrainPipeline};
 use hrf_diffusion::{device, DiffusersModel, SchedulerConfig, UNetConfig};
-use hrf_train::pretrain::Pretrainer;
+use hrf_train::pretrain::{PretrainError, Pretrainer};
 
 use crate::UsageError;
 
@@ -92,8 +92,20 @@ pub fn run(file: &Path, sets: &[String], resume: bool, quiet: bool) -> anyhow::R
         abort_after_checkpoint: std::env::var("HRF_TEST_ABORT_AFTER_CHECKPOINT")
             .ok()
             .and_then(|v| v.parse().ok()),
+        stop: &crate::interrupt::STOP,
     };
-    let (ema, summary) = trainer.run(model, resume)?;
+    crate::interrupt::install();
+    let (ema, summary) = match trainer.run(model, resume) {
+        Err(PretrainError::Interrupted { step }) => {
+            eprintln!(
+                "interrupted after step {step}: its checkpoint is in {}; continue with the same \
+                 command and --resume (nothing was exported)",
+                p.output.join("checkpoints").display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+        r => r?,
+    };
     let final_dir = p.output.join("final");
     let classes = serde_json::to_string_pretty(&data.class_names)? + "\n";
     for dir in std::iter::once(&final_dir).chain(p.export.as_ref()) {

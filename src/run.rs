@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use hrf_config::model::ModelSource;
@@ -48,22 +48,6 @@ pub struct RunArgs {
     /// of hrf's rights.
     #[arg(long)]
     pub allow_native: bool,
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    if STOP.swap(true, Ordering::SeqCst) {
-        // A second Ctrl-C: leave at once.
-        unsafe { libc::_exit(130) };
-    }
-}
-
-fn install_sigint() {
-    let handler: extern "C" fn(libc::c_int) = on_sigint;
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-    }
 }
 
 /// UTC `YYYYmmdd-HHMMSS` for run folder names.
@@ -389,7 +373,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 .join(" + ")
         );
     }
-    install_sigint();
+    crate::interrupt::install();
     let kill_at = std::env::var("HRF_TEST_KILL_AT")
         .ok()
         .and_then(|v| KillPoint::parse(&v));
@@ -405,7 +389,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         device: dev,
         kill_at,
         verbosity,
-        stop: &STOP,
+        stop: &crate::interrupt::STOP,
     };
     match run.train(resume) {
         Ok(summary) => {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 mod common;
-use common::{hrf, text, tmp};
+use common::{hrf, hrf_command, text, tmp};
 
 const TINY: &str = "model: {config: testbed, device: cpu}
 data: {source: fashion-mnist, limit: 64}
@@ -152,6 +152,103 @@ fn pretraining_resumes_exactly_after_a_kill() {
             > 0.0
     );
     std::fs::remove_dir_all(d).unwrap();
+}
+
+/// `training.max_seconds` ends training early and still exports what it has; SIGTERM (what
+/// `timeout` sends) stops after the current step with that step's checkpoint and no export, and
+/// `--resume` finishes the run from there.
+#[test]
+fn a_time_limit_exports_early_and_sigterm_leaves_a_resumable_checkpoint() {
+    let d = tmp("hrf-e2e", "limits");
+    std::fs::write(d.join("p.yaml"), TINY).unwrap();
+    let p = d.join("p.yaml");
+    let p = p.to_str().unwrap();
+    // A budget shorter than any step: training ends after step 1.
+    let o = hrf(
+        &["pretrain", p, "-q", "--set", "training.max_seconds=0.001"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(summary["steps"], 1, "{summary}");
+    assert_eq!(summary["planned_steps"], 6);
+    assert_eq!(summary["stopped_by_time_limit"], true);
+    assert!(
+        text(&o).contains("ended training at step 1 of 6"),
+        "{}",
+        text(&o)
+    );
+    assert!(d.join("model/diffusion_pytorch_model.safetensors").exists());
+    assert!(d.join("out/checkpoints/step-000001").exists());
+
+    let args = |resume: bool| {
+        let mut a = vec![
+            "pretrain",
+            p,
+            "-q",
+            "--set",
+            "output=out-t",
+            "--set",
+            "export=model-t",
+        ];
+        a.extend([
+            "--set",
+            "training.steps=60",
+            "--set",
+            "training.checkpoint_every=1000",
+        ]);
+        if resume {
+            a.push("--resume");
+        }
+        a
+    };
+    let child = hrf_command(&args(false), &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it has logged a step, ask it to stop as `timeout` would.
+    let metrics = d.join("out-t/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
+        assert!(started.elapsed().as_secs() < 120, "no step logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("interrupted after step") && t.contains("--resume"),
+        "{t}"
+    );
+    assert!(
+        !d.join("model-t").exists(),
+        "an interrupted run exports nothing"
+    );
+    let checkpoints: Vec<String> = std::fs::read_dir(d.join("out-t/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let step: i64 = checkpoints[0]
+        .strip_prefix("step-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((2..60).contains(&step), "{checkpoints:?}");
+    let resumed = hrf(&args(true), &[]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(
+        text(&resumed).contains(&format!("(step {step})")),
+        "{}",
+        text(&resumed)
+    );
+    assert!(d
+        .join("model-t/diffusion_pytorch_model.safetensors")
+        .exists());
 }
 
 #[test]

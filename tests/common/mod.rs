@@ -9,8 +9,8 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `hrf` with one libtorch thread and the repo's models, plus `envs`.
-pub fn hrf(args: &[&str], envs: &[(&str, &str)]) -> Output {
+/// The `hrf` command with one libtorch thread and the repo's models, plus `envs`.
+pub fn hrf_command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hrf"));
     c.args(args)
         .env("HRF_THREADS", "1")
@@ -18,7 +18,12 @@ pub fn hrf(args: &[&str], envs: &[(&str, &str)]) -> Output {
     for (k, v) in envs {
         c.env(k, v);
     }
-    c.output().expect("hrf starts")
+    c
+}
+
+/// Runs `hrf` (see `hrf_command`) to the end.
+pub fn hrf(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    hrf_command(args, envs).output().expect("hrf starts")
 }
 
 /// stdout then stderr, for assertion messages.

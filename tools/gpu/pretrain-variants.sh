@@ -7,6 +7,10 @@
 # stay behind: one file must stay under the device tool's 16 MiB).
 #   VARIANTS: space-separated NAME=CONFIG,BATCH,LR,CLASS_DROPOUT
 #   EVALS:    space-separated ETA:GUIDANCE
+#   PROBE:    seconds the variants train side by side to measure their rates (default 30); each
+#             long run's steps are 90% of what its rate gives in BUDGET seconds, and
+#             training.max_seconds ends it with its model exported if it falls behind anyway
+#   BENCH:    "BATCH STEPS" runs the packed training-step benchmark first
 #   LIMIT:    seconds the whole script may take (the device call's timeout less a margin): every
 #             stage is cut to what is left, and results.tgz is written after training and again
 #             at the end, so a killed call still brings the models back.
@@ -48,36 +52,41 @@ DEV=${DEV:-cuda}
 if ! "$HRF" doctor --device "$DEV" 2>&1 | grep -q "^device *Cuda"; then echo "no $DEV: falling back to cpu"; DEV=cpu; export HRF_THREADS=8; fi
 # the training-step benchmark (per-variable vs flat optimiser updates), when packed and asked for
 if [ -n "${BENCH:-}" ] && [ -x bin/train-step ]; then
-  TORCH_LIB=$(python3 -c "import torch,os;print(os.path.join(os.path.dirname(torch.__file__),'lib'))" 2>/dev/null || dirname "$(readlink -f bin/torch/lib/libtorch_cpu.so)")
+  TORCH_LIB=${TORCH_LIB:-$(python3 -c "import torch,os;print(os.path.join(os.path.dirname(torch.__file__),'lib'))" 2>/dev/null || dirname "$(readlink -f bin/torch/lib/libtorch_cpu.so)")}
   [ "$DEV" = cpu ] && export HRF_NO_CUDA=1
   LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout $(left 300) bin/train-step $BENCH 2>&1 | tee out/train-step-bench.txt
   unset HRF_NO_CUDA
 fi
 # one variant: configs/testbed-pretrain.yaml's recipe with these overrides (recorded in its run/pipeline.yaml)
-pretrain() { # timeout name steps batch lr warmup dropout config
-  local limit=$1 name=$2 steps=$3 batch=$4 lr=$5 warmup=$6 drop=$7 cfg=$8
-  timeout "$limit" "$HRF" pretrain ../configs/testbed-pretrain.yaml -q --set model.config=$cfg --set model.device=$DEV \
+# training.max_seconds ends a run that falls behind its probe's rate with its model exported; the
+# timeout (SIGTERM: checkpoint, no export) is only the backstop.
+pretrain() { # timeout max_seconds name steps batch lr warmup dropout config
+  local limit=$1 secs=$2 name=$3 steps=$4 batch=$5 lr=$6 warmup=$7 drop=$8 cfg=$9
+  timeout -k 20 "$limit" "$HRF" pretrain ../configs/testbed-pretrain.yaml -q --set model.config=$cfg --set model.device=$DEV \
     --set "data.path='$PWD/data'" --set "output='$PWD/out/$name/run'" --set "export='$PWD/out/$name/model'" \
     --set training.steps=$steps --set training.batch_size=$batch --set training.optimizer.lr=$lr \
     --set training.warmup_steps=$warmup --set training.class_dropout=$drop --set training.ema_decay=${EMA:-0.999} \
     --set training.log_every=${LOGEVERY:-50} --set training.sample_every=100000 \
-    --set training.checkpoint_every=1000 --set training.keep_checkpoints=1; }
+    --set training.checkpoint_every=1000 --set training.keep_checkpoints=1 --set training.max_seconds=$secs; }
 rate() { python3 -c "import json;print(json.loads(open('out/$1/run/metrics.jsonl').read().splitlines()[-1])['images_per_s'])"; }
-side_by_side() { # prefix steps-or-empty timeout
+side_by_side() { # prefix steps-or-empty max_seconds timeout
   local pids=""
   for v in $VARIANTS; do
     name=${v%%=*}; IFS=, read -r cfg batch lr drop <<< "${v#*=}"
     if [ -z "$2" ] && [ -z "$(rate probe$name 2>/dev/null)" ]; then echo "$name: its probe failed, skipped"; continue; fi
-    steps=${2:-$(python3 -c "print(max(20,int($(rate probe$name)*$BUDGET/$batch/50)*50))")}
+    steps=${2:-$(python3 -c "print(max(20,int($(rate probe$name)*$BUDGET*0.9/$batch/50)*50))")}
     echo "$1$name: $cfg, batch $batch, lr $lr, class dropout $drop, $steps steps"
-    pretrain "$3" "$1$name" "$steps" "$batch" "$lr" "$(( steps < 3000 ? steps / 10 : 300 ))" "$drop" "$cfg" > "out/$1$name.log" 2>&1 & pids="$pids $!"
+    pretrain "$4" "$3" "$1$name" "$steps" "$batch" "$lr" "$(( steps < 3000 ? steps / 10 : 300 ))" "$drop" "$cfg" > "out/$1$name.log" 2>&1 & pids="$pids $!"
   done
-  wait $pids; }
-side_by_side probe "${PROBE:-100}" 120
+  # (a bare `wait` would also wait for the log's tee, i.e. for ever)
+  [ -z "$pids" ] || wait $pids; }
+# probes: all variants at once for PROBE seconds, so each rate is measured under the others' load
+side_by_side probe 1000000 "${PROBE:-30}" $((${PROBE:-30} + 90))
 for v in $VARIANTS; do echo "probe ${v%%=*}: $(rate probe${v%%=*}) images/s"; done
 T0=$(date +%s)
 # a long run can fall behind its probe's rate (the 1.1M model side by side, 2026-11-26: by ~25%): a wide margin
-LONG=$((BUDGET * 13 / 10 + 60)); CAP=$(left $((NEVALS * 45 + 40))); side_by_side "" "" $(( LONG < CAP ? LONG : CAP ))
+LONG=$((BUDGET * 13 / 10 + 60)); CAP=$(left $((NEVALS * 45 + 40))); LONG=$(( LONG < CAP ? LONG : CAP ))
+side_by_side "" "" $((LONG - 30)) $LONG
 echo "pretraining took $(( $(date +%s) - T0 )) s"
 archive() { tar czf "$OUT/results.tgz" --exclude=checkpoints --exclude=final --exclude="./probe*" -C work .; }
 archive
@@ -86,7 +95,7 @@ for v in $VARIANTS; do name=${v%%=*}; tail -n 2 out/$name.log
   if [ -e out/$name/model/config.json ]; then
     ( for e in $EVALS; do timeout $(left 30) "$HRF" eval --model out/$name/model -n ${EVALN:-1000} --eta ${e%%:*} --guidance ${e#*:} --device $DEV --json out/$name/eval-eta${e%%:*}-g${e#*:}.json > out/$name/eval-eta${e%%:*}-g${e#*:}.txt 2>&1; done ) & pids="$pids $!"
   fi
-done; wait $pids
+done; [ -z "$pids" ] || wait $pids
 for v in $VARIANTS; do name=${v%%=*}; for e in $EVALS; do echo "== $name eta ${e%%:*} guidance ${e#*:}"; tail -n 4 out/$name/eval-eta${e%%:*}-g${e#*:}.txt 2>/dev/null; done; done
 for v in $VARIANTS; do name=${v%%=*}; if [ -e out/$name/model/config.json ]; then TIMEFORMAT="$name sample 64x40 on $DEV: %R s"; time timeout $(left 5) "$HRF" sample --model out/$name/model -n 64 --steps 40 --seed 0 --device $DEV -o out/$name/uncond-64.png > /dev/null 2>&1; fi; done
 archive

@@ -53,6 +53,12 @@ pub struct PretrainSettings {
     /// DDIM steps and guidance weight of the sample grids.
     pub grid_steps: i64,
     pub grid_guidance: f64,
+    /// A wall-clock budget for this process's training: after the step during which it runs
+    /// out, training ends as if that step were the last (log line, sample grid, checkpoint,
+    /// export), so a run on a lent machine always brings a model back. The learning-rate
+    /// schedule still spans `steps`: size `steps` to the budget, and treat this as the safety
+    /// net. `--resume` continues towards `steps` with a fresh budget.
+    pub max_seconds: Option<f64>,
 }
 
 impl Default for PretrainSettings {
@@ -73,6 +79,7 @@ impl Default for PretrainSettings {
             keep_checkpoints: 2,
             grid_steps: 40,
             grid_guidance: 2.0,
+            max_seconds: None,
         }
     }
 }
@@ -193,6 +200,14 @@ impl PretrainFile {
                 problems.push(err(field, format!("must be in [0, 1], got {v}")));
             }
         }
+        if let Some(m) = t.max_seconds {
+            if !(m > 0.0 && m.is_finite()) {
+                problems.push(err(
+                    "training.max_seconds",
+                    format!("must be a positive number of seconds, got {m}"),
+                ));
+            }
+        }
         if t.max_grad_norm <= 0.0 {
             problems.push(err(
                 "training.max_grad_norm",
@@ -280,6 +295,11 @@ mod tests {
         assert!(e.contains("stepz"), "{e}");
         let e = load(text, &["training.steps=0"]).unwrap_err();
         assert_eq!(e.0[0].field.as_deref(), Some("training.steps"));
+        assert_eq!(load(text, &[]).unwrap().training.max_seconds, None);
+        let p = load(text, &["training.max_seconds=300"]).unwrap();
+        assert_eq!(p.training.max_seconds, Some(300.0));
+        let e = load(text, &["training.max_seconds=-5"]).unwrap_err();
+        assert_eq!(e.0[0].field.as_deref(), Some("training.max_seconds"));
         assert_eq!(e.0[0].line, None, "{e}");
         // A bad value in the file is placed at its line and column (of the value).
         let e = load(&text.replace("steps: 5", "steps: 0"), &[]).unwrap_err();

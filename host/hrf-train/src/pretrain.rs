@@ -45,6 +45,8 @@ pub enum PretrainError {
     Data(String),
     #[error("training diverged: the loss was not finite ({loss}) by step {step}")]
     Diverged { step: i64, loss: f64 },
+    #[error("interrupted after step {step}: its checkpoint is written, nothing was exported")]
+    Interrupted { step: i64 },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PretrainError {
@@ -61,7 +63,12 @@ struct CheckpointState {
 /// What a finished (or resumed-and-finished) pretraining reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct PretrainSummary {
+    /// Steps trained in all (resumed ones included).
     pub steps: i64,
+    /// Steps the pipeline asked for (more than `steps` when the time limit ended the run).
+    pub planned_steps: i64,
+    /// Whether `training.max_seconds` ended the run before `planned_steps`.
+    pub stopped_by_time_limit: bool,
     pub final_loss: f64,
     pub wall_s: f64,
     pub images_per_s: f64,
@@ -167,6 +174,9 @@ pub struct Pretrainer<'a> {
     /// Test hook: end the process (exit code 137, as SIGKILL) right after the checkpoint of this
     /// step is written, to prove that `--resume` continues exactly.
     pub abort_after_checkpoint: Option<i64>,
+    /// Set (e.g. by a signal handler) to stop after the current step: a checkpoint of that step
+    /// is written and `run` returns `Interrupted`, exporting nothing.
+    pub stop: &'a std::sync::atomic::AtomicBool,
 }
 
 impl Pretrainer<'_> {
@@ -271,6 +281,11 @@ impl Pretrainer<'_> {
             0i64,
         );
         let mut last_loss = f64::NAN;
+        let deadline = s
+            .max_seconds
+            .map(|m| started + std::time::Duration::from_secs_f64(m));
+        let mut done = start_step;
+        let mut out_of_time = false;
 
         for step in start_step..s.steps {
             // Everything random in this step is keyed by (seed, step): exact resume.
@@ -310,10 +325,14 @@ impl Pretrainer<'_> {
             window.1 += s.batch_size;
             let _ = window.2.g_add_(&loss.detach());
             window.3 += 1;
-            let done = step + 1;
+            done = step + 1;
             bar.set_position(done as u64);
-            let log_now = done % s.log_every == 0 || done == s.steps;
-            let checkpoint_now = done % s.checkpoint_every == 0 || done == s.steps;
+            out_of_time = deadline.is_some_and(|d| Instant::now() >= d) && done < s.steps;
+            let interrupted = self.stop.load(std::sync::atomic::Ordering::SeqCst);
+            // The last step: the planned one, or the one during which the time ran out.
+            let last = done == s.steps || out_of_time;
+            let log_now = done % s.log_every == 0 || last;
+            let checkpoint_now = done % s.checkpoint_every == 0 || last || interrupted;
             if log_now || checkpoint_now || done % s.sample_every == 0 {
                 // A non-finite loss anywhere in the window makes the sum non-finite: nothing
                 // diverged is logged, sampled or checkpointed.
@@ -345,7 +364,7 @@ impl Pretrainer<'_> {
                 writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
                 window = (Instant::now(), 0, window.2.zero_(), 0);
             }
-            if done % s.sample_every == 0 || done == s.steps {
+            if done % s.sample_every == 0 || last {
                 self.write_grid(&ema_model, &sched, done)?;
             }
             if checkpoint_now {
@@ -354,12 +373,27 @@ impl Pretrainer<'_> {
                     std::process::exit(137);
                 }
             }
+            if interrupted {
+                bar.finish_and_clear();
+                return Err(PretrainError::Interrupted { step: done });
+            }
+            if out_of_time {
+                bar.suspend(|| {
+                    eprintln!(
+                        "the time limit (training.max_seconds) ended training at step {done} of {}",
+                        s.steps
+                    )
+                });
+                break;
+            }
         }
         bar.finish_and_clear();
         let wall = started.elapsed().as_secs_f64();
-        let trained = (s.steps - start_step).max(0);
+        let trained = (done - start_step).max(0);
         let summary = PretrainSummary {
-            steps: s.steps,
+            steps: done,
+            planned_steps: s.steps,
+            stopped_by_time_limit: out_of_time,
             final_loss: last_loss,
             wall_s: wall,
             images_per_s: (trained * s.batch_size) as f64 / wall.max(1e-9),
