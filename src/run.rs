@@ -240,7 +240,8 @@ fn load_all(p: &RunPipeline, dev: tch::Device, allow_native: bool) -> anyhow::Re
         p.sampling.steps,
         p.sampling.sigma_min,
     )
-    .map_err(|e| UsageError(format!("{}: sampling.steps: {e}", p.file.display())))?;
+    .map_err(|e| UsageError(format!("{}: sampling.steps: {e}", p.file.display())))?
+    .to_device(dev);
     hrf_train::hrf::check_starts(&chain, &p.training)
         .map_err(|e| UsageError(format!("{}: {e}", p.file.display())))?;
     let rewards = RewardWorker::spawn(build_rewards(p, &classes, allow_native)?);

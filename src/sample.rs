@@ -79,7 +79,9 @@ pub fn labels_for(
 
 pub fn scheduler_for(model: &DiffusersModel, steps: i64) -> anyhow::Result<DdimScheduler> {
     let cfg = model.scheduler.clone().unwrap_or_default();
-    Ok(DdimScheduler::new(cfg, steps, 1e-4).map_err(|e| UsageError(format!("--steps: {e}")))?)
+    let sched =
+        DdimScheduler::new(cfg, steps, 1e-4).map_err(|e| UsageError(format!("--steps: {e}")))?;
+    Ok(sched.to_device(model.vs.device()))
 }
 
 pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {

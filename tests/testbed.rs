@@ -239,6 +239,10 @@ fn a_time_limit_exports_early_and_sigterm_leaves_a_resumable_checkpoint() {
         .parse()
         .unwrap();
     assert!((2..60).contains(&step), "{checkpoints:?}");
+    // A line logged past the checkpoint (as by a run killed outright) is dropped on resume.
+    let mut m = std::fs::read_to_string(&metrics).unwrap();
+    m.push_str("{\"step\": 59, \"loss\": 0.5}\n");
+    std::fs::write(&metrics, m).unwrap();
     let resumed = hrf(&args(true), &[]);
     assert!(resumed.status.success(), "{}", text(&resumed));
     assert!(
@@ -249,6 +253,40 @@ fn a_time_limit_exports_early_and_sigterm_leaves_a_resumable_checkpoint() {
     assert!(d
         .join("model-t/diffusion_pytorch_model.safetensors")
         .exists());
+    let steps: Vec<i64> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert_eq!(steps.last(), Some(&60));
+    assert!(
+        steps.contains(&step),
+        "the interrupted step was logged: {steps:?}"
+    );
+
+    // A diverging run stops with an error naming the step, and writes no model.
+    let o = hrf(
+        &[
+            "pretrain",
+            p,
+            "-q",
+            "--set",
+            "training.optimizer.lr=1e30",
+            "--set",
+            "output=out-d",
+            "--set",
+            "export=model-d",
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("training diverged"), "{}", text(&o));
+    assert!(!d.join("model-d").exists());
 }
 
 #[test]

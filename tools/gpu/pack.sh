@@ -13,6 +13,9 @@ xz -T2 -9 -c gpu/hrf-engine > gpu/pack/hrf-engine.xz && rm gpu/hrf-engine
 # the training-step benchmark (per-variable vs flat optimiser), when built:
 # cargo bench -p hrf-train --bench train_step --no-run
 bench=$(ls -t target/release/deps/train_step-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+if [ -n "$bench" ] && [ "$bench" -ot target/release/hrf-engine ]; then
+  echo "warning: $bench is older than hrf-engine; rebuild it with the command above" >&2
+fi
 if [ -n "$bench" ]; then strip -o gpu/train-step "$bench" && xz -T2 -9 -c gpu/train-step > gpu/pack/train-step.xz && rm gpu/train-step; fi
 for f in /usr/share/datasets/fashion-mnist/*.gz; do
   zcat "$f" | xz -T2 -9 -c > "gpu/pack/$(basename "$f" .gz).xz"

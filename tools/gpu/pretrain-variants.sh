@@ -68,7 +68,12 @@ pretrain() { # timeout max_seconds name steps batch lr warmup dropout config
     --set training.warmup_steps=$warmup --set training.class_dropout=$drop --set training.ema_decay=${EMA:-0.999} \
     --set training.log_every=${LOGEVERY:-50} --set training.sample_every=100000 \
     --set training.checkpoint_every=1000 --set training.keep_checkpoints=1 --set training.max_seconds=$secs; }
-rate() { python3 -c "import json;print(json.loads(open('out/$1/run/metrics.jsonl').read().splitlines()[-1])['images_per_s'])"; }
+# a probe's rate: the median over its logged windows after the first (warm-up), so neither the
+# start nor a last window run after the other probes stopped decides it
+rate() { python3 -c "
+import json, statistics
+r = [json.loads(l)['images_per_s'] for l in open('out/$1/run/metrics.jsonl')]
+print(statistics.median(r[1:] or r))"; }
 side_by_side() { # prefix steps-or-empty max_seconds timeout
   local pids=""
   for v in $VARIANTS; do
@@ -86,7 +91,8 @@ for v in $VARIANTS; do echo "probe ${v%%=*}: $(rate probe${v%%=*}) images/s"; do
 T0=$(date +%s)
 # a long run can fall behind its probe's rate (the 1.1M model side by side, 2026-11-26: by ~25%): a wide margin
 LONG=$((BUDGET * 13 / 10 + 60)); CAP=$(left $((NEVALS * 45 + 40))); LONG=$(( LONG < CAP ? LONG : CAP ))
-side_by_side "" "" $((LONG - 30)) $LONG
+# max_seconds leaves the backstop 45 s for start-up (CUDA, data) and the final grid and export
+side_by_side "" "" $(( LONG > 90 ? LONG - 45 : LONG / 2 + 1 )) $LONG
 echo "pretraining took $(( $(date +%s) - T0 )) s"
 archive() { tar czf "$OUT/results.tgz" --exclude=checkpoints --exclude=final --exclude="./probe*" -C work .; }
 archive

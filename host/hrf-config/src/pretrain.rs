@@ -295,12 +295,12 @@ mod tests {
         assert!(e.contains("stepz"), "{e}");
         let e = load(text, &["training.steps=0"]).unwrap_err();
         assert_eq!(e.0[0].field.as_deref(), Some("training.steps"));
+        assert_eq!(e.0[0].line, None, "{e}");
         assert_eq!(load(text, &[]).unwrap().training.max_seconds, None);
         let p = load(text, &["training.max_seconds=300"]).unwrap();
         assert_eq!(p.training.max_seconds, Some(300.0));
         let e = load(text, &["training.max_seconds=-5"]).unwrap_err();
         assert_eq!(e.0[0].field.as_deref(), Some("training.max_seconds"));
-        assert_eq!(e.0[0].line, None, "{e}");
         // A bad value in the file is placed at its line and column (of the value).
         let e = load(&text.replace("steps: 5", "steps: 0"), &[]).unwrap_err();
         assert_eq!((e.0[0].line, e.0[0].column), (Some(5), Some(10)), "{e}");

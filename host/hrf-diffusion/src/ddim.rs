@@ -178,6 +178,32 @@ pub struct DdimScheduler {
     alpha_prev: Tensor,
     variance: Tensor,
     sigma_min: f64,
+    /// The tables the per-sample lookups index, on the device `to_device` chose (the CPU ones
+    /// until then): a lookup on a GPU then needs no copy from the host, which would make the
+    /// host wait for the device at every step. Host-side queries read the CPU tables above.
+    lookup: Tables,
+}
+
+/// Per-sample lookup tables (see `DdimScheduler::lookup`).
+#[derive(Debug)]
+struct Tables {
+    alphas_cumprod: Tensor,
+    alpha_t: Tensor,
+    alpha_prev: Tensor,
+    variance: Tensor,
+    timesteps: Tensor,
+}
+
+impl Tables {
+    fn to_device(&self, device: tch::Device) -> Self {
+        Self {
+            alphas_cumprod: self.alphas_cumprod.to_device(device),
+            alpha_t: self.alpha_t.to_device(device),
+            alpha_prev: self.alpha_prev.to_device(device),
+            variance: self.variance.to_device(device),
+            timesteps: self.timesteps.to_device(device),
+        }
+    }
 }
 
 impl DdimScheduler {
@@ -249,6 +275,13 @@ impl DdimScheduler {
         let (beta_prev, beta_t): (Tensor, Tensor) = (1.0 - &alpha_prev, 1.0 - &alpha_t);
         let ratio_term: Tensor = 1.0 - &alpha_t / &alpha_prev;
         let variance = beta_prev / beta_t * ratio_term;
+        let lookup = Tables {
+            alphas_cumprod: alphas_cumprod.shallow_clone(),
+            alpha_t: alpha_t.shallow_clone(),
+            alpha_prev: alpha_prev.shallow_clone(),
+            variance: variance.shallow_clone(),
+            timesteps: Tensor::from_slice(&timesteps),
+        };
         Ok(Self {
             config,
             alphas_cumprod,
@@ -257,7 +290,23 @@ impl DdimScheduler {
             alpha_prev,
             variance,
             sigma_min,
+            lookup,
         })
+    }
+
+    /// The same scheduler with its per-sample lookup tables on `device`, where the samples
+    /// live (results are unchanged; on a GPU no step waits for a host-to-device copy).
+    pub fn to_device(&self, device: tch::Device) -> Self {
+        Self {
+            config: self.config.clone(),
+            alphas_cumprod: self.alphas_cumprod.shallow_clone(),
+            timesteps: self.timesteps.clone(),
+            alpha_t: self.alpha_t.shallow_clone(),
+            alpha_prev: self.alpha_prev.shallow_clone(),
+            variance: self.variance.shallow_clone(),
+            sigma_min: self.sigma_min,
+            lookup: self.lookup.to_device(device),
+        }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -275,7 +324,8 @@ impl DdimScheduler {
 
     /// The training timesteps of the given step indices, `[B]` int64 on their device.
     pub fn timesteps_at(&self, step_index: &Tensor) -> Tensor {
-        Tensor::from_slice(&self.timesteps)
+        self.lookup
+            .timesteps
             .to_device(step_index.device())
             .index_select(0, step_index)
     }
@@ -345,7 +395,7 @@ impl DdimScheduler {
         step_index: &Tensor,
         sample: &Tensor,
     ) -> Tensor {
-        let a_t = self.per_sample(&self.alpha_t, step_index, sample);
+        let a_t = self.per_sample(&self.lookup.alpha_t, step_index, sample);
         let (x0, _) = self.predictions(model_output, &a_t, sample);
         self.clip(x0)
     }
@@ -368,9 +418,9 @@ impl DdimScheduler {
         eta: f64,
         prev: PrevSample<'_>,
     ) -> DdimStep {
-        let a_t = self.per_sample(&self.alpha_t, step_index, sample);
-        let a_prev = self.per_sample(&self.alpha_prev, step_index, sample);
-        let variance = self.per_sample(&self.variance, step_index, sample);
+        let a_t = self.per_sample(&self.lookup.alpha_t, step_index, sample);
+        let a_prev = self.per_sample(&self.lookup.alpha_prev, step_index, sample);
+        let variance = self.per_sample(&self.lookup.variance, step_index, sample);
         let (x0, eps) = self.predictions(model_output, &a_t, sample);
         let x0 = self.clip(x0);
         let std = variance.sqrt() * eta;
@@ -404,7 +454,7 @@ impl DdimScheduler {
 
     /// q(x_t | x₀): √ᾱ_t·x₀ + √(1−ᾱ_t)·noise at one training timestep per sample, `[B]`.
     pub fn add_noise(&self, original: &Tensor, noise: &Tensor, timesteps: &Tensor) -> Tensor {
-        let a = self.per_sample(&self.alphas_cumprod, timesteps, original);
+        let a = self.per_sample(&self.lookup.alphas_cumprod, timesteps, original);
         let one_minus: Tensor = 1.0 - &a;
         a.sqrt() * original + one_minus.sqrt() * noise
     }

@@ -17,7 +17,7 @@ struct Trainer {
     model: DiffusersModel,
     ema_model: DiffusersModel,
     opt: AdamW,
-    flat_ema: Option<ema::FlatEma>,
+    ema: ema::ModelEma,
 }
 
 impl Trainer {
@@ -27,7 +27,6 @@ impl Trainer {
         ema::copy_weights(&ema_model.vs, &model.vs);
         let mut params: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
         let config = AdamWConfig {
             lr: 1e-4,
             weight_decay: 0.0,
@@ -38,25 +37,21 @@ impl Trainer {
         } else {
             AdamW::per_variable(params, config)
         };
-        let flat_ema = opt
-            .flat_params()
-            .and_then(|f| ema::FlatEma::new(&ema_model.vs, &names, f));
-        assert_eq!(flat, flat_ema.is_some());
+        let ema = ema::ModelEma::new(&ema_model.vs, &opt);
+        assert_eq!(flat, ema.is_flat());
         Self {
             model,
             ema_model,
             opt,
-            flat_ema,
+            ema,
         }
     }
 
     fn update(&mut self) {
         let _norm = self.opt.clip_grad_norm_deferred(1.0);
         self.opt.step_with_lr(1e-4);
-        match (&self.flat_ema, self.opt.flat_params()) {
-            (Some(e), Some(f)) if self.opt.updates_flat() => e.update(f, 0.999),
-            _ => ema::update(&self.ema_model.vs, &self.model.vs, 0.999),
-        }
+        self.ema
+            .update(&self.ema_model.vs, &self.model.vs, &self.opt, 0.999);
     }
 
     fn step(&mut self, x: &Tensor, t: &Tensor, y: &Tensor, noise: &Tensor) {

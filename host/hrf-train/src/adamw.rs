@@ -35,6 +35,12 @@ impl Default for AdamWConfig {
 /// of a dozen per variable: a small UNet has ~180 variables, and on a GPU the launch cost of
 /// per-variable updates, not the arithmetic, bounded its training step (torch's `foreach` AdamW
 /// exists for the same reason). The arithmetic is element for element the same either way.
+///
+/// Two consequences of the shared storage: the variables must stay where `new` put them (moving
+/// the VarStore to another device or kind afterwards is refused with a panic at the next update),
+/// and an update through the buffer does not bump the variables' autograd version counters, so
+/// a graph built before `step_with_lr` must not be backpropagated after it (the training loops
+/// build a fresh graph per step).
 pub struct AdamW {
     pub config: AdamWConfig,
     params: Vec<(String, Tensor)>,
@@ -49,6 +55,8 @@ pub struct AdamW {
 /// The one-buffer layout (see `AdamW`).
 struct Flat {
     params: Tensor,
+    /// Where each variable's data must start for the buffer to still be its storage.
+    param_ptrs: Vec<usize>,
     grads: Tensor,
     /// Views of `grads`, one per variable: each variable's `.grad` is pointed at its view once
     /// autograd has created it, and backward then accumulates into the buffer in place.
@@ -109,6 +117,7 @@ impl AdamW {
                 exp_avg: zeros(),
                 exp_avg_sq: zeros(),
                 params: buffer.shallow_clone(),
+                param_ptrs: handles.iter().map(|t| t.data_ptr() as usize).collect(),
                 grad_views: Vec::new(),
             };
             let flat = Flat {
@@ -145,10 +154,27 @@ impl AdamW {
         self.flat.as_ref().map(|f| &f.params)
     }
 
+    /// The variables' names, in the order of the buffer.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().map(|(n, _)| n.as_str())
+    }
+
     /// The flat buffers when every variable's gradient lives in them (from the second update
     /// on: autograd creates the gradients in the first backward and `zero_grad` adopts them).
+    ///
+    /// # Panics
+    /// When a variable no longer lives in the buffer (its storage was replaced after `new`, by
+    /// `set_data`, a VarStore's `set_device`/`set_kind`, or a second optimiser over the same
+    /// variables): the buffer would be updated while the model stayed as it was.
     fn live_flat(&self) -> Option<&Flat> {
         let flat = self.flat.as_ref()?;
+        for ((name, p), &ptr) in self.params.iter().zip(&flat.param_ptrs) {
+            assert_eq!(
+                p.data_ptr() as usize,
+                ptr,
+                "AdamW: variable {name} was moved out of the optimiser's buffer after it was created"
+            );
+        }
         let live = self.params.iter().zip(&flat.grad_views).all(|((_, p), v)| {
             let g = p.grad();
             g.defined() && g.data_ptr() == v.data_ptr()
@@ -219,7 +245,7 @@ impl AdamW {
         let Some(norm) = self.grad_norm_tensor() else {
             return Tensor::from(0f32);
         };
-        let factor = (max_norm / (&norm + 1e-6)).clamp_max(1.0);
+        let factor = (norm.full_like(max_norm) / (&norm + 1e-6)).clamp_max(1.0);
         tch::no_grad(|| {
             if let Some(flat) = self.live_flat() {
                 let _ = flat.grads.shallow_clone().g_mul_(&factor);

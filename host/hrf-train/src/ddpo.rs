@@ -951,6 +951,10 @@ mod tests {
         for e in 0..epochs {
             stats.push(ddpo.epoch(e, &mut worker, &mut Unobserved).unwrap().stats);
         }
+        assert!(
+            ddpo.optimizer.updates_flat(),
+            "after the first update AdamW runs on its flat buffers"
+        );
         let w = model.vs.variables()["conv_out.weight"].detach().copy();
         (stats, w)
     }

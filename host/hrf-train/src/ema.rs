@@ -23,7 +23,7 @@ pub fn update(ema: &VarStore, model: &VarStore, decay: f64) {
 
 /// The EMA of a model whose trainable variables an `AdamW` flattened: the EMA copy's variables of
 /// the same names, in the same order, moved into one buffer of the same layout, so an update is
-/// two kernels instead of three per variable (see `adamw::flatten`).
+/// three kernels instead of three per variable (see `adamw::flatten`).
 pub struct FlatEma {
     buffer: Tensor,
 }
@@ -52,6 +52,36 @@ impl FlatEma {
             let _ = e.g_mul_scalar_(decay);
             let _ = e.g_add_(&(model_flat * (1.0 - decay)));
         });
+    }
+}
+
+/// The EMA copy of a model trained by an `AdamW`: flat (`FlatEma`) when the optimiser flattened
+/// the model's trainable variables, variable by variable (`update`) otherwise.
+pub struct ModelEma {
+    flat: Option<FlatEma>,
+}
+
+impl ModelEma {
+    /// Flattens `ema`'s variables alongside `opt`'s buffer where it can.
+    pub fn new(ema: &VarStore, opt: &crate::AdamW) -> Self {
+        let names: Vec<String> = opt.names().map(str::to_string).collect();
+        let flat = opt
+            .flat_params()
+            .and_then(|buffer| FlatEma::new(ema, &names, buffer));
+        Self { flat }
+    }
+
+    /// Whether updates go through one buffer.
+    pub fn is_flat(&self) -> bool {
+        self.flat.is_some()
+    }
+
+    /// ema ← d·ema + (1 − d)·model.
+    pub fn update(&self, ema: &VarStore, model: &VarStore, opt: &crate::AdamW, decay: f64) {
+        match (&self.flat, opt.flat_params()) {
+            (Some(e), Some(buffer)) => e.update(buffer, decay),
+            _ => update(ema, model, decay),
+        }
     }
 }
 

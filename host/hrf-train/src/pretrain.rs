@@ -112,16 +112,25 @@ fn epoch_permutation(n: i64, seed: u64, epoch: i64) -> Tensor {
     Tensor::randperm(n, (Kind::Int64, Device::Cpu))
 }
 
-/// The sample order, one permutation per epoch, each drawn once (not once per step).
-#[derive(Default)]
+/// The sample order, one permutation per epoch, each drawn once (not once per step) and kept on
+/// the training device (so a step's indices need no copy from the host).
 struct EpochOrder {
-    /// The epochs drawn and still needed, oldest first (a batch spans at most two).
+    device: Device,
+    /// The epochs drawn and still needed, oldest first.
     epochs: Vec<(i64, Tensor)>,
 }
 
 impl EpochOrder {
-    /// Sample indices of step `step` (0-based): positions `step·batch ..` of the epochs'
-    /// permutations laid end to end. The same for a given (seed, step) however it is reached.
+    fn new(device: Device) -> Self {
+        Self {
+            device,
+            epochs: Vec::new(),
+        }
+    }
+
+    /// Sample indices of step `step` (0-based) on the device: positions `step·batch ..` of the
+    /// epochs' permutations laid end to end. The same for a given (seed, step) however it is
+    /// reached.
     fn batch(&mut self, n: i64, batch: i64, seed: u64, step: i64) -> Tensor {
         let start = step * batch;
         self.epochs.retain(|(e, _)| *e >= start / n);
@@ -131,7 +140,8 @@ impl EpochOrder {
             let (epoch, offset) = (pos / n, pos % n);
             let take = (batch - (pos - start)).min(n - offset);
             if !self.epochs.iter().any(|(e, _)| *e == epoch) {
-                self.epochs.push((epoch, epoch_permutation(n, seed, epoch)));
+                let perm = epoch_permutation(n, seed, epoch).to_device(self.device);
+                self.epochs.push((epoch, perm));
             }
             let perm = &self
                 .epochs
@@ -144,6 +154,31 @@ impl EpochOrder {
         }
         Tensor::cat(&parts, 0)
     }
+}
+
+/// Keeps the lines of `metrics.jsonl` logged at steps ≤ `step` (those of the checkpoint a run
+/// resumes from; none for a fresh run), so a run killed after logging past its last checkpoint
+/// does not log those steps twice when resumed.
+fn keep_metrics_up_to(path: &Path, step: i64) -> Result<(), PretrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_i64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        let tmp = path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, kept).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    }
+    Ok(())
 }
 
 fn checkpoint_dirs(out: &Path) -> Vec<(i64, PathBuf)> {
@@ -214,7 +249,7 @@ impl Pretrainer<'_> {
             )));
         }
         std::fs::create_dir_all(&self.out_dir).map_err(io_err(&self.out_dir))?;
-        let sched = DdimScheduler::new(self.scheduler.clone(), s.grid_steps, 1e-4)?;
+        let sched = DdimScheduler::new(self.scheduler.clone(), s.grid_steps, 1e-4)?.to_device(dev);
         let ema_model = DiffusersModel::new(&cfg, dev)?;
         ema::copy_weights(&ema_model.vs, &model.vs);
         let mut params: Vec<(String, Tensor)> = model
@@ -224,11 +259,8 @@ impl Pretrainer<'_> {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
         let mut opt = AdamW::new(params, s.optimizer.into());
-        let flat_ema = opt
-            .flat_params()
-            .and_then(|flat| ema::FlatEma::new(&ema_model.vs, &names, flat));
+        let ema_update = ema::ModelEma::new(&ema_model.vs, &opt);
 
         let mut start_step = 0;
         if resume {
@@ -250,10 +282,11 @@ impl Pretrainer<'_> {
         // The whole dataset lives on the training device (Fashion-MNIST: 61 MB as bytes).
         let (x_all, y_all) = dataset_tensors(self.data);
         let (x_all, y_all) = (x_all.to_device(dev), y_all.to_device(dev));
-        let mut order = EpochOrder::default();
+        let mut order = EpochOrder::new(dev);
         let n = self.data.len() as i64;
         let t_max = self.scheduler.num_train_timesteps;
         let metrics_path = self.out_dir.join("metrics.jsonl");
+        keep_metrics_up_to(&metrics_path, start_step)?;
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -281,15 +314,17 @@ impl Pretrainer<'_> {
             0i64,
         );
         let mut last_loss = f64::NAN;
+        // (a budget too large for the clock is no budget)
         let deadline = s
             .max_seconds
-            .map(|m| started + std::time::Duration::from_secs_f64(m));
+            .and_then(|m| std::time::Duration::try_from_secs_f64(m).ok())
+            .and_then(|d| started.checked_add(d));
         let mut done = start_step;
         let mut out_of_time = false;
 
         for step in start_step..s.steps {
             // Everything random in this step is keyed by (seed, step): exact resume.
-            let idx = order.batch(n, s.batch_size, s.seed, step).to_device(dev);
+            let idx = order.batch(n, s.batch_size, s.seed, step);
             tch::manual_seed(mix_seed(&[s.seed, 0x57E9, step as u64]));
             let x0 = (x_all.index_select(0, &idx).to_kind(Kind::Float) / 127.5) - 1.0;
             let mut y = y_all.index_select(0, &idx);
@@ -317,10 +352,7 @@ impl Pretrainer<'_> {
             let lr = lr_at(s, step + 1);
             opt.step_with_lr(lr);
             let decay = ema::warmed_decay(s.ema_decay, step);
-            match (&flat_ema, opt.flat_params()) {
-                (Some(e), Some(flat)) if opt.updates_flat() => e.update(flat, decay),
-                _ => ema::update(&ema_model.vs, &model.vs, decay),
-            }
+            ema_update.update(&ema_model.vs, &model.vs, &opt, decay);
 
             window.1 += s.batch_size;
             let _ = window.2.g_add_(&loss.detach());
@@ -331,12 +363,13 @@ impl Pretrainer<'_> {
             let interrupted = self.stop.load(std::sync::atomic::Ordering::SeqCst);
             // The last step: the planned one, or the one during which the time ran out.
             let last = done == s.steps || out_of_time;
-            let log_now = done % s.log_every == 0 || last;
+            let log_now = done % s.log_every == 0 || last || interrupted;
             let checkpoint_now = done % s.checkpoint_every == 0 || last || interrupted;
+            let mut loss_sum = f64::NAN;
             if log_now || checkpoint_now || done % s.sample_every == 0 {
                 // A non-finite loss anywhere in the window makes the sum non-finite: nothing
                 // diverged is logged, sampled or checkpointed.
-                let loss_sum = window.2.double_value(&[]);
+                loss_sum = window.2.double_value(&[]);
                 if !loss_sum.is_finite() {
                     return Err(PretrainError::Diverged {
                         step: done,
@@ -349,7 +382,7 @@ impl Pretrainer<'_> {
                 let grad_norm = grad_norm.double_value(&[]);
                 let secs = window.0.elapsed().as_secs_f64().max(1e-9);
                 let ips = window.1 as f64 / secs;
-                let mean_loss = window.2.double_value(&[]) / window.3 as f64;
+                let mean_loss = loss_sum / window.3 as f64;
                 bar.set_message(format!("loss {mean_loss:.4} · {ips:.0} img/s"));
                 if !self.show_progress {
                     eprintln!(
@@ -511,7 +544,7 @@ mod tests {
     #[test]
     fn batches_cover_each_epoch_once() {
         let n = 10;
-        let mut order = EpochOrder::default();
+        let mut order = EpochOrder::new(Device::Cpu);
         let batches: Vec<Vec<i64>> = (0..5)
             .map(|s| Vec::<i64>::try_from(order.batch(n, 4, 1, s)).unwrap())
             .collect();
@@ -524,12 +557,12 @@ mod tests {
         }
         // Same (seed, step) → same batch, whether reached in order (above) or directly (resume).
         assert_eq!(
-            Vec::<i64>::try_from(EpochOrder::default().batch(n, 4, 1, 3)).unwrap(),
+            Vec::<i64>::try_from(EpochOrder::new(Device::Cpu).batch(n, 4, 1, 3)).unwrap(),
             batches[3]
         );
         assert_ne!(
             batches[0],
-            Vec::<i64>::try_from(EpochOrder::default().batch(n, 4, 2, 0)).unwrap()
+            Vec::<i64>::try_from(EpochOrder::new(Device::Cpu).batch(n, 4, 2, 0)).unwrap()
         );
     }
 }
