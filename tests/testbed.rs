@@ -163,9 +163,18 @@ fn a_time_limit_exports_early_and_sigterm_leaves_a_resumable_checkpoint() {
     std::fs::write(d.join("p.yaml"), TINY).unwrap();
     let p = d.join("p.yaml");
     let p = p.to_str().unwrap();
-    // A budget shorter than any step: training ends after step 1.
+    // A budget shorter than any step: training ends after step 1 (with Min-SNR weighting on,
+    // which this test also runs once).
     let o = hrf(
-        &["pretrain", p, "-q", "--set", "training.max_seconds=0.001"],
+        &[
+            "pretrain",
+            p,
+            "-q",
+            "--set",
+            "training.max_seconds=0.001",
+            "--set",
+            "training.min_snr_gamma=5",
+        ],
         &[],
     );
     assert!(o.status.success(), "{}", text(&o));

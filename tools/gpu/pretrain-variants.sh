@@ -5,7 +5,7 @@
 # each (η, guidance) in EVALS and times sampling; logs, pipelines, metrics, evaluations, grids and
 # the exported models end up in $OUT/results.tgz (checkpoints, probes and the runs' final/ copies
 # stay behind: one file must stay under the device tool's 16 MiB).
-#   VARIANTS: space-separated NAME=CONFIG,BATCH,LR,CLASS_DROPOUT
+#   VARIANTS: space-separated NAME=CONFIG,BATCH,LR,CLASS_DROPOUT[,MIN_SNR_GAMMA]
 #   EVALS:    space-separated ETA:GUIDANCE
 #   PROBE:    seconds the variants train side by side to measure their rates (default 30); each
 #             long run's steps are 90% of what its rate gives in BUDGET seconds, and
@@ -61,13 +61,14 @@ fi
 # training.max_seconds ends a run that falls behind its probe's rate with its model exported; the
 # timeout (SIGTERM: checkpoint, no export) is only the backstop.
 pretrain() { # timeout max_seconds name steps batch lr warmup dropout config
-  local limit=$1 secs=$2 name=$3 steps=$4 batch=$5 lr=$6 warmup=$7 drop=$8 cfg=$9
+  local limit=$1 secs=$2 name=$3 steps=$4 batch=$5 lr=$6 warmup=$7 drop=$8 cfg=$9 gamma=${10}
   timeout -k 20 "$limit" "$HRF" pretrain ../configs/testbed-pretrain.yaml -q --set model.config=$cfg --set model.device=$DEV \
     --set "data.path='$PWD/data'" --set "output='$PWD/out/$name/run'" --set "export='$PWD/out/$name/model'" \
     --set training.steps=$steps --set training.batch_size=$batch --set training.optimizer.lr=$lr \
     --set training.warmup_steps=$warmup --set training.class_dropout=$drop --set training.ema_decay=${EMA:-0.999} \
     --set training.log_every=${LOGEVERY:-50} --set training.sample_every=100000 \
-    --set training.checkpoint_every=1000 --set training.keep_checkpoints=1 --set training.max_seconds=$secs; }
+    --set training.checkpoint_every=1000 --set training.keep_checkpoints=1 --set training.max_seconds=$secs \
+    ${gamma:+--set training.min_snr_gamma=$gamma}; }
 # a probe's rate: the median over its logged windows after the first (warm-up), so neither the
 # start nor a last window run after the other probes stopped decides it
 rate() { python3 -c "
@@ -77,11 +78,11 @@ print(statistics.median(r[1:] or r))"; }
 side_by_side() { # prefix steps-or-empty max_seconds timeout
   local pids=""
   for v in $VARIANTS; do
-    name=${v%%=*}; IFS=, read -r cfg batch lr drop <<< "${v#*=}"
+    name=${v%%=*}; IFS=, read -r cfg batch lr drop gamma <<< "${v#*=}"
     if [ -z "$2" ] && [ -z "$(rate probe$name 2>/dev/null)" ]; then echo "$name: its probe failed, skipped"; continue; fi
     steps=${2:-$(python3 -c "print(max(20,int($(rate probe$name)*$BUDGET*0.9/$batch/50)*50))")}
-    echo "$1$name: $cfg, batch $batch, lr $lr, class dropout $drop, $steps steps"
-    pretrain "$4" "$3" "$1$name" "$steps" "$batch" "$lr" "$(( steps < 3000 ? steps / 10 : 300 ))" "$drop" "$cfg" > "out/$1$name.log" 2>&1 & pids="$pids $!"
+    echo "$1$name: $cfg, batch $batch, lr $lr, class dropout $drop${gamma:+, min-SNR γ $gamma}, $steps steps"
+    pretrain "$4" "$3" "$1$name" "$steps" "$batch" "$lr" "$(( steps < 3000 ? steps / 10 : 300 ))" "$drop" "$cfg" "$gamma" > "out/$1$name.log" 2>&1 & pids="$pids $!"
   done
   # (a bare `wait` would also wait for the log's tee, i.e. for ever)
   [ -z "$pids" ] || wait $pids; }

@@ -59,6 +59,10 @@ pub struct PretrainSettings {
     /// schedule still spans `steps`: size `steps` to the budget, and treat this as the safety
     /// net. `--resume` continues towards `steps` with a fresh budget.
     pub max_seconds: Option<f64>,
+    /// Min-SNR-γ loss weighting (Hang et al. 2023, arXiv 2303.09556): each sample's loss is
+    /// weighted by min(SNR(t), γ)/SNR(t) for ε-prediction (÷ (SNR + 1) for v, × 1 for x₀), which
+    /// takes weight off the easy low-noise timesteps; the paper uses γ = 5. Unset: plain MSE.
+    pub min_snr_gamma: Option<f64>,
 }
 
 impl Default for PretrainSettings {
@@ -80,6 +84,7 @@ impl Default for PretrainSettings {
             grid_steps: 40,
             grid_guidance: 2.0,
             max_seconds: None,
+            min_snr_gamma: None,
         }
     }
 }
@@ -200,6 +205,14 @@ impl PretrainFile {
                 problems.push(err(field, format!("must be in [0, 1], got {v}")));
             }
         }
+        if let Some(g) = t.min_snr_gamma {
+            if !(g > 0.0 && g.is_finite()) {
+                problems.push(err(
+                    "training.min_snr_gamma",
+                    format!("must be positive, got {g}"),
+                ));
+            }
+        }
         if let Some(m) = t.max_seconds {
             if !(m > 0.0 && m.is_finite()) {
                 problems.push(err(
@@ -301,6 +314,10 @@ mod tests {
         assert_eq!(p.training.max_seconds, Some(300.0));
         let e = load(text, &["training.max_seconds=-5"]).unwrap_err();
         assert_eq!(e.0[0].field.as_deref(), Some("training.max_seconds"));
+        let p = load(text, &["training.min_snr_gamma=5"]).unwrap();
+        assert_eq!(p.training.min_snr_gamma, Some(5.0));
+        let e = load(text, &["training.min_snr_gamma=0"]).unwrap_err();
+        assert_eq!(e.0[0].field.as_deref(), Some("training.min_snr_gamma"));
         // A bad value in the file is placed at its line and column (of the value).
         let e = load(&text.replace("steps: 5", "steps: 0"), &[]).unwrap_err();
         assert_eq!((e.0[0].line, e.0[0].column), (Some(5), Some(10)), "{e}");

@@ -347,6 +347,14 @@ impl DdimScheduler {
             .collect()
     }
 
+    /// ᾱ at each of the training timesteps `timesteps` (`[B]`, any device), float32 `[B]`.
+    pub fn alphas_cumprod_at(&self, timesteps: &Tensor) -> Tensor {
+        self.lookup
+            .alphas_cumprod
+            .to_device(timesteps.device())
+            .index_select(0, timesteps)
+    }
+
     /// ᾱ at training timestep t.
     pub fn alpha_cumprod(&self, t: i64) -> f64 {
         self.alphas_cumprod.double_value(&[t])

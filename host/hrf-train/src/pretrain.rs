@@ -106,6 +106,24 @@ fn dataset_tensors(data: &Dataset) -> (Tensor, Tensor) {
     (x, y)
 }
 
+/// Min-SNR-γ weights (Hang et al. 2023) for samples at noise levels ᾱ: with SNR = ᾱ/(1 − ᾱ),
+/// min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR + 1) for v-prediction and min(SNR, γ)
+/// for x₀-prediction — the same weighting of the x₀ error in each parametrisation.
+pub fn min_snr_weight(
+    alpha_bar: &Tensor,
+    gamma: f64,
+    prediction: hrf_diffusion::ddim::PredictionType,
+) -> Tensor {
+    use hrf_diffusion::ddim::PredictionType;
+    let snr: Tensor = alpha_bar / (1.0 - alpha_bar);
+    let clipped = snr.clamp_max(gamma);
+    match prediction {
+        PredictionType::Epsilon => clipped / snr,
+        PredictionType::VPrediction => clipped / (snr + 1.0),
+        PredictionType::Sample => clipped,
+    }
+}
+
 /// The permutation of epoch `epoch`: epochs are seeded permutations of the dataset.
 fn epoch_permutation(n: i64, seed: u64, epoch: i64) -> Tensor {
     tch::manual_seed(mix_seed(&[seed, 0xE90C, epoch as u64]));
@@ -345,7 +363,21 @@ impl Pretrainer<'_> {
                     &b * &noise - &a * &x0
                 }
             };
-            let loss = (pred - target).square().mean(Kind::Float);
+            let loss = match s.min_snr_gamma {
+                None => (pred - target).square().mean(Kind::Float),
+                Some(gamma) => {
+                    let per_sample =
+                        (pred - target)
+                            .square()
+                            .mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
+                    let w = min_snr_weight(
+                        &sched.alphas_cumprod_at(&t),
+                        gamma,
+                        self.scheduler.prediction_type,
+                    );
+                    (per_sample * w).mean(Kind::Float)
+                }
+            };
             opt.zero_grad();
             loss.backward();
             let grad_norm = opt.clip_grad_norm_deferred(s.max_grad_norm);
@@ -530,6 +562,22 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    /// Known values: ᾱ = 0.5 → SNR 1; ᾱ = 10/11 → SNR 10; ᾱ = 1/11 → SNR 0.1 (γ = 5).
+    #[test]
+    fn min_snr_weights_match_the_paper() {
+        use hrf_diffusion::ddim::PredictionType::*;
+        let a = Tensor::from_slice(&[0.5f64, 10.0 / 11.0, 1.0 / 11.0]);
+        let get = |p| Vec::<f64>::try_from(min_snr_weight(&a, 5.0, p)).unwrap();
+        let close = |got: Vec<f64>, want: [f64; 3]| {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-12, "{got:?} vs {want:?}");
+            }
+        };
+        close(get(Epsilon), [1.0, 0.5, 1.0]);
+        close(get(VPrediction), [0.5, 5.0 / 11.0, 0.1 / 1.1]);
+        close(get(Sample), [1.0, 5.0, 0.1]);
     }
 
     #[test]
