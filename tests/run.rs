@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{hrf, repo, text, tmp};
+use common::{hrf, hrf_command, repo, text, tmp};
 
 /// A conditional run with ddpo-pytorch's per-prompt tracker (min_count reached in the second
 /// epoch), rewards on the worker thread, an evaluation mid-run, checkpoints every epoch.
@@ -172,13 +172,14 @@ fn ctrl_c_checkpoints_and_exits_130() {
     let pipeline = d.join("tiny.yaml");
     std::fs::write(&pipeline, tiny(&d).replace("epochs: 3", "epochs: 40")).unwrap();
     let run = d.join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hrf"))
-        .args(["run", pipeline.to_str().unwrap(), "-q", "--run-dir"])
-        .arg(&run)
-        .env("HRF_THREADS", "1")
-        .env("HRF_MODELS", repo().join("models"))
-        .spawn()
-        .unwrap();
+    let args = [
+        "run",
+        pipeline.to_str().unwrap(),
+        "-q",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ];
+    let mut child = hrf_command(&args, &[]).spawn().unwrap();
     // Wait for the first epoch's line, then interrupt.
     let started = std::time::Instant::now();
     while metrics_lines(&run) < 2 {

@@ -19,16 +19,23 @@ output: out
 export: model
 ";
 
+/// A scratch folder holding the TINY pipeline, and the pipeline's path.
+fn tiny_pipeline(name: &str) -> (std::path::PathBuf, String) {
+    let d = tmp("hrf-e2e", name);
+    let p = d.join("p.yaml");
+    std::fs::write(&p, TINY).unwrap();
+    let p = p.to_str().unwrap().to_string();
+    (d, p)
+}
+
 fn weights(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap()
 }
 
 #[test]
 fn pretraining_resumes_exactly_after_a_kill() {
-    let d = tmp("hrf-e2e", "pretrain");
-    std::fs::write(d.join("a.yaml"), TINY).unwrap();
-    let a = d.join("a.yaml");
-    let a = a.to_str().unwrap();
+    let (d, a) = tiny_pipeline("pretrain");
+    let a = a.as_str();
     let full = hrf(&["pretrain", a, "-q"], &[]);
     assert!(full.status.success(), "{}", text(&full));
     // The second run is the same pipeline with its folders overridden on the command line.
@@ -159,10 +166,8 @@ fn pretraining_resumes_exactly_after_a_kill() {
 /// `--resume` finishes the run from there.
 #[test]
 fn a_time_limit_exports_early_and_sigterm_leaves_a_resumable_checkpoint() {
-    let d = tmp("hrf-e2e", "limits");
-    std::fs::write(d.join("p.yaml"), TINY).unwrap();
-    let p = d.join("p.yaml");
-    let p = p.to_str().unwrap();
+    let (d, p) = tiny_pipeline("limits");
+    let p = p.as_str();
     // A budget shorter than any step: training ends after step 1 (with Min-SNR weighting on,
     // which this test also runs once).
     let o = hrf(

@@ -169,41 +169,23 @@ pub struct DdimStep {
 #[derive(Debug)]
 pub struct DdimScheduler {
     config: SchedulerConfig,
-    /// ᾱ over all training timesteps, float32, `[T]`.
-    alphas_cumprod: Tensor,
     /// Inference timesteps, noisiest first; index i is "step i" everywhere in hrf.
     timesteps: Vec<i64>,
-    /// ᾱ_t, ᾱ_prev and the η = 1 variance per inference step, float32 `[N]`.
-    alpha_t: Tensor,
-    alpha_prev: Tensor,
-    variance: Tensor,
     sigma_min: f64,
-    /// The tables the per-sample lookups index, on the device `to_device` chose (the CPU ones
-    /// until then): a lookup on a GPU then needs no copy from the host, which would make the
-    /// host wait for the device at every step. Host-side queries read the CPU tables above.
-    lookup: Tables,
-}
-
-/// Per-sample lookup tables (see `DdimScheduler::lookup`).
-#[derive(Debug)]
-struct Tables {
+    /// The tables the per-sample lookups index, float32 (timesteps int64), on the device
+    /// `to_device` chose (the CPU until then): on a GPU a lookup then needs no copy from the
+    /// host, which would make the host wait for the device at every step.
+    /// ᾱ over all training timesteps, `[T]`.
     alphas_cumprod: Tensor,
+    /// ᾱ_t, ᾱ_prev and the η = 1 variance per inference step, `[N]`.
     alpha_t: Tensor,
     alpha_prev: Tensor,
     variance: Tensor,
-    timesteps: Tensor,
-}
-
-impl Tables {
-    fn to_device(&self, device: tch::Device) -> Self {
-        Self {
-            alphas_cumprod: self.alphas_cumprod.to_device(device),
-            alpha_t: self.alpha_t.to_device(device),
-            alpha_prev: self.alpha_prev.to_device(device),
-            variance: self.variance.to_device(device),
-            timesteps: self.timesteps.to_device(device),
-        }
-    }
+    /// `timesteps` as a tensor, `[N]`.
+    timesteps_t: Tensor,
+    /// Host copies of ᾱ and the variance, for host-side queries (`alpha_cumprod`, `sigma`).
+    host_alphas_cumprod: Vec<f32>,
+    host_variance: Vec<f32>,
 }
 
 impl DdimScheduler {
@@ -275,22 +257,18 @@ impl DdimScheduler {
         let (beta_prev, beta_t): (Tensor, Tensor) = (1.0 - &alpha_prev, 1.0 - &alpha_t);
         let ratio_term: Tensor = 1.0 - &alpha_t / &alpha_prev;
         let variance = beta_prev / beta_t * ratio_term;
-        let lookup = Tables {
-            alphas_cumprod: alphas_cumprod.shallow_clone(),
-            alpha_t: alpha_t.shallow_clone(),
-            alpha_prev: alpha_prev.shallow_clone(),
-            variance: variance.shallow_clone(),
-            timesteps: Tensor::from_slice(&timesteps),
-        };
+        let host = |t: &Tensor| Vec::<f32>::try_from(t).expect("a float32 table");
         Ok(Self {
             config,
-            alphas_cumprod,
+            timesteps_t: Tensor::from_slice(&timesteps),
             timesteps,
+            sigma_min,
+            host_alphas_cumprod: host(&alphas_cumprod),
+            host_variance: host(&variance),
+            alphas_cumprod,
             alpha_t,
             alpha_prev,
             variance,
-            sigma_min,
-            lookup,
         })
     }
 
@@ -299,13 +277,15 @@ impl DdimScheduler {
     pub fn to_device(&self, device: tch::Device) -> Self {
         Self {
             config: self.config.clone(),
-            alphas_cumprod: self.alphas_cumprod.shallow_clone(),
             timesteps: self.timesteps.clone(),
-            alpha_t: self.alpha_t.shallow_clone(),
-            alpha_prev: self.alpha_prev.shallow_clone(),
-            variance: self.variance.shallow_clone(),
             sigma_min: self.sigma_min,
-            lookup: self.lookup.to_device(device),
+            alphas_cumprod: self.alphas_cumprod.to_device(device),
+            alpha_t: self.alpha_t.to_device(device),
+            alpha_prev: self.alpha_prev.to_device(device),
+            variance: self.variance.to_device(device),
+            timesteps_t: self.timesteps_t.to_device(device),
+            host_alphas_cumprod: self.host_alphas_cumprod.clone(),
+            host_variance: self.host_variance.clone(),
         }
     }
 
@@ -324,15 +304,14 @@ impl DdimScheduler {
 
     /// The training timesteps of the given step indices, `[B]` int64 on their device.
     pub fn timesteps_at(&self, step_index: &Tensor) -> Tensor {
-        self.lookup
-            .timesteps
+        self.timesteps_t
             .to_device(step_index.device())
             .index_select(0, step_index)
     }
 
     /// σ of step i at η = 1.
     pub fn sigma(&self, step: usize) -> f64 {
-        self.variance.double_value(&[step as i64]).max(0.0).sqrt()
+        (self.host_variance[step] as f64).max(0.0).sqrt()
     }
 
     /// Whether step i enters the loss (σ ≥ sigma_min at η = 1).
@@ -349,15 +328,14 @@ impl DdimScheduler {
 
     /// ᾱ at each of the training timesteps `timesteps` (`[B]`, any device), float32 `[B]`.
     pub fn alphas_cumprod_at(&self, timesteps: &Tensor) -> Tensor {
-        self.lookup
-            .alphas_cumprod
+        self.alphas_cumprod
             .to_device(timesteps.device())
             .index_select(0, timesteps)
     }
 
     /// ᾱ at training timestep t.
     pub fn alpha_cumprod(&self, t: i64) -> f64 {
-        self.alphas_cumprod.double_value(&[t])
+        self.host_alphas_cumprod[t as usize] as f64
     }
 
     fn per_sample(&self, table: &Tensor, step_index: &Tensor, like: &Tensor) -> Tensor {
@@ -403,7 +381,7 @@ impl DdimScheduler {
         step_index: &Tensor,
         sample: &Tensor,
     ) -> Tensor {
-        let a_t = self.per_sample(&self.lookup.alpha_t, step_index, sample);
+        let a_t = self.per_sample(&self.alpha_t, step_index, sample);
         let (x0, _) = self.predictions(model_output, &a_t, sample);
         self.clip(x0)
     }
@@ -426,9 +404,9 @@ impl DdimScheduler {
         eta: f64,
         prev: PrevSample<'_>,
     ) -> DdimStep {
-        let a_t = self.per_sample(&self.lookup.alpha_t, step_index, sample);
-        let a_prev = self.per_sample(&self.lookup.alpha_prev, step_index, sample);
-        let variance = self.per_sample(&self.lookup.variance, step_index, sample);
+        let a_t = self.per_sample(&self.alpha_t, step_index, sample);
+        let a_prev = self.per_sample(&self.alpha_prev, step_index, sample);
+        let variance = self.per_sample(&self.variance, step_index, sample);
         let (x0, eps) = self.predictions(model_output, &a_t, sample);
         let x0 = self.clip(x0);
         let std = variance.sqrt() * eta;
@@ -462,7 +440,7 @@ impl DdimScheduler {
 
     /// q(x_t | x₀): √ᾱ_t·x₀ + √(1−ᾱ_t)·noise at one training timestep per sample, `[B]`.
     pub fn add_noise(&self, original: &Tensor, noise: &Tensor, timesteps: &Tensor) -> Tensor {
-        let a = self.per_sample(&self.lookup.alphas_cumprod, timesteps, original);
+        let a = self.per_sample(&self.alphas_cumprod, timesteps, original);
         let one_minus: Tensor = 1.0 - &a;
         a.sqrt() * original + one_minus.sqrt() * noise
     }

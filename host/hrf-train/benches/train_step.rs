@@ -50,8 +50,7 @@ impl Trainer {
     fn update(&mut self) {
         let _norm = self.opt.clip_grad_norm_deferred(1.0);
         self.opt.step_with_lr(1e-4);
-        self.ema
-            .update(&self.ema_model.vs, &self.model.vs, &self.opt, 0.999);
+        self.ema.update(&self.ema_model.vs, &self.model.vs, 0.999);
     }
 
     fn step(&mut self, x: &Tensor, t: &Tensor, y: &Tensor, noise: &Tensor) {

@@ -208,9 +208,10 @@ impl AdamW {
         }
     }
 
-    /// The global L2 norm of the gradients as a 0-d tensor on their device (`None`: no gradients).
-    fn grad_norm_tensor(&self) -> Option<Tensor> {
-        if let Some(flat) = self.live_flat() {
+    /// The global L2 norm of the gradients as a 0-d tensor on their device (`None`: no gradients),
+    /// from `flat`'s buffer when the update goes through it (`live_flat`).
+    fn grad_norm_tensor(&self, flat: Option<&Flat>) -> Option<Tensor> {
+        if let Some(flat) = flat {
             return Some(
                 flat.grads
                     .to_kind(Kind::Float)
@@ -242,12 +243,13 @@ impl AdamW {
     /// and applied on the gradients' device. Returns the norm before clipping as a 0-d tensor, so
     /// a loop on a GPU need not wait for the device each step to learn it (see `clip_grad_norm`).
     pub fn clip_grad_norm_deferred(&mut self, max_norm: f64) -> Tensor {
-        let Some(norm) = self.grad_norm_tensor() else {
+        let flat = self.live_flat();
+        let Some(norm) = self.grad_norm_tensor(flat) else {
             return Tensor::from(0f32);
         };
         let factor = (norm.full_like(max_norm) / (&norm + 1e-6)).clamp_max(1.0);
         tch::no_grad(|| {
-            if let Some(flat) = self.live_flat() {
+            if let Some(flat) = flat {
                 let _ = flat.grads.shallow_clone().g_mul_(&factor);
                 return;
             }

@@ -9,65 +9,54 @@ pub fn warmed_decay(decay: f64, updates: i64) -> f64 {
     decay.min((1.0 + updates as f64) / (10.0 + updates as f64))
 }
 
+/// ema ← d·ema + (1 − d)·model, for one tensor or a whole buffer.
+fn blend(ema: &Tensor, model: &Tensor, decay: f64) {
+    let mut e = ema.shallow_clone();
+    let _ = e.g_mul_scalar_(decay);
+    let _ = e.g_add_(&(model * (1.0 - decay)));
+}
+
 /// ema ← d·ema + (1 − d)·model, variable by variable (both stores hold the same names).
 pub fn update(ema: &VarStore, model: &VarStore, decay: f64) {
     let src = model.variables();
     tch::no_grad(|| {
-        for (name, mut e) in ema.variables() {
-            let p: &Tensor = &src[&name];
-            let _ = e.g_mul_scalar_(decay);
-            let _ = e.g_add_(&(p * (1.0 - decay)));
+        for (name, e) in ema.variables() {
+            blend(&e, &src[&name], decay);
         }
     });
 }
 
-/// The EMA of a model whose trainable variables an `AdamW` flattened: the EMA copy's variables of
-/// the same names, in the same order, moved into one buffer of the same layout, so an update is
-/// three kernels instead of three per variable (see `adamw::flatten`).
-pub struct FlatEma {
-    buffer: Tensor,
+/// The EMA copy's variables named `names` (in that order) moved into one buffer laid out like
+/// `model_flat` (see `adamw::flatten`); `None`, with nothing moved, unless `ema` holds them all
+/// and they match the buffer's size and kind.
+fn flatten_like(ema: &VarStore, names: &[String], model_flat: &Tensor) -> Option<Tensor> {
+    let vars = ema.variables();
+    let mut tensors = names
+        .iter()
+        .map(|n| vars.get(n).map(Tensor::shallow_clone))
+        .collect::<Option<Vec<Tensor>>>()?;
+    let numel: i64 = tensors.iter().map(|t| t.numel() as i64).sum();
+    if numel != model_flat.numel() as i64 || tensors.first()?.kind() != model_flat.kind() {
+        return None;
+    }
+    crate::adamw::flatten(&mut tensors)
 }
 
-impl FlatEma {
-    /// `names`: the flattened model's variable names in buffer order (its optimiser's order).
-    /// `None` unless `ema` holds them all, flattenable, and they add up to `model_flat`'s size.
-    pub fn new(ema: &VarStore, names: &[String], model_flat: &Tensor) -> Option<Self> {
-        let vars = ema.variables();
-        let mut tensors = names
-            .iter()
-            .map(|n| vars.get(n).map(Tensor::shallow_clone))
-            .collect::<Option<Vec<Tensor>>>()?;
-        let numel: i64 = tensors.iter().map(|t| t.numel() as i64).sum();
-        if numel != model_flat.numel() as i64 || tensors.first()?.kind() != model_flat.kind() {
-            return None;
-        }
-        crate::adamw::flatten(&mut tensors).map(|buffer| Self { buffer })
-    }
-
-    /// ema ← d·ema + (1 − d)·model, the same arithmetic as `update`, over the whole buffer.
-    /// Variables outside the buffer (frozen ones) never change, so their EMA is their copy.
-    pub fn update(&self, model_flat: &Tensor, decay: f64) {
-        tch::no_grad(|| {
-            let mut e = self.buffer.shallow_clone();
-            let _ = e.g_mul_scalar_(decay);
-            let _ = e.g_add_(&(model_flat * (1.0 - decay)));
-        });
-    }
-}
-
-/// The EMA copy of a model trained by an `AdamW`: flat (`FlatEma`) when the optimiser flattened
-/// the model's trainable variables, variable by variable (`update`) otherwise.
+/// The EMA copy of a model trained by an `AdamW`. When the optimiser flattened the model's
+/// trainable variables, the copy's variables of the same names go into one buffer of the same
+/// layout and an update is three kernels instead of three per variable; otherwise it is `update`.
+/// Variables outside the buffer (frozen ones) never change, so their EMA stays their copy.
 pub struct ModelEma {
-    flat: Option<FlatEma>,
+    /// (the EMA's buffer, the model's buffer)
+    flat: Option<(Tensor, Tensor)>,
 }
 
 impl ModelEma {
-    /// Flattens `ema`'s variables alongside `opt`'s buffer where it can.
     pub fn new(ema: &VarStore, opt: &crate::AdamW) -> Self {
         let names: Vec<String> = opt.names().map(str::to_string).collect();
-        let flat = opt
-            .flat_params()
-            .and_then(|buffer| FlatEma::new(ema, &names, buffer));
+        let flat = opt.flat_params().and_then(|model_flat| {
+            flatten_like(ema, &names, model_flat).map(|e| (e, model_flat.shallow_clone()))
+        });
         Self { flat }
     }
 
@@ -77,10 +66,10 @@ impl ModelEma {
     }
 
     /// ema ← d·ema + (1 − d)·model.
-    pub fn update(&self, ema: &VarStore, model: &VarStore, opt: &crate::AdamW, decay: f64) {
-        match (&self.flat, opt.flat_params()) {
-            (Some(e), Some(buffer)) => e.update(buffer, decay),
-            _ => update(ema, model, decay),
+    pub fn update(&self, ema: &VarStore, model: &VarStore, decay: f64) {
+        match &self.flat {
+            Some((e, m)) => tch::no_grad(|| blend(e, m, decay)),
+            None => update(ema, model, decay),
         }
     }
 }
@@ -131,10 +120,11 @@ mod tests {
         let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
         let opt = crate::AdamW::new(params, Default::default());
         let model_flat = opt.flat_params().unwrap();
-        let flat = FlatEma::new(&ema_flat, &names, model_flat).unwrap();
-        assert!(FlatEma::new(&ema_flat, &names[..1], model_flat).is_none());
+        assert!(flatten_like(&ema_flat, &names[..1], model_flat).is_none());
+        let flat = ModelEma::new(&ema_flat, &opt);
+        assert!(flat.is_flat());
         for d in [0.5, 0.9, 0.99] {
-            flat.update(model_flat, d);
+            flat.update(&ema_flat, &model, d);
             update(&ema_ref, &model, d);
         }
         let (a, b) = (ema_flat.variables(), ema_ref.variables());

@@ -358,9 +358,10 @@ impl Pretrainer<'_> {
                 hrf_diffusion::ddim::PredictionType::Epsilon => noise,
                 hrf_diffusion::ddim::PredictionType::Sample => x0.shallow_clone(),
                 hrf_diffusion::ddim::PredictionType::VPrediction => {
-                    let a = sched.add_noise(&x0.zeros_like(), &x0.ones_like(), &t); // √(1−ᾱ)
-                    let b = sched.add_noise(&x0.ones_like(), &x0.zeros_like(), &t); // √ᾱ
-                    &b * &noise - &a * &x0
+                    // v = √ᾱ·ε − √(1−ᾱ)·x₀
+                    let abar = sched.alphas_cumprod_at(&t).view([-1, 1, 1, 1]);
+                    let one_minus: Tensor = 1.0 - &abar;
+                    abar.sqrt() * &noise - one_minus.sqrt() * &x0
                 }
             };
             let loss = match s.min_snr_gamma {
@@ -384,7 +385,7 @@ impl Pretrainer<'_> {
             let lr = lr_at(s, step + 1);
             opt.step_with_lr(lr);
             let decay = ema::warmed_decay(s.ema_decay, step);
-            ema_update.update(&ema_model.vs, &model.vs, &opt, decay);
+            ema_update.update(&ema_model.vs, &model.vs, decay);
 
             window.1 += s.batch_size;
             let _ = window.2.g_add_(&loss.detach());
