@@ -326,19 +326,35 @@ mod tests {
     #[test]
     fn shipped_pretraining_pipelines_load() {
         let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-        let mut seen = 0;
+        let mut seen = std::collections::BTreeMap::new();
         for entry in std::fs::read_dir(&configs).unwrap() {
             let path = entry.unwrap().path();
-            if path.to_string_lossy().ends_with("pretrain.yaml") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.contains("pretrain") && name.ends_with(".yaml") {
                 let p = load(&path).unwrap_or_else(|e| panic!("{e}"));
                 assert!(p.export.is_some(), "{}", path.display());
-                seen += 1;
+                seen.insert(name, p);
             }
         }
-        assert!(
-            seen >= 2,
-            "testbed-pretrain.yaml and testbed-wide-pretrain.yaml"
+        let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "testbed-pretrain-stage2.yaml",
+                "testbed-pretrain.yaml",
+                "testbed-wide-pretrain.yaml"
+            ]
         );
+        // The base model's two stages are chained: stage 2 starts from what stage 1 exports,
+        // and exports the base model the fine-tuning configs use.
+        let stage1 = seen["testbed-pretrain.yaml"].export.clone().unwrap();
+        let stage2 = &seen["testbed-pretrain-stage2.yaml"];
+        assert_eq!(stage2.model.source, ModelSource::Folder(stage1));
+        assert!(stage2
+            .export
+            .as_ref()
+            .unwrap()
+            .ends_with("../models/testbed"));
     }
 
     #[test]
