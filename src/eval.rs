@@ -29,7 +29,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 1.0)]
     pub eta: f64,
     /// Guidance weight of the conditional set: 1.25 gives the base model (models/testbed) its
-    /// best FID-like (1.25, 1.5 and 1.75 measured); testbed-stage1 and testbed-wide are best at 1.5.
+    /// best FID-like (measured from 1 to 1.75 in steps of 0.25); testbed-stage1 and testbed-wide
+    /// are best at 1.5.
     #[arg(long, default_value_t = 1.25)]
     pub guidance: f64,
     #[arg(long, default_value_t = 1234)]

@@ -205,13 +205,11 @@ fn a_time_limit_exports_early_and_sigterm_leaves_a_resumable_checkpoint() {
             "output=out-t",
             "--set",
             "export=model-t",
-        ];
-        a.extend([
             "--set",
             "training.steps=60",
             "--set",
             "training.checkpoint_every=1000",
-        ]);
+        ];
         if resume {
             a.push("--resume");
         }

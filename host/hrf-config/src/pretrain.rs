@@ -176,12 +176,6 @@ impl PretrainFile {
             ));
         }
         let o = &t.optimizer;
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
-            problems.push(err(
-                "training.optimizer.lr",
-                format!("must be positive, got {}", o.lr),
-            ));
-        }
         if o.weight_decay < 0.0 {
             problems.push(err(
                 "training.optimizer.weight_decay",
@@ -205,27 +199,16 @@ impl PretrainFile {
                 problems.push(err(field, format!("must be in [0, 1], got {v}")));
             }
         }
-        if let Some(g) = t.min_snr_gamma {
-            if !(g > 0.0 && g.is_finite()) {
-                problems.push(err(
-                    "training.min_snr_gamma",
-                    format!("must be positive, got {g}"),
-                ));
+        // Positive reals; the optional ones only when given.
+        for (field, v) in [
+            ("training.optimizer.lr", Some(o.lr)),
+            ("training.max_grad_norm", Some(t.max_grad_norm)),
+            ("training.min_snr_gamma", t.min_snr_gamma),
+            ("training.max_seconds", t.max_seconds),
+        ] {
+            if let Some(v) = v.filter(|v| !(*v > 0.0 && v.is_finite())) {
+                problems.push(err(field, format!("must be positive and finite, got {v}")));
             }
-        }
-        if let Some(m) = t.max_seconds {
-            if !(m > 0.0 && m.is_finite()) {
-                problems.push(err(
-                    "training.max_seconds",
-                    format!("must be a positive number of seconds, got {m}"),
-                ));
-            }
-        }
-        if t.max_grad_norm <= 0.0 {
-            problems.push(err(
-                "training.max_grad_norm",
-                format!("must be positive, got {}", t.max_grad_norm),
-            ));
         }
         let path = self.data.path.as_ref().map(|p| base.join(p));
         if self.data.source == DataSource::Folder && path.as_ref().is_none_or(|p| !p.is_dir()) {
