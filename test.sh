@@ -12,9 +12,10 @@ if cargo tree -p hrf-core -p hrf-config -p hrf-rewards -e normal,build --prefix 
   echo "hrf-core/hrf-config/hrf-rewards must not depend on tch" >&2
   exit 1
 fi
-LIBTORCH=/nonexistent cargo test --release -p hrf-core -p hrf-config -p hrf-rewards
+LIBTORCH=/nonexistent cargo test --release --no-fail-fast -p hrf-core -p hrf-config -p hrf-rewards
 
 echo "[test] whole workspace"
 # Tests run in parallel threads: one libtorch thread each avoids oversubscribing the cores.
-OMP_NUM_THREADS=1 cargo test --release --workspace
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+OMP_NUM_THREADS=1 cargo test --release --workspace --no-fail-fast
 echo "[test] done in $((SECONDS - t0)) s"

@@ -77,10 +77,9 @@ pub fn run(dev: Device) -> anyhow::Result<ExitCode> {
     }
 
     let cfg = UNetConfig::testbed();
-    tch::manual_seed(0);
-    let model = DiffusersModel::new(&cfg, dev).context("building the testbed UNet")?;
+    let model = DiffusersModel::new_seeded(&cfg, dev, 0).context("building the testbed UNet")?;
     let b = 8;
-    let x = Tensor::randn([b, cfg.in_channels, 32, 32], (Kind::Float, dev));
+    let x = hrf_diffusion::init::keyed_normal(&[0], &[b, cfg.in_channels, 32, 32]).to_device(dev);
     let t = Tensor::arange_start_step(0, 1000, 1000 / b, (Kind::Int64, dev));
     let y = Tensor::arange(b, (Kind::Int64, dev)).remainder(11);
     let forward = || tch::no_grad(|| model.unet.forward(&x, &t, Some(&y)));

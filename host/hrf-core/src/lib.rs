@@ -1,6 +1,10 @@
 //! hrf-core: the types every part of hrf shares: 8-bit images and samples as rewards see them,
 //! scores, the `Reward` trait and its errors. No tensors, no plugin runtimes here.
 
+pub mod interrupt;
+pub mod rng;
+pub mod text;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

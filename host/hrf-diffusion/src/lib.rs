@@ -4,6 +4,7 @@
 pub mod config;
 pub mod ddim;
 pub mod device;
+pub mod init;
 pub mod model;
 pub mod unet;
 

@@ -55,18 +55,17 @@ impl DiffusersModel {
         })
     }
 
-    /// A freshly initialised model whose initial weights depend on `seed` alone. libtorch's
-    /// initialisers draw from its process-global generator; a lock keeps concurrent seeded
-    /// constructions (parallel tests, several models in one run) from interleaving their draws.
+    /// A freshly initialised model whose initial weights depend on `seed` alone: PyTorch's default
+    /// distributions drawn from streams keyed by (seed, variable name), never from libtorch's
+    /// process-global generator (which concurrent callers would race on).
     pub fn new_seeded(
         config: &UNetConfig,
         device: Device,
         seed: u64,
     ) -> Result<Self, DiffusionError> {
-        static TORCH_GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = TORCH_GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
-        tch::manual_seed(seed as i64);
-        Self::new(config, device)
+        let model = Self::new(config, device)?;
+        crate::init::init_keyed(&model.vs, seed);
+        Ok(model)
     }
 
     /// Resolves a model folder: a UNet folder, or a pipeline folder with `unet/`.
@@ -257,7 +256,7 @@ mod tests {
         a.save(&dir.join("unet"), Some(&sched)).unwrap();
         let b = DiffusersModel::load(&dir.join("unet"), Device::Cpu).unwrap();
         assert_eq!(b.scheduler.as_ref(), Some(&sched));
-        let x = Tensor::randn([2, 1, 32, 32], (tch::Kind::Float, Device::Cpu));
+        let x = crate::init::keyed_normal(&[260], &[2, 1, 32, 32]);
         let t = Tensor::from_slice(&[10i64, 900]);
         let y = Tensor::from_slice(&[3i64, 10]);
         let (oa, ob) = tch::no_grad(|| {

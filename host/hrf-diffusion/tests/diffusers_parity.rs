@@ -302,8 +302,7 @@ fn hrf_saved_folders_load_in_diffusers() {
     for name in MODELS {
         let dir = fixtures().join(format!("unet_{name}"));
         let cfg = hrf_diffusion::UNetConfig::from_json_file(&dir.join("config.json")).unwrap();
-        tch::manual_seed(7);
-        let model = DiffusersModel::new(&cfg, Device::Cpu).unwrap();
+        let model = DiffusersModel::new_seeded(&cfg, Device::Cpu, 7).unwrap();
         let target = out.join(name);
         model
             .save(&target, Some(&SchedulerConfig::default()))

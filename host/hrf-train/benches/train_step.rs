@@ -97,8 +97,8 @@ fn main() {
     println!("device {dev:?}, batch {batch}, median of {steps} steps");
     for name in ["testbed", "testbed-wide"] {
         let cfg = UNetConfig::named(name).expect("named architecture");
-        let x = Tensor::randn([batch, 1, 32, 32], (Kind::Float, dev));
-        let noise = Tensor::randn([batch, 1, 32, 32], (Kind::Float, dev));
+        let x = hrf_diffusion::init::keyed_normal(&[1], &[batch, 1, 32, 32]).to_device(dev);
+        let noise = hrf_diffusion::init::keyed_normal(&[2], &[batch, 1, 32, 32]).to_device(dev);
         let t = Tensor::randint(1000, [batch], (Kind::Int64, dev));
         let y = Tensor::randint(11, [batch], (Kind::Int64, dev));
         let mut per_var = Trainer::new(&cfg, dev, false);

@@ -12,9 +12,10 @@ pub mod metrics;
 pub mod plots;
 pub mod ppo;
 pub mod pretrain;
-pub mod rng;
 pub mod run;
 pub mod sampling;
 pub mod trajectory;
 
 pub use adamw::{AdamW, AdamWConfig};
+/// Keyed random numbers live in hrf-core (model initialisation draws from them too).
+pub use hrf_core::rng;

@@ -12,7 +12,8 @@ use hrf_diffusion::{DdimScheduler, DiffusersModel, SchedulerConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::sampling::{mix_seed, sample, to_images, SampleRequest};
+use crate::rng::KeyedRng;
+use crate::sampling::{keyed_noise, sample, to_images, SampleRequest};
 use crate::{ema, AdamW, AdamWConfig};
 
 pub use hrf_config::pretrain::{AdamWSettings, PretrainSettings};
@@ -126,8 +127,12 @@ pub fn min_snr_weight(
 
 /// The permutation of epoch `epoch`: epochs are seeded permutations of the dataset.
 fn epoch_permutation(n: i64, seed: u64, epoch: i64) -> Tensor {
-    tch::manual_seed(mix_seed(&[seed, 0xE90C, epoch as u64]));
-    Tensor::randperm(n, (Kind::Int64, Device::Cpu))
+    let perm: Vec<i64> = KeyedRng::new(&[seed, 0xE90C, epoch as u64])
+        .permutation(n as usize)
+        .into_iter()
+        .map(|i| i as i64)
+        .collect();
+    Tensor::from_slice(&perm)
 }
 
 /// The sample order, one permutation per epoch, each drawn once (not once per step) and kept on
@@ -343,15 +348,29 @@ impl Pretrainer<'_> {
         for step in start_step..s.steps {
             // Everything random in this step is keyed by (seed, step): exact resume.
             let idx = order.batch(n, s.batch_size, s.seed, step);
-            tch::manual_seed(mix_seed(&[s.seed, 0x57E9, step as u64]));
+            // (drawn on the host from keyed streams, never from libtorch's global generator)
+            let mut draw = KeyedRng::new(&[s.seed, 0x57E9, step as u64]);
             let x0 = (x_all.index_select(0, &idx).to_kind(Kind::Float) / 127.5) - 1.0;
             let mut y = y_all.index_select(0, &idx);
             if let Some(null) = null {
-                let drop = Tensor::rand([s.batch_size], (Kind::Float, dev)).lt(s.class_dropout);
+                let drop: Vec<bool> = (0..s.batch_size)
+                    .map(|_| draw.uniform() < s.class_dropout)
+                    .collect();
+                let drop = Tensor::from_slice(&drop).to_device(dev);
                 y = y.where_self(&drop.logical_not(), &y.full_like(null));
             }
-            let t = Tensor::randint(t_max, [s.batch_size], (Kind::Int64, dev));
-            let noise = x0.randn_like();
+            let t: Vec<i64> = (0..s.batch_size)
+                .map(|_| draw.below(t_max as u64) as i64)
+                .collect();
+            let t = Tensor::from_slice(&t).to_device(dev);
+            let rows: Vec<u64> = (0..s.batch_size as u64).collect();
+            let noise = keyed_noise(
+                s.seed,
+                &rows,
+                0x57E9_0000 + step as u64,
+                &x0.size()[1..],
+                dev,
+            );
             let x_t = sched.add_noise(&x0, &noise, &t);
             let pred = model.unet.forward(&x_t, &t, null.map(|_| &y));
             let target = match self.scheduler.prediction_type {
