@@ -2,10 +2,11 @@
 //! point (after the current epoch or step, with a checkpoint written); a second one ends the
 //! process at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-/// Set once a stop was asked for; the training loops poll it.
-pub static STOP: AtomicBool = AtomicBool::new(false);
+/// Set once a stop was asked for; the training loops poll it, and so does every wait on a
+/// plugin (it lives in hrf-core so that the plugin host sees it too).
+pub use hrf_core::interrupt::STOP;
 
 extern "C" fn on_signal(signal: libc::c_int) {
     if STOP.swap(true, Ordering::SeqCst) {

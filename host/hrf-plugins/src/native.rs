@@ -2,11 +2,16 @@
 //! `plugins/native/include/hrf_reward.h`, loaded with libloading. They run with the host's rights,
 //! so hrf loads one only when its pipeline entry says `trust: native` and the command line says
 //! `--allow-native`. The ABI version function is checked first, then the table's version and the
-//! sizes of both structs; errors come back through `last_error`, never by unwinding.
+//! sizes of both structs, then that none of its function pointers is NULL; errors come back
+//! through `last_error`, never by unwinding. The library is opened by an absolute path (a
+//! relative one is taken from the current folder; a pipeline's are already resolved against the
+//! pipeline file), never looked up on the dynamic loader's search path. Strings from the library
+//! are read up to a bound and pass [`hrf_core::text`] like any plugin's text.
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::path::PathBuf;
 
+use hrf_core::text;
 use hrf_core::{Reward, RewardError, RewardInfo, Sample, Score};
 
 use crate::PluginError;
@@ -33,7 +38,17 @@ struct CTable {
     version: *const c_char,
     higher_is_better: i32,
     batch_hint: u32,
-    create: unsafe extern "C" fn(*const c_char) -> *mut c_void,
+    // Nullable function pointers (`Option<fn>` has the layout of a C function pointer): a NULL
+    // one is refused at load.
+    create: Option<unsafe extern "C" fn(*const c_char) -> *mut c_void>,
+    score: Option<unsafe extern "C" fn(*mut c_void, *const CSample, usize, *mut f32) -> i32>,
+    last_error: Option<unsafe extern "C" fn(*mut c_void) -> *const c_char>,
+    destroy: Option<unsafe extern "C" fn(*mut c_void)>,
+}
+
+/// The table's functions, every one checked non-NULL.
+#[derive(Clone, Copy)]
+struct Functions {
     score: unsafe extern "C" fn(*mut c_void, *const CSample, usize, *mut f32) -> i32,
     last_error: unsafe extern "C" fn(*mut c_void) -> *const c_char,
     destroy: unsafe extern "C" fn(*mut c_void),
@@ -54,7 +69,7 @@ pub struct NativeSettings {
 /// A loaded native plugin.
 pub struct NativeReward {
     settings: NativeSettings,
-    table: *const CTable,
+    functions: Functions,
     state: *mut c_void,
     info: RewardInfo,
     // Declared last: dropped after `state` is destroyed (see Drop).
@@ -65,12 +80,38 @@ pub struct NativeReward {
 // allows; the table is immutable.
 unsafe impl Send for NativeReward {}
 
-fn text(p: *const c_char) -> String {
+/// Bytes of a string from the library read at most (it need not be NUL-terminated within them).
+const MAX_C_STRING: usize = 64 << 10;
+
+/// A string from the library, cut and cleaned ([`text::clean_bytes`]); `None` when NULL.
+fn c_text(p: *const c_char, max: usize) -> Option<String> {
     if p.is_null() {
-        return String::new();
+        return None;
     }
-    // SAFETY: the ABI promises NUL-terminated strings valid until the plugin's next call.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    let mut bytes = Vec::new();
+    // SAFETY: the ABI promises NUL-terminated strings valid until the plugin's next call; no
+    // more than MAX_C_STRING bytes are read, so an unterminated one is not read without end.
+    unsafe {
+        while bytes.len() < MAX_C_STRING {
+            let b = *p.add(bytes.len()) as u8;
+            if b == 0 {
+                break;
+            }
+            bytes.push(b);
+        }
+    }
+    Some(text::clean_bytes(&bytes, max))
+}
+
+/// What `last_error` said, or a clear note that it said nothing.
+fn reason(p: *const c_char) -> String {
+    match c_text(p, text::MAX_MESSAGE) {
+        None => "no reason given (the plugin's last_error returned NULL)".into(),
+        Some(s) if s.trim().is_empty() => {
+            "no reason given (the plugin's last_error returned an empty string)".into()
+        }
+        Some(s) => s,
+    }
 }
 
 impl NativeReward {
@@ -95,8 +136,18 @@ impl NativeReward {
                 )));
             }
         }
+        // An absolute path, so that dlopen never searches LD_LIBRARY_PATH and the system folders.
+        let path = std::path::absolute(&settings.path)
+            .map_err(|e| err(format!("cannot be resolved: {e}")))?;
+        if !path.is_file() {
+            return Err(err(format!(
+                "{} not found (a relative path is taken from the current folder, or from the \
+                 pipeline file's in a pipeline; the loader's search path is never used)",
+                path.display()
+            )));
+        }
         // SAFETY: loading runs the library's initialisers: that is the trust both opt-ins grant.
-        let library = unsafe { libloading::Library::new(&settings.path) }
+        let library = unsafe { libloading::Library::new(&path) }
             .map_err(|e| err(format!("cannot be loaded: {e}")))?;
         // SAFETY: the symbols' types are those of hrf_reward.h; the version function is checked
         // before anything else is used.
@@ -133,24 +184,49 @@ impl NativeReward {
                 t.abi_version, t.table_size, t.sample_size, sizes.0, sizes.1
             )));
         }
+        let null: Vec<&str> = [
+            ("create", t.create.is_none()),
+            ("score", t.score.is_none()),
+            ("last_error", t.last_error.is_none()),
+            ("destroy", t.destroy.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(field, null)| null.then_some(field))
+        .collect();
+        let (Some(create), Some(score), Some(last_error), Some(destroy)) =
+            (t.create, t.score, t.last_error, t.destroy)
+        else {
+            return Err(err(format!(
+                "its function table holds NULL for {}: refusing to load it",
+                null.iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
         let config = CString::new(settings.config.to_string())
             .map_err(|_| err("config holds a NUL character".into()))?;
         // SAFETY: per the ABI; `config` outlives the call.
-        let state = unsafe { (t.create)(config.as_ptr()) };
+        let state = unsafe { create(config.as_ptr()) };
         if state.is_null() {
             // SAFETY: last_error(NULL) reports create's failure.
-            let why = text(unsafe { (t.last_error)(std::ptr::null_mut()) });
+            let why = reason(unsafe { last_error(std::ptr::null_mut()) });
             return Err(err(format!("create failed: {why}")));
         }
+        let field = |p| c_text(p, text::MAX_NAME).unwrap_or_else(|| "?".into());
         let info = RewardInfo {
             name: settings.name.clone(),
-            version: format!("{} {}", text(t.name), text(t.version)),
+            version: format!("{} {}", field(t.name), field(t.version)),
             higher_is_better: t.higher_is_better != 0,
             batch_hint: (t.batch_hint > 0).then_some(t.batch_hint),
         };
         Ok(NativeReward {
             settings,
-            table,
+            functions: Functions {
+                score,
+                last_error,
+                destroy,
+            },
             state,
             info,
             _library: library,
@@ -201,15 +277,13 @@ impl NativeReward {
             })
             .collect();
         let mut out = vec![f32::NAN; samples.len()];
-        // SAFETY: `table` and `state` are live; `c`, `strings` and `samples` outlive the call;
+        // SAFETY: the functions and `state` are live; `c`, `strings` and `samples` outlive the call;
         // `out` has room for one score per sample.
-        let rc = unsafe {
-            let t = &*self.table;
-            (t.score)(self.state, c.as_ptr(), c.len(), out.as_mut_ptr())
-        };
+        let rc =
+            unsafe { (self.functions.score)(self.state, c.as_ptr(), c.len(), out.as_mut_ptr()) };
         if rc != 0 {
             // SAFETY: per the ABI.
-            let why = text(unsafe { ((*self.table).last_error)(self.state) });
+            let why = reason(unsafe { (self.functions.last_error)(self.state) });
             return Err(format!("score failed ({rc}): {why}"));
         }
         Ok(out.into_iter().map(Score::new).collect())
@@ -219,6 +293,6 @@ impl NativeReward {
 impl Drop for NativeReward {
     fn drop(&mut self) {
         // SAFETY: `state` came from create and is destroyed once, before the library unloads.
-        unsafe { ((*self.table).destroy)(self.state) };
+        unsafe { (self.functions.destroy)(self.state) };
     }
 }

@@ -118,3 +118,99 @@ fn a_panic_inside_the_rust_plugin_comes_back_as_an_error() {
         assert!((s.value - want).abs() < 1e-6, "{} vs {want}", s.value);
     }
 }
+
+/// Builds plugins/tests/native/hostile.c with `defines` into a scratch folder (cc, as set-up
+/// builds the examples).
+fn hostile(tag: &str, defines: &[&str]) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = std::env::temp_dir().join(format!("hrf-native-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("libhostile_{tag}.so"));
+    let o = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1"])
+        .arg("-I")
+        .arg(root.join("plugins/native/include"))
+        .args(defines)
+        .arg("-o")
+        .arg(&out)
+        .arg(root.join("plugins/tests/native/hostile.c"))
+        .output()
+        .expect("cc runs (set-up installs build-essential)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn hostile_settings(path: PathBuf, config: serde_json::Value) -> NativeSettings {
+    NativeSettings {
+        name: "test-hostile".into(),
+        path,
+        config,
+        trusted_by_pipeline: true,
+        allowed_by_command_line: true,
+    }
+}
+
+#[test]
+fn a_table_with_null_function_pointers_is_refused_naming_the_fields() {
+    let lib = hostile("null", &["-DHRF_TEST_NULL_FUNCTIONS"]);
+    let e = NativeReward::load(hostile_settings(lib, serde_json::json!({})))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("test-hostile") && e.contains("NULL for `create`, `score`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_null_or_empty_last_error_becomes_a_clear_reason() {
+    let lib = hostile("ok", &[]);
+    let load = |config| NativeReward::load(hostile_settings(lib.clone(), config));
+    let e = load(serde_json::json!({"fail_create": true}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("create failed: no reason given (the plugin's last_error returned NULL)"),
+        "{e}"
+    );
+    let e = load(serde_json::json!({"fail_create": true, "empty_reason": true}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("last_error returned an empty string"), "{e}");
+    let mut r = load(serde_json::json!({"fail_score": true})).unwrap();
+    let e = r.score(&samples()).unwrap_err().to_string();
+    assert!(
+        e.contains("score failed (7): no reason given (the plugin's last_error returned NULL)"),
+        "{e}"
+    );
+    let mut good = load(serde_json::json!({})).unwrap();
+    assert_eq!(good.score(&samples()).unwrap()[0].value, 0.5);
+}
+
+#[test]
+fn a_huge_name_in_the_table_is_cut_and_escaped() {
+    let lib = hostile("name", &["-DHRF_TEST_LONG_NAME"]);
+    let r = NativeReward::load(hostile_settings(lib, serde_json::json!({}))).unwrap();
+    let v = r.info().version;
+    assert!(v.len() < 2 * hrf_core::text::MAX_NAME, "{}", v.len());
+    assert!(
+        v.starts_with("\\x1b[2J\\r\\nnnn") && v.contains("bytes cut"),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_bare_file_name_is_not_looked_up_on_the_loader_path() {
+    // libc.so.6 is on every loader path; as a plugin path it names ./libc.so.6, which is not
+    // there.
+    let s = hostile_settings(PathBuf::from("libc.so.6"), serde_json::json!({}));
+    let e = NativeReward::load(s).err().expect("refused").to_string();
+    let here = std::env::current_dir().unwrap().join("libc.so.6");
+    assert!(
+        e.contains(&format!("{} not found", here.display())) && e.contains("search path"),
+        "{e}"
+    );
+}

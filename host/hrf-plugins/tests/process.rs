@@ -115,3 +115,107 @@ fn a_dying_raising_or_nan_child_fails_the_call_and_the_next_batch_is_scored() {
         assert_eq!(r.score(&batch).unwrap()[2].value, mean(&batch[2]), "{mode}");
     }
 }
+
+/// Peak resident memory of this process since the last reset (`VmHWM`), in bytes; resets it.
+fn peak_rss_then_reset() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    // Writing 5 to clear_refs resets the peak (Linux ≥ 4.0).
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    kb << 10
+}
+
+fn misbehaving(mode: &str, timeout: Duration, extra: serde_json::Value) -> ProcessReward {
+    let mut config = serde_json::json!({ "mode": mode });
+    config
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let mut s = settings("tests/process_misbehave.py", config);
+    s.timeout = timeout;
+    ProcessReward::load(s).unwrap()
+}
+
+#[test]
+fn a_reply_that_is_not_utf8_fails_at_once_and_the_next_batch_is_scored() {
+    let mut r = misbehaving("bad-utf8", Duration::from_secs(10), serde_json::json!({}));
+    let t = Instant::now();
+    let e = r.score(&samples(true)).unwrap_err().to_string();
+    // The reply came at once; the error must not wait for the 10 s timeout (nor for ever).
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(
+        e.contains("reply is not valid UTF-8") && e.contains("test-process"),
+        "{e}"
+    );
+    let batch = samples(false);
+    assert_eq!(r.score(&batch).unwrap()[0].value, mean(&batch[0]));
+}
+
+#[test]
+fn a_gigabyte_reply_without_a_newline_fails_with_bounded_memory() {
+    let mut r = misbehaving("no-newline", Duration::from_secs(20), serde_json::json!({}));
+    let before = peak_rss_then_reset();
+    let t = Instant::now();
+    let e = r.score(&samples(true)).unwrap_err().to_string();
+    let took = t.elapsed();
+    let peak = peak_rss_then_reset();
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert!(
+        e.contains(&format!(
+            "reply longer than {} MiB without a newline",
+            hrf_plugins::process::MAX_REPLY >> 20
+        )),
+        "{e}"
+    );
+    // The host keeps at most MAX_REPLY (16 MiB) of it, doubling as it grows: far below the
+    // gigabyte it was sent (the bug kept it all).
+    assert!(
+        peak < before + (256 << 20),
+        "peak RSS {} MiB, {} MiB before",
+        peak >> 20,
+        before >> 20
+    );
+    let batch = samples(false);
+    assert_eq!(r.score(&batch).unwrap()[3].value, mean(&batch[3]));
+}
+
+/// Whether process `pid` is gone (or a zombie, dead and waiting to be reaped).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn the_grandchild_of_a_timed_out_process_is_killed_with_it() {
+    let pid_file = std::env::temp_dir().join(format!("hrf-grandchild-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pid_file);
+    let mut r = misbehaving(
+        "fork-hang",
+        Duration::from_millis(1500),
+        serde_json::json!({"pid_file": pid_file}),
+    );
+    let e = r.score(&samples(true)).unwrap_err().to_string();
+    assert!(e.contains("no reply within 1.5 s"), "{e}");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("the child wrote its grandchild's pid")
+        .trim()
+        .parse()
+        .unwrap();
+    // SIGKILL to the group is immediate; allow the kernel a moment under load.
+    let t = Instant::now();
+    while !gone(pid) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone(pid), "grandchild {pid} outlived its parent's timeout");
+    std::fs::remove_file(pid_file).unwrap();
+    let batch = samples(false);
+    assert_eq!(r.score(&batch).unwrap()[0].value, mean(&batch[0]));
+}

@@ -336,3 +336,148 @@ fn pins_cache_and_bad_files() {
     assert!(e.contains("not a valid component"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+// --- Time: a guest blocked inside a host call -------------------------------------------------
+//
+// The margins below are generous on purpose: a 1 s timeout must fail its call by 1 s + the
+// host's grace (0.25 s); the tests allow 4 s so that a loaded 2-core machine cannot fail them,
+// while a host that waits for the guest's hour-long sleep (the bug) fails them for certain.
+
+fn sleeper(extra: serde_json::Value) -> WasmSettings {
+    let mut config = serde_json::json!({"mode": "sleep", "flagged": true});
+    config
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let mut s = settings("misbehave", config);
+    s.timeout = Duration::from_secs(1);
+    s
+}
+
+#[test]
+fn a_guest_blocked_in_a_wasi_sleep_fails_within_the_timeout_and_the_next_call_works() {
+    let samples = real_samples(2);
+    let mut r = WasmReward::load(sleeper(serde_json::json!({}))).unwrap();
+    for _ in 0..2 {
+        let t = Instant::now();
+        let e = failure(r.score(&flag(samples.clone())));
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(4), "stopped after {took:?}");
+        assert!(took >= Duration::from_secs(1), "stopped after {took:?}");
+        assert!(
+            e.contains("test-misbehave")
+                && e.contains("timed out after 1.0 s")
+                && e.contains("blocked inside a host call"),
+            "{e}"
+        );
+        // A fresh instance scores the next batch.
+        recovers(&mut r, &samples);
+    }
+    // A short sleep is no failure: WASI clocks still work.
+    let mut short = WasmReward::load(sleeper(serde_json::json!({"sleep_s": 0.05}))).unwrap();
+    assert_eq!(short.score(&flag(samples.clone())).unwrap()[0].value, 0.5);
+}
+
+#[test]
+fn a_guest_sleeping_in_configure_fails_its_load_within_the_timeout() {
+    let t = Instant::now();
+    let e = WasmReward::load(sleeper(serde_json::json!({"sleep_in_configure": true})))
+        .err()
+        .expect("load fails")
+        .to_string();
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(
+        e.contains("test-misbehave") && e.contains("timed out after 1.0 s"),
+        "{e}"
+    );
+}
+
+#[test]
+fn abandoned_calls_are_bounded_per_plugin() {
+    let samples = flag(real_samples(1));
+    let mut s = sleeper(serde_json::json!({}));
+    s.timeout = Duration::from_millis(300);
+    let mut r = WasmReward::load(s).unwrap();
+    for _ in 0..hrf_plugins::MAX_STUCK {
+        assert!(failure(r.score(&samples)).contains("blocked inside a host call"));
+    }
+    // Each abandoned call still sleeps, holding its store: no fifth one is started.
+    let t = Instant::now();
+    let e = failure(r.score(&samples));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(
+        e.contains(&format!(
+            "{} earlier calls of this plugin are still blocked",
+            hrf_plugins::MAX_STUCK
+        )),
+        "{e}"
+    );
+}
+
+// --- Text: sizes and control characters --------------------------------------------------------
+
+#[test]
+fn a_100_mib_error_message_and_extra_name_are_cut() {
+    let samples = real_samples(2);
+    let mut s = misbehave("huge-error");
+    s.memory_bytes = 512 << 20;
+    let mut r = WasmReward::load(s).unwrap();
+    for _ in 0..3 {
+        let e = failure(r.score(&samples));
+        assert!(
+            e.len() < 2 * hrf_core::text::MAX_MESSAGE,
+            "{} bytes",
+            e.len()
+        );
+        assert!(
+            e.contains(&format!(
+                "EEEE… ({} bytes cut)",
+                (100 << 20) - hrf_core::text::MAX_MESSAGE
+            )),
+            "{}",
+            &e[e.len() - 60..]
+        );
+    }
+    let mut s = misbehave("huge-extra");
+    s.memory_bytes = 512 << 20;
+    let mut r = WasmReward::load(s).unwrap();
+    // Two 100 MiB names are more than a call may hand the host (HOSTCALL_BYTES): a trap.
+    let e = failure(r.score(&samples));
+    assert!(e.contains("too much data"), "{e}");
+    let got = r.score(&samples[..1]).unwrap();
+    let names: Vec<&String> = got[0].extras.keys().collect();
+    assert_eq!(names.len(), 1);
+    assert!(
+        names[0].len() < 2 * hrf_core::text::MAX_NAME && names[0].ends_with(" bytes cut)"),
+        "{}",
+        names[0].len()
+    );
+}
+
+#[test]
+fn control_characters_in_errors_and_extras_are_escaped_and_nan_extras_dropped() {
+    let samples = real_samples(2);
+    let mut r = WasmReward::load(misbehave("inject-error")).unwrap();
+    let e = failure(r.score(&samples));
+    assert!(!e.chars().any(char::is_control), "{e:?}");
+    assert!(
+        e.contains(
+            "\\x1b[31mred\\x1b[0m\\r\\nepoch 9/9: reward 99.0 (forged)\\0nul\\x1b]0;title\\x07"
+        ),
+        "{e}"
+    );
+    let mut s = misbehave("inject");
+    s.config["extras"] = 100.into();
+    let mut r = WasmReward::load(s).unwrap();
+    for score in r.score(&samples).unwrap() {
+        // The forged name (escaped), then the first of the 100 numbered extras, up to the cap;
+        // the NaN one is dropped.
+        assert_eq!(score.extras.len(), hrf_core::text::MAX_EXTRAS);
+        assert!(!score.extras.contains_key("not-a-number"));
+        assert!(score.extras.values().all(|v| v.is_finite()));
+        for name in score.extras.keys() {
+            assert!(!name.chars().any(char::is_control), "{name:?}");
+        }
+        assert!(score.extras.keys().any(|k| k.starts_with("\\x1b[31mred")));
+    }
+}

@@ -7,7 +7,14 @@
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
-use hrf_core::{check_scores, Reward, RewardError, Sample};
+use hrf_core::{check_scores, text, Reward, RewardError, Sample};
+
+/// Skip reasons kept per batch, and per epoch across its batches; the others are only counted
+/// (the last line says how many), so that a failing reward cannot flood the log or the metrics.
+pub const MAX_SKIP_REASONS: usize = 16;
+/// Bytes kept of one skip reason (it holds a plugin's message, itself cut to
+/// [`text::MAX_MESSAGE`], plus the reward's label and where it comes from).
+pub const MAX_SKIP_REASON: usize = 2 * text::MAX_MESSAGE;
 
 /// One reward of the set, with its weight.
 pub struct Component {
@@ -28,16 +35,49 @@ pub struct SetScores {
     pub components: Vec<(String, Vec<f64>)>,
     /// Per sample: skipped because a reward with `on_error: skip` failed on it.
     pub skipped: Vec<bool>,
-    /// What was skipped and why, one line per failure, for the log.
+    /// What was skipped and why, one line per failure, for the log: each one line (control
+    /// characters escaped) of at most [`MAX_SKIP_REASON`] bytes, at most [`MAX_SKIP_REASONS`]
+    /// of them plus a last line counting the others.
     pub skip_reasons: Vec<String>,
+    /// Skip reasons not kept in `skip_reasons` (past [`MAX_SKIP_REASONS`]).
+    pub skip_reasons_dropped: usize,
 }
 
 impl SetScores {
+    /// Adds a skip reason (cleaned and cut, see `skip_reasons`); past [`MAX_SKIP_REASONS`] it
+    /// is only counted.
+    pub fn push_skip_reason(&mut self, why: &str) {
+        if self.skip_reasons_dropped == 0 && self.skip_reasons.len() < MAX_SKIP_REASONS {
+            self.skip_reasons.push(text::clean(why, MAX_SKIP_REASON));
+        } else {
+            self.count_dropped_reasons(1);
+        }
+    }
+
+    fn count_dropped_reasons(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.skip_reasons_dropped == 0 {
+            self.skip_reasons.push(String::new());
+        }
+        self.skip_reasons_dropped += n;
+        let last = self.skip_reasons.last_mut().expect("pushed");
+        *last = format!(
+            "… and {} more skip reasons, not shown (at most {MAX_SKIP_REASONS} are kept)",
+            self.skip_reasons_dropped
+        );
+    }
+
     /// Appends another batch's scores (same components, in order).
     pub fn extend(&mut self, other: SetScores) {
         self.total.extend(other.total);
         self.skipped.extend(other.skipped);
-        self.skip_reasons.extend(other.skip_reasons);
+        let kept = other.skip_reasons.len() - (other.skip_reasons_dropped > 0) as usize;
+        for why in &other.skip_reasons[..kept] {
+            self.push_skip_reason(why);
+        }
+        self.count_dropped_reasons(other.skip_reasons_dropped);
         if self.components.is_empty() {
             self.components = other.components;
         } else {
@@ -104,6 +144,7 @@ impl RewardSet {
             components: Vec::with_capacity(self.components.len()),
             skipped: vec![false; n],
             skip_reasons: Vec::new(),
+            skip_reasons_dropped: 0,
         };
         for c in &mut self.components {
             let info = c.reward.info();
@@ -119,7 +160,7 @@ impl RewardSet {
                     // Scored, but some values are not numbers: skip just those samples.
                     let values: Vec<f64> = scores.iter().map(|s| s.value as f64).collect();
                     let bad: Vec<usize> = (0..n).filter(|&i| !values[i].is_finite()).collect();
-                    out.skip_reasons.push(format!(
+                    out.push_skip_reason(&format!(
                         "{}: non-finite value for {} of {n} samples (first: sample {}); skipped them (on_error: skip)",
                         info.label(),
                         bad.len(),
@@ -128,7 +169,7 @@ impl RewardSet {
                     values
                 }
                 (Err(e), _) | (_, Err(e)) => {
-                    out.skip_reasons.push(format!(
+                    out.push_skip_reason(&format!(
                         "{e}; skipped the call's {n} samples (on_error: skip)"
                     ));
                     vec![f64::NAN; n]
@@ -366,6 +407,63 @@ mod tests {
         all.extend(set.score(&samples(2)).unwrap());
         assert_eq!(all.skipped, vec![false, true, false, true]);
         assert_eq!(all.skip_reasons.len(), 2);
+    }
+
+    /// Fails every call with a long message full of control characters.
+    struct Loud;
+    impl Reward for Loud {
+        fn info(&self) -> RewardInfo {
+            RewardInfo {
+                name: "loud".into(),
+                version: "1".into(),
+                higher_is_better: true,
+                batch_hint: None,
+            }
+        }
+        fn score(&mut self, _: &[Sample]) -> Result<Vec<Score>, RewardError> {
+            Err(RewardError::Failed {
+                reward: "loud@1".into(),
+                message: format!("\x1b[2J\r\nforged line{}", "x".repeat(1 << 20)),
+            })
+        }
+    }
+
+    #[test]
+    fn skip_reasons_are_one_line_each_cut_and_counted_past_the_cap() {
+        let loud = || Component {
+            name: "loud".into(),
+            weight: 1.0,
+            reward: Box::new(Loud),
+            skip_failures: true,
+        };
+        let mut set = RewardSet::new(vec![component(1.0, true, 1.0), loud()]);
+        let mut all = SetScores::default();
+        for _ in 0..40 {
+            all.extend(set.score(&samples(2)).unwrap());
+        }
+        assert_eq!(all.skip_reasons.len(), MAX_SKIP_REASONS + 1);
+        assert_eq!(all.skip_reasons_dropped, 40 - MAX_SKIP_REASONS);
+        for why in &all.skip_reasons[..MAX_SKIP_REASONS] {
+            assert!(
+                why.starts_with("reward loud@1: \\x1b[2J\\r\\nforged line"),
+                "{why}"
+            );
+            assert!(why.len() < MAX_SKIP_REASON + 40, "{}", why.len());
+            assert!(!why.chars().any(char::is_control));
+        }
+        assert_eq!(
+            all.skip_reasons[MAX_SKIP_REASONS],
+            format!(
+                "… and {} more skip reasons, not shown (at most {MAX_SKIP_REASONS} are kept)",
+                40 - MAX_SKIP_REASONS
+            )
+        );
+        // The count survives merging sets that had dropped reasons themselves.
+        let mut twice = SetScores::default();
+        twice.extend(all.clone());
+        twice.extend(all);
+        assert_eq!(twice.skip_reasons_dropped, 80 - MAX_SKIP_REASONS);
+        assert_eq!(twice.skip_reasons.len(), MAX_SKIP_REASONS + 1);
     }
 
     #[test]
