@@ -46,16 +46,13 @@ fn base_reference(
     allow_native: bool,
 ) -> anyhow::Result<EvalReport> {
     let resolved_path = first.join(RESOLVED_FILE);
-    let resolved: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&resolved_path)
-            .with_context(|| resolved_path.display().to_string())?,
-    )
-    .with_context(|| resolved_path.display().to_string())?;
+    let resolved = hrf_config::run::read_resolved(&resolved_path).map_err(UsageError::from)?;
     let key = compare::evaluation_key(&resolved);
     let cache = out.join(BASE_FILE);
     if let Ok(text) = std::fs::read_to_string(&cache) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            if v["key"] == key {
+            // (a cache written by an older hrf spells its paths as the pipeline did)
+            if compare::in_one_spelling(v["key"].clone()) == key {
                 if let Ok(r) = serde_json::from_value(v["report"].clone()) {
                     eprintln!("base model: reusing {}", cache.display());
                     return Ok(r);

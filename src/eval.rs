@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use hrf_core::Sample;
-use hrf_diffusion::{device, DiffusersModel};
+use hrf_diffusion::device;
 use hrf_train::evaluation::{generate, Evaluator, Generation};
 use hrf_train::metrics;
 use serde_json::json;
@@ -24,14 +24,14 @@ pub struct EvalArgs {
     pub n: usize,
     #[arg(long, default_value_t = 40)]
     pub steps: i64,
-    /// DDIM η: 1 (ancestral-like, as DDPO samples) suits the small testbed model better than
-    /// the deterministic 0.
-    #[arg(long, default_value_t = 1.0)]
+    /// DDIM η in [0, 1]: 1 (ancestral-like, as DDPO samples) suits the small testbed model
+    /// better than the deterministic 0.
+    #[arg(long, default_value_t = crate::sample::DEFAULT_ETA)]
     pub eta: f64,
     /// Guidance weight of the conditional set: 1.25 gives the base model (models/testbed) its
     /// best FID-like (measured from 1 to 1.75 in steps of 0.25); testbed-stage1 and testbed-wide
     /// are best at 1.5.
-    #[arg(long, default_value_t = 1.25)]
+    #[arg(long, default_value_t = crate::sample::DEFAULT_GUIDANCE)]
     pub guidance: f64,
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
@@ -63,8 +63,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
+    crate::sample::check_sampling_args(a.n, a.eta, a.guidance)?;
     let models = crate::testbed::models_dir();
-    let model = DiffusersModel::load(&a.model, dev)?;
+    let model = crate::sample::load_model_arg(&a.model, dev)?;
     let sched = scheduler_for(&model, a.steps)?;
     let k = model.unet.config().num_class_embeds;
     let classes = crate::testbed::class_names(&a.model, k)?;

@@ -70,7 +70,8 @@ enum Command {
         #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
         sets: Vec<String>,
     },
-    /// Fine-tune a model with reinforcement learning as a pipeline file says (DDPO-IS, DDPO-SF).
+    /// Fine-tune a model with reinforcement learning as a pipeline file says (training.method:
+    /// ddpo-is, ddpo-sf, hrf or hrf-d).
     Run(run::RunArgs),
     /// Check a pipeline file: every problem, with its place, at once.
     Validate {
@@ -150,8 +151,25 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: an error whose message already
+/// quotes its source (e.g. "path: No such file (os error 2)") does not repeat it.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }

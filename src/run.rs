@@ -14,7 +14,7 @@ use hrf_plugins::process::{ProcessReward, ProcessSettings};
 use hrf_rewards::onnx::{OnnxChain, OnnxReward, ScorePick};
 use hrf_rewards::{Component, RewardSet, RewardWorker};
 use hrf_train::evaluation::Evaluator;
-use hrf_train::run::{KillPoint, Run, RunError, Verbosity};
+use hrf_train::run::{KillPoint, Run, RunError, Verbosity, SUMMARY_FILE};
 
 use crate::UsageError;
 
@@ -75,7 +75,24 @@ fn timestamp() -> String {
     )
 }
 
+/// `hrf validate`: a fine-tuning pipeline, or a pretraining one (it has a `data:` section).
 pub fn validate(file: &Path, sets: &[String]) -> anyhow::Result<ExitCode> {
+    let text = hrf_config::read_text(file).map_err(UsageError::from)?;
+    if hrf_config::pipeline_kind(&text) == hrf_config::PipelineKind::Pretrain {
+        let p = hrf_config::pretrain::load_with_overrides(file, sets).map_err(UsageError::from)?;
+        println!(
+            "{}: ok (pretraining: {} steps of {}, {} data{}, output {})",
+            file.display(),
+            p.training.steps,
+            p.training.batch_size,
+            serde_json::to_value(p.data.source)?.as_str().unwrap_or("?"),
+            p.data
+                .limit
+                .map_or(String::new(), |n| format!(" (first {n} images)")),
+            p.output.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let p = hrf_config::run::load_with_overrides(file, sets).map_err(UsageError::from)?;
     println!(
         "{}: ok ({} epochs of {}, {} reward(s), {})",
@@ -301,6 +318,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 ))
                 .into());
             }
+            if dir.join(SUMMARY_FILE).exists() {
+                // A finished run has nothing to continue: leave every file as it is.
+                println!(
+                    "{} has finished ({SUMMARY_FILE} is written); nothing to resume. To train further, start a new run with model.weights: {}",
+                    dir.display(),
+                    dir.join("final").display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             (
                 hrf_config::run::load_with_overrides(&file, &a.sets),
                 Some(dir.clone()),
@@ -356,8 +382,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
         std::fs::write(dir.join("pipeline.yaml"), &p.text)
             .with_context(|| dir.display().to_string())?;
-        let resolved = serde_json::to_string_pretty(&p.resolved())? + "\n";
-        std::fs::write(dir.join(RESOLVED_FILE), resolved)
+        std::fs::write(dir.join(RESOLVED_FILE), p.resolved_yaml())
             .with_context(|| dir.display().to_string())?;
     }
     if verbosity != Verbosity::Quiet {
@@ -394,7 +419,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     match run.train(resume) {
         Ok(summary) => {
-            println!("{}", serde_json::to_string(&summary)?);
+            println!("{}", describe_summary(&summary));
             Ok(ExitCode::SUCCESS)
         }
         Err(RunError::Interrupted { epochs_done }) => {
@@ -406,6 +431,45 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The run's last words: where it is, what the evaluation's reward and diversity did, and how
+/// long it took (summary.json holds the whole record).
+fn describe_summary(s: &hrf_train::run::RunSummary) -> String {
+    let mut out = format!(
+        "done: {} ({} epochs, {:.0} s)",
+        s.dir.display(),
+        s.epochs,
+        s.wall_s
+    );
+    if let Some(base) = &s.base {
+        out += &format!(
+            "\n  evaluation reward {:.4} ± {:.4} → {:.4} ± {:.4} (s.e.; {} → {} samples)",
+            base.reward_mean,
+            base.reward_sem,
+            s.last.reward_mean,
+            s.last.reward_sem,
+            base.samples,
+            s.last.samples
+        );
+        if let (Some(a), Some(b)) = (&base.diversity, &s.last.diversity) {
+            out += &format!(", Vendi {:.1} → {:.1}", a.vendi, b.vendi);
+        }
+    }
+    if let Some(g) = &s.gain {
+        out += &format!(
+            "\n  gain on the {} seeds both evaluated: {:+.4} ± {:.4} (paired s.e.), {:.1} s.e.",
+            g.samples,
+            g.mean,
+            g.sem,
+            g.z()
+        );
+    }
+    out + &format!(
+        "\n  plots: {}  summary: {}",
+        s.dir.join("plots").display(),
+        s.dir.join(SUMMARY_FILE).display()
+    )
 }
 
 /// The independent evaluation classifier with the real Fashion-MNIST test split as reference,
@@ -496,5 +560,24 @@ fn dry_run(
         p.training.epochs,
         weights_mb * 3.0 * checkpoints + 0.05 * p.training.epochs as f64
     );
+    // The estimate validation checked against the machine's memory.
+    if let Some(parts) = p.memory_estimate() {
+        use hrf_config::limits::gib;
+        let total: u128 = parts.iter().map(|x| x.bytes).sum();
+        let (limit, limit_is) = hrf_config::limits::memory_limit();
+        let mut by_size: Vec<_> = parts.iter().filter(|x| x.bytes > 0).collect();
+        by_size.sort_by_key(|x| std::cmp::Reverse(x.bytes));
+        println!(
+            "memory ≈ {} ({}); limit {} ({limit_is})",
+            gib(total),
+            by_size
+                .iter()
+                .take(3)
+                .map(|x| format!("{} {}", x.what, gib(x.bytes)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            gib(limit as u128)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -55,3 +55,73 @@ fn usage_errors_exit_with_2() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("device"), "{}", text(&o));
 }
+
+/// `hrf sample` and `hrf eval` check their options alike (exit 2, naming the option) before
+/// loading anything, and a missing model folder is a usage error said once.
+#[test]
+fn sampling_options_and_missing_models_are_usage_errors() {
+    let model = common::repo().join("models/testbed");
+    let model = model.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["sample", "--model", model, "-n", "0"], "-n 0"),
+        (&["sample", "--model", model, "--eta", "3"], "--eta 3"),
+        (&["sample", "--model", model, "--eta=-0.5"], "--eta -0.5"),
+        (
+            &["sample", "--model", model, "--guidance", "NaN"],
+            "--guidance",
+        ),
+        (&["eval", "--model", model, "--eta", "1.5"], "--eta 1.5"),
+        (&["eval", "--model", model, "-n", "0"], "-n 0"),
+        (
+            &["sample", "--model", "/nonexistent/model"],
+            "no such folder",
+        ),
+        (&["eval", "--model", "/nonexistent/model"], "no such folder"),
+        (
+            &["sample", "--model", "/tmp"],
+            "not a diffusers UNet2DModel folder",
+        ),
+    ];
+    for (args, says) in cases {
+        let o = hrf(args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+        assert!(!out.contains("os error"), "{args:?}: {out}");
+    }
+}
+
+/// `hrf sample` defaults to the sampling `hrf eval` uses (η 1, guidance 1.25), and `hrf run
+/// --help` names every training method.
+#[test]
+fn sample_and_eval_share_defaults_and_run_help_names_every_method() {
+    let help = |cmd: &str| text(&hrf(&[cmd, "--help"]));
+    for cmd in ["sample", "eval"] {
+        let h = help(cmd);
+        assert!(
+            h.contains("--eta <ETA>") && h.contains("[default: 1]"),
+            "{cmd}: {h}"
+        );
+        assert!(h.contains("[default: 1.25]"), "{cmd}: {h}");
+    }
+    let run = help("run");
+    for method in ["ddpo-is", "ddpo-sf", "hrf or hrf-d"] {
+        assert!(run.contains(method), "{method}: {run}");
+    }
+}
+
+/// A file that is not WebAssembly is refused in one plain sentence (no dump of its bytes).
+#[test]
+fn plugins_check_names_a_file_that_is_not_webassembly() {
+    let f = std::env::temp_dir().join(format!("hrf-not-wasm-{}.wasm", std::process::id()));
+    std::fs::write(&f, "hello, not a component\n").unwrap();
+    let o = hrf(&["plugins", "check", f.to_str().unwrap()]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("not a WebAssembly file"), "{out}");
+    assert!(
+        !out.contains("0x") && out.trim().lines().count() == 1,
+        "{out}"
+    );
+    std::fs::remove_file(f).unwrap();
+}

@@ -87,7 +87,7 @@ fn the_wasm_example_checks_and_trains_like_the_builtin() {
         assert_eq!(c["jpeg-in-wasm"], c["jpeg-compressibility"], "{l}");
     }
     let resolved = std::fs::read_to_string(run.join("pipeline.resolved.yaml")).unwrap();
-    assert!(resolved.contains("\"memory_mb\": 64"), "{resolved}");
+    assert!(resolved.contains("memory_mb: 64"), "{resolved}");
     std::fs::remove_dir_all(d).unwrap();
 }
 

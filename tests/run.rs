@@ -140,14 +140,29 @@ fn runs_resume_exactly_after_sigkill_anywhere() {
 
     for kill in ["sampling:1", "training:1", "checkpoint:1"] {
         let run = d.join(kill.replace(':', "-"));
+        let first = std::time::Instant::now();
         let o = hrf(
             &["run", p, "-q", "--run-dir", run.to_str().unwrap()],
             &[("HRF_TEST_KILL_AT", kill)],
         );
+        let first = first.elapsed().as_secs_f64();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(o.status.signal(), Some(9), "{kill}: {}", text(&o));
+        let checkpointed = newest_checkpoint_wall_s(&run);
+        let second = std::time::Instant::now();
         let o = hrf(&["run", "-q", "--resume", run.to_str().unwrap()], &[]);
+        let second = second.elapsed().as_secs_f64();
         assert!(o.status.success(), "{kill}: {}", text(&o));
+        // wall_s sums the processes: the killed one's time up to its checkpoint, then this one's.
+        let wall = summary_wall_s(&run);
+        assert!(
+            checkpointed > 0.0 && checkpointed <= first,
+            "{kill}: checkpoint wall_s {checkpointed} vs first process {first} s"
+        );
+        assert!(
+            wall > checkpointed && wall - checkpointed <= second,
+            "{kill}: wall_s {wall} = {checkpointed} before + at most {second} s resumed"
+        );
         assert_eq!(metrics(&run), reference, "{kill}: metrics differ");
         assert!(
             weights(&run) == weights(&whole),
@@ -163,7 +178,45 @@ fn runs_resume_exactly_after_sigkill_anywhere() {
             "{kill}: keep 2 checkpoints: {leftovers:?}"
         );
     }
+    // Resuming a finished run says so and changes nothing.
+    let before: Vec<(String, Vec<u8>)> = ["summary.json", "metrics.jsonl", "plots/reward.png"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(whole.join(f)).unwrap()))
+        .collect();
+    let o = hrf(&["run", "--resume", whole.to_str().unwrap()], &[]);
+    assert!(
+        o.status.success() && text(&o).contains("nothing to resume"),
+        "{}",
+        text(&o)
+    );
+    for (f, bytes) in before {
+        assert!(
+            std::fs::read(whole.join(&f)).unwrap() == bytes,
+            "{f} changed"
+        );
+    }
+    assert_eq!(metrics(&whole), reference);
     std::fs::remove_dir_all(d).unwrap();
+}
+
+fn summary_wall_s(run: &Path) -> f64 {
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    s["wall_s"].as_f64().unwrap()
+}
+
+/// The wall time recorded in the newest checkpoint's state.
+fn newest_checkpoint_wall_s(run: &Path) -> f64 {
+    let mut names: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    names.sort();
+    let state = names.last().expect("a checkpoint").join("state.json");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
+    s["wall_s"].as_f64().unwrap()
 }
 
 #[test]

@@ -67,10 +67,17 @@ impl Default for AdvantageSettings {
 pub struct SamplingSettings {
     /// DDIM steps N.
     pub steps: i64,
+    /// DDIM η in [0, 1]: 0 deterministic, 1 DDPM-like (DDPO trains η > 0 chains).
     pub eta: f64,
     /// Classifier-free guidance weight for conditional models (1 = none).
     pub guidance: f64,
+    /// Images per sampling batch, at most 65,536. The batch's largest tensor (attention scores,
+    /// feature maps, the batch's trajectories) must stay within 2³¹ − 1 elements, and hrf's
+    /// estimate of the run's memory (model, AdamW, sampling/training/evaluation batches, the
+    /// epoch's trajectories) within this machine's RAM (/proc/meminfo), at most 1 TiB.
     pub batch_size: usize,
+    /// Sampling batches per epoch, at most 65,536; batch_size × batches_per_epoch at most
+    /// 1,048,576 samples.
     pub batches_per_epoch: usize,
     /// Steps with σ (at η = 1) below this are sampled but never trained (DESIGN.md §3.1).
     pub sigma_min: f64,
@@ -93,7 +100,7 @@ impl Default for SamplingSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum StartIndex {
-    /// Every sample trains the steps k..N−1.
+    /// Every sample trains the steps k..N−1 (k < sampling.steps).
     Fixed(usize),
     /// Each sample draws its own k uniformly from 0..N, every epoch, without a schedule.
     Uniform,

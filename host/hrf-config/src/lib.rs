@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+mod check;
 pub mod ddpo;
+pub mod limits;
 pub mod model;
 mod overrides;
 pub mod pretrain;
@@ -16,6 +18,30 @@ mod span;
 
 pub use model::{ModelSource, ModelSpec};
 pub use run::{load_with_overrides, run_schema, RunPipeline};
+
+/// What a pipeline file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineKind {
+    /// Fine-tuning (`hrf run`): `run::load_with_overrides`.
+    Run,
+    /// Pretraining (`hrf pretrain`), which has a top-level `data:` section:
+    /// `pretrain::load_with_overrides`.
+    Pretrain,
+}
+
+/// A document with a top-level `data:` key is a pretraining pipeline; anything else (a text
+/// that does not parse included) is read as a fine-tuning pipeline, whose loader reports it.
+pub fn pipeline_kind(text: &str) -> PipelineKind {
+    let pretrain = span::tree(text).is_some_and(|root| match &root.value {
+        span::Node::Map(entries) => entries.iter().any(|(k, _)| k.value.0 == "data"),
+        _ => false,
+    });
+    if pretrain {
+        PipelineKind::Pretrain
+    } else {
+        PipelineKind::Run
+    }
+}
 
 /// One problem in a configuration file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +104,15 @@ impl std::error::Error for ConfigErrors {}
 pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigErrors> {
     serde_saphyr::from_str::<T>(text).map_err(|e| {
         let loc = e.location();
+        if let Some(message) = budget_message(&e) {
+            return ConfigErrors(vec![ConfigError {
+                file: file.to_path_buf(),
+                line: loc.as_ref().map(|l| l.line()).filter(|&l| l > 0),
+                column: loc.as_ref().map(|l| l.column()).filter(|&c| c > 0),
+                field: None,
+                message,
+            }]);
+        }
         let message = e.without_snippet().to_string();
         // The library appends its own " at line L column C"; the location is ours to print.
         let message = message
@@ -96,6 +131,91 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
     })
 }
 
+/// A breach of the YAML reader's size budget (a guard against documents built to exhaust memory)
+/// in words, with the budget: the library's own text is its Debug form (`Nodes { nodes: 250001 }`).
+fn budget_message(e: &serde_saphyr::Error) -> Option<String> {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let mut err = e;
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = err
+    {
+        err = error;
+    }
+    let serde_saphyr::Error::Budget { breach, .. } = err else {
+        return None;
+    };
+    let b = serde_saphyr::Budget::default();
+    let n = thousands;
+    let what = match breach {
+        B::Nodes { nodes } => format!(
+            "{} nodes (mappings, sequences and scalars) so far; at most {} are read",
+            n(*nodes as u64),
+            n(b.max_nodes as u64)
+        ),
+        B::Events { events } => format!(
+            "{} parser events so far; at most {} are read",
+            n(*events as u64),
+            n(b.max_events as u64)
+        ),
+        B::Depth { depth } => format!(
+            "nesting {depth} deep; at most {} levels of mappings and sequences are read",
+            b.max_depth
+        ),
+        B::Aliases { aliases } => format!(
+            "{} aliases (*name); at most {} are read",
+            n(*aliases as u64),
+            n(b.max_aliases as u64)
+        ),
+        B::Anchors { anchors } => format!(
+            "{} anchors (&name); at most {} are read",
+            n(*anchors as u64),
+            n(b.max_anchors as u64)
+        ),
+        B::Documents { documents } => format!(
+            "{} documents; a pipeline is one document (at most {} are read)",
+            n(*documents as u64),
+            n(b.max_documents as u64)
+        ),
+        B::ScalarBytes { total_scalar_bytes } => format!(
+            "{} bytes of scalar text; at most {} are read",
+            n(*total_scalar_bytes as u64),
+            n(b.max_total_scalar_bytes as u64)
+        ),
+        B::InputBytes { input_bytes } => format!(
+            "{} bytes; at most {} are read",
+            n(*input_bytes as u64),
+            n(b.max_reader_input_bytes.unwrap_or(0) as u64)
+        ),
+        B::MergeKeys { merge_keys } => format!(
+            "{} merge keys (<<); at most {} are read",
+            n(*merge_keys as u64),
+            n(b.max_merge_keys as u64)
+        ),
+        B::AliasAnchorRatio { aliases, anchors } => format!(
+            "{aliases} aliases to {anchors} anchors (more than {} per anchor)",
+            b.alias_anchor_ratio_multiplier
+        ),
+        other => format!("{other:?}"),
+    };
+    Some(format!(
+        "too large to read as a pipeline: {what} (the YAML reader's budget, a guard against \
+         documents made to exhaust memory)"
+    ))
+}
+
+/// `1234567` → `1,234,567`.
+pub(crate) fn thousands(v: u64) -> String {
+    let digits = v.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Reads and parses a YAML file.
 pub fn read_yaml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigErrors> {
     parse_yaml(file, &read_text(file)?)
@@ -112,4 +232,61 @@ pub fn read_text(file: &Path) -> Result<String, ConfigErrors> {
             message: format!("cannot read: {e}"),
         }])
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_over_the_node_budget_is_named_in_words() {
+        let text = format!("model:\n  config: [{}]\n", vec!["0"; 250_001].join(", "));
+        let e = parse_yaml::<serde_json::Value>(Path::new("p.yaml"), &text).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.0.len(), 1, "{msg}");
+        assert!(
+            msg.starts_with("p.yaml") && msg.contains("too large to read as a pipeline"),
+            "{msg}"
+        );
+        assert!(msg.contains("at most 250,000 are read"), "{msg}");
+        assert!(!msg.contains("Nodes {"), "{msg}");
+        // A small document is no problem.
+        assert!(parse_yaml::<serde_json::Value>(Path::new("p.yaml"), "a: [1, 2]\n").is_ok());
+    }
+
+    #[test]
+    fn pretraining_pipelines_are_told_by_their_data_section() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut kinds = Vec::new();
+        for entry in std::fs::read_dir(&configs).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let kind = pipeline_kind(&std::fs::read_to_string(&path).unwrap());
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                assert_eq!(
+                    kind == PipelineKind::Pretrain,
+                    name.contains("pretrain"),
+                    "{name}"
+                );
+                kinds.push(kind);
+            }
+        }
+        assert!(kinds.contains(&PipelineKind::Run) && kinds.contains(&PipelineKind::Pretrain));
+        for (text, kind) in [
+            ("data: {source: folder}\n", PipelineKind::Pretrain),
+            ("run: {data: 1}\n", PipelineKind::Run),
+            ("- data\n", PipelineKind::Run),
+            ("data: [unclosed\n", PipelineKind::Run),
+        ] {
+            assert_eq!(pipeline_kind(text), kind, "{text}");
+        }
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(250_001), "250,001");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 }

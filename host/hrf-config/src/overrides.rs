@@ -11,16 +11,29 @@ use crate::span::SpanIndex;
 use crate::{parse_yaml, ConfigError, ConfigErrors};
 
 /// Parses `text` (read from `file`) as a `T` with `sets` applied, then `validate`s it; every
-/// error names its place in the file, or the override that set the field.
+/// error names its place in the file, or the override that set the field. With `schema` (the
+/// JSON Schema of `T`), a failed parse reports every unknown key and wrong type at once
+/// (`check`), not only the first.
 pub fn parse_validated<T: DeserializeOwned, V>(
     file: &Path,
     text: &str,
     sets: &[String],
+    schema: Option<&Value>,
     validate: impl FnOnce(T) -> Result<V, ConfigErrors>,
 ) -> Result<V, ConfigErrors> {
     let index = SpanIndex::of(text);
     let (raw, overridden) = if sets.is_empty() {
-        (parse_yaml::<T>(file, text)?, Vec::new())
+        let raw = parse_yaml::<T>(file, text).map_err(|e| {
+            // Placed in the file: the place says it all, as the parser's own errors do.
+            let mut e = every_problem(file, text, e, schema);
+            for err in &mut e.0 {
+                if err.line.is_some() {
+                    err.field = None;
+                }
+            }
+            e
+        })?;
+        (raw, Vec::new())
     } else {
         let mut doc: Value = parse_yaml(file, text)?;
         if doc.is_null() {
@@ -45,14 +58,16 @@ pub fn parse_validated<T: DeserializeOwned, V>(
         // their place, then carry that place back to the file (or to the override).
         let merged = serde_json::to_string_pretty(&doc).expect("plain data");
         let raw = parse_yaml::<T>(file, &merged).map_err(|e| {
+            let e = every_problem(file, &merged, e, schema);
             let merged_index = SpanIndex::of(&merged);
             ConfigErrors(
                 e.0.into_iter()
                     .map(|mut err| {
-                        let path = err
-                            .line
-                            .and_then(|l| merged_index.path_at_line(l))
-                            .map(str::to_string);
+                        let path = err.field.clone().or_else(|| {
+                            err.line
+                                .and_then(|l| merged_index.path_at_line(l))
+                                .map(str::to_string)
+                        });
                         err.line = None;
                         err.column = None;
                         if let Some(p) = path.filter(|p| !p.is_empty()) {
@@ -67,6 +82,43 @@ pub fn parse_validated<T: DeserializeOwned, V>(
         (raw, overridden)
     };
     validate(raw).map_err(|e| locate(e, &index, &overridden))
+}
+
+/// `parse_error` (the typed parse's first error in `text`) and every other problem the schema
+/// pass (`check`) finds from its place on, each with its field path and place in `text`. The
+/// typed parse reads the document in order, so what lies before its first error it accepted:
+/// the pass's findings there are left out, and so is a finding at the parser's own place
+/// (its error says it). Without a schema, or when the pass finds nothing, `parse_error` alone.
+fn every_problem(
+    file: &Path,
+    text: &str,
+    parse_error: ConfigErrors,
+    schema: Option<&Value>,
+) -> ConfigErrors {
+    let Some(schema) = schema else {
+        return parse_error;
+    };
+    let Some(first) = parse_error.0.first().cloned() else {
+        return parse_error;
+    };
+    let start = (first.line.unwrap_or(0), first.column.unwrap_or(0));
+    let mut list: Vec<ConfigError> = crate::check::problems(schema, text)
+        .into_iter()
+        .filter(|f| (f.line, f.column) > start)
+        .filter(|f| f.message != first.message)
+        .map(|f| ConfigError {
+            file: file.to_path_buf(),
+            line: Some(f.line),
+            column: Some(f.column),
+            field: (!f.path.is_empty()).then_some(f.path),
+            message: f.message,
+        })
+        .collect();
+    if list.is_empty() {
+        return parse_error;
+    }
+    list.insert(0, first);
+    ConfigErrors(list)
 }
 
 /// Gives each error that names a field, and has no place yet, the place of that field (or of its

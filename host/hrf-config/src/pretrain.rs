@@ -32,7 +32,7 @@ impl Default for AdamWSettings {
 }
 
 /// The `training:` section of a pretraining pipeline, with its defaults in one place.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PretrainSettings {
     pub steps: i64,
@@ -91,7 +91,7 @@ impl Default for PretrainSettings {
 
 /// `data:` — Fashion-MNIST (the Debian package's files, or IDX files in `path`) or a folder of
 /// images with one sub-folder per class.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpecRaw {
     pub source: DataSource,
@@ -102,7 +102,7 @@ pub struct DataSpecRaw {
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DataSource {
     FashionMnist,
@@ -117,7 +117,7 @@ pub struct DataSpec {
 }
 
 /// A pretraining pipeline file as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainFile {
     pub model: ModelSpecRaw,
@@ -168,6 +168,17 @@ impl PretrainFile {
             if v <= 0 {
                 problems.push(err(field, format!("must be positive, got {v}")));
             }
+        }
+        let max = crate::limits::MAX_BATCH;
+        if t.batch_size > max as i64 {
+            problems.push(err(
+                "training.batch_size",
+                format!(
+                    "must be ≤ {} (images per batch), got {}",
+                    crate::thousands(max as u64),
+                    crate::thousands(t.batch_size as u64)
+                ),
+            ));
         }
         if t.warmup_steps < 0 {
             problems.push(err(
@@ -252,7 +263,16 @@ pub fn load(file: &Path) -> Result<PretrainPipeline, ConfigErrors> {
 /// Reads a pretraining pipeline with `--set key.path=value` overrides applied, and validates it.
 pub fn load_with_overrides(file: &Path, sets: &[String]) -> Result<PretrainPipeline, ConfigErrors> {
     let text = crate::read_text(file)?;
-    crate::overrides::parse_validated(file, &text, sets, |raw: PretrainFile| raw.validate(file))
+    let schema = pretrain_schema();
+    crate::overrides::parse_validated(file, &text, sets, Some(&schema), |raw: PretrainFile| {
+        raw.validate(file)
+    })
+}
+
+/// The JSON Schema of a pretraining pipeline file (for reporting every unknown key and wrong
+/// type at once).
+pub fn pretrain_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(PretrainFile)).expect("a schema is plain data")
 }
 
 #[cfg(test)]
@@ -278,7 +298,7 @@ mod tests {
         let text = "model: {config: testbed}\ndata: {source: fashion-mnist}\noutput: o\ntraining:\n  steps: 5\n  optimizer: {lr: 0.002}\n";
         let load = |text: &str, sets: &[&str]| {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-            crate::overrides::parse_validated(file, text, &sets, |raw: PretrainFile| {
+            crate::overrides::parse_validated(file, text, &sets, None, |raw: PretrainFile| {
                 raw.validate(file)
             })
         };
@@ -304,6 +324,10 @@ mod tests {
         // A bad value in the file is placed at its line and column (of the value).
         let e = load(&text.replace("steps: 5", "steps: 0"), &[]).unwrap_err();
         assert_eq!((e.0[0].line, e.0[0].column), (Some(5), Some(10)), "{e}");
+        // A batch past what can run is refused, not left to abort on its allocation.
+        let e = load(text, &["training.batch_size=4294967295"]).unwrap_err();
+        assert_eq!(e.0[0].field.as_deref(), Some("training.batch_size"), "{e}");
+        assert!(e.to_string().contains("must be ≤ 65,536"), "{e}");
     }
 
     #[test]
@@ -349,6 +373,46 @@ mod tests {
         assert_eq!(e.0.len(), 3, "{msg}");
         for field in ["training.steps", "training.optimizer.lr", "data.path"] {
             assert!(msg.contains(field), "{msg}");
+        }
+    }
+
+    #[test]
+    fn every_unknown_key_and_wrong_type_is_reported_at_once() {
+        let dir = std::env::temp_dir().join(format!("hrf-pretrain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.yaml");
+        let text = "model: {config: testbed}\ndata: {source: mnist, limt: 3}\noutput: o\ntraining:\n  stpes: 5\n  batch_size: many\n";
+        std::fs::write(&file, text).unwrap();
+        let e = load(&file).unwrap_err();
+        let at: Vec<(Option<u64>, Option<u64>)> = e.0.iter().map(|x| (x.line, x.column)).collect();
+        assert_eq!(
+            at,
+            [
+                (Some(2), Some(16)),
+                (Some(2), Some(23)),
+                (Some(5), Some(3)),
+                (Some(6), Some(15))
+            ],
+            "{e}"
+        );
+        let msg = e.to_string();
+        for word in ["mnist", "limt", "stpes", "got `many`"] {
+            assert!(msg.contains(word), "{word}: {msg}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+        // Quiet on what parses: the shipped pipelines.
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        for name in [
+            "testbed-pretrain.yaml",
+            "testbed-pretrain-stage2.yaml",
+            "testbed-wide-pretrain.yaml",
+        ] {
+            let text = std::fs::read_to_string(configs.join(name)).unwrap();
+            assert_eq!(
+                crate::check::problems(&pretrain_schema(), &text),
+                [],
+                "{name}"
+            );
         }
     }
 

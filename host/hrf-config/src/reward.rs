@@ -39,13 +39,18 @@ pub enum CropMode {
 pub struct ImageInput {
     /// The input's name; default: the model's first input.
     pub name: Option<String>,
+    /// `nchw` (channels first) or `nhwc`.
     pub layout: Layout,
-    /// Width and height fed to the model; default: the model's fixed size, else the image's.
+    /// Width and height fed to the model, each in 1..=8192; default: the model's fixed size,
+    /// else the image's.
     pub size: Option<[u32; 2]>,
+    /// How images are resized: `nearest`, `bilinear` or `bicubic`.
     pub resize: ResizeMode,
+    /// `none` (resize to the size) or `center` (resize the shorter side, crop the centre).
     pub crop: CropMode,
     /// Per-channel mean and std applied to x/255 (one value applies to every channel).
     pub mean: Vec<f32>,
+    /// Per-channel std the mean-subtracted x/255 is divided by (one value: every channel).
     pub std: Vec<f32>,
     /// Channels the model takes: grey images are repeated to RGB, RGB reduced to luma for 1.
     /// Default: the model's channel dimension.
@@ -100,7 +105,9 @@ impl Default for OutputSel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
+    /// The ONNX file, relative to the YAML file.
     pub model: PathBuf,
+    /// The output passed on: its index or its name (default: the first).
     #[serde(default)]
     pub output: OutputSel,
     /// L2-normalise each row of the selected output before the next stage.

@@ -14,6 +14,7 @@ use crate::ddpo::{
     AdvantageMode, AdvantageSettings, HrfSettings, Method, SamplingSettings, StartIndex,
     StepReduction, TrainingSettings, WindowCluster,
 };
+use crate::limits::{self, canonical, ModelShape, RunSizes};
 use crate::model::{ModelSource, ModelSpec, ModelSpecRaw};
 use crate::pretrain::AdamWSettings;
 use crate::reward::{ImageInput, StageSpec};
@@ -27,13 +28,17 @@ use crate::{ConfigError, ConfigErrors};
 #[serde(deny_unknown_fields)]
 #[schemars(title = "hrf run pipeline")]
 pub struct RunFile {
+    /// The UNet to fine-tune: a diffusers folder (`weights`) or a named architecture (`config`),
+    /// and the device.
     pub model: ModelSpecRaw,
     /// diffusers scheduler fields (scheduler_config.json's), used when the model folder has no
     /// scheduler_config.json.
     #[serde(default)]
     pub scheduler: Option<Map<String, Value>>,
+    /// The DDIM chain and the epoch's samples: steps, η, guidance, batch size, batches per epoch.
     #[serde(default)]
     pub sampling: SamplingSettings,
+    /// The update: method, epochs, AdamW, clipping, train batches; HRF's settings in `hrf`.
     #[serde(default)]
     pub training: TrainingRaw,
     /// Default: `group` for hrf and hrf-d; else `per-prompt` when prompts are given, else `epoch`.
@@ -45,8 +50,11 @@ pub struct RunFile {
     pub prompts: Option<PromptsRaw>,
     /// At least one; the training reward is their weighted sum.
     pub rewards: Vec<RewardRaw>,
+    /// Fixed-seed evaluations during training and at the end, and how the best checkpoint is
+    /// chosen.
     #[serde(default)]
     pub evaluation: EvaluationRaw,
+    /// The run's name, output folder, seed and checkpoints.
     pub run: RunSettingsRaw,
 }
 
@@ -56,13 +64,18 @@ pub struct RunFile {
 pub struct TrainingRaw {
     /// `ddpo-is`, `ddpo-sf`, `hrf` or `hrf-d`.
     pub method: Method,
+    /// Epochs to train (at most 1,000,000; epochs × samples per epoch at most 1,000,000,000).
     pub epochs: usize,
+    /// AdamW's settings.
     pub optimizer: OptimizerRaw,
     /// Gradient-norm clip (pre-clip norm is logged).
     pub max_grad_norm: f64,
+    /// Passes over the epoch's samples (ddpo-is; ddpo-sf takes 1).
     pub inner_epochs: usize,
-    /// Samples per train batch (one optimiser step per `grad_accum` of them).
+    /// Samples per train batch (one optimiser step per `grad_accum` of them); at most 65,536,
+    /// and the batch's activations must fit the memory estimate (see `sampling.batch_size`).
     pub batch_size: usize,
+    /// Train batches whose gradients add up to one optimiser step.
     pub grad_accum: usize,
     /// Advantage clip. Default: 5 for ddpo-*, 2.5 for hrf/hrf-d (there multiplied by the
     /// window fraction f).
@@ -114,11 +127,15 @@ impl Default for TrainingRaw {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimizerRaw {
+    /// Learning rate: positive.
     pub lr: f64,
     /// Default: 1e-4 for ddpo-*, 1e-3 for hrf/hrf-d.
     pub weight_decay: Option<f64>,
+    /// Decay of the first moment, in [0, 1).
     pub beta1: f64,
+    /// Decay of the second moment, in [0, 1).
     pub beta2: f64,
+    /// Added to the second moment's root: positive.
     pub eps: f64,
 }
 
@@ -162,8 +179,10 @@ impl Default for HrfRaw {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowClusterRaw {
+    /// Start indices a..b (half-open), with b ≤ sampling.steps.
     #[serde(default)]
     pub range: Option<[usize; 2]>,
+    /// Start indices as a list, each < sampling.steps.
     #[serde(default)]
     pub steps: Option<Vec<usize>>,
     /// A fraction of the epochs, or a whole number of them.
@@ -174,6 +193,8 @@ pub struct WindowClusterRaw {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdvantagesRaw {
+    /// `epoch` (standardise over the epoch), `per-prompt` (ddpo-pytorch's per-prompt tracker) or
+    /// `group` (HRF's anchor groups). Default: see `advantages`.
     pub mode: Option<AdvantageMode>,
     /// Per-prompt tracker: rewards kept per prompt.
     pub buffer_size: usize,
@@ -279,6 +300,7 @@ impl RewardKindName {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewardRaw {
+    /// A built-in reward, or `onnx`, `wasm`, `native`, `process`.
     pub kind: RewardKindName,
     /// Required for `onnx`; built-ins default to their kind. Unique, [A-Za-z0-9._-]+.
     #[serde(default)]
@@ -299,7 +321,7 @@ pub struct RewardRaw {
     /// model folder's classes.json.
     #[serde(default)]
     pub classes: Option<Vec<String>>,
-    /// Images per reward call.
+    /// Images per reward call (at most 65,536).
     #[serde(default = "default_reward_batch")]
     pub batch_size: usize,
     /// `wasm` and `native`: the plugin file, relative to the YAML file.
@@ -377,7 +399,9 @@ fn default_reward_batch() -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ScoreRaw {
+    /// The score is this column of the last model's output.
     Column(usize),
+    /// The score is the column of the class the sample's prompt names.
     PromptedClass,
 }
 
@@ -393,6 +417,8 @@ pub struct EvaluationRaw {
     pub samples: usize,
     /// Samples of the final evaluation.
     pub final_samples: usize,
+    /// Images per evaluation sampling batch (at most 65,536; see `sampling.batch_size` for the
+    /// tensor and memory checks).
     pub batch_size: usize,
     /// DDIM η of evaluation sampling.
     pub eta: f64,
@@ -427,16 +453,21 @@ pub enum BestBy {
     /// The highest evaluation reward among evaluations whose Vendi score is at least
     /// `min_vendi_ratio` × the base model's.
     #[serde(rename = "reward-with-diversity")]
-    RewardAndDiversity { min_vendi_ratio: f64 },
+    RewardAndDiversity {
+        /// The least Vendi score kept, as a fraction of the base model's (≥ 0).
+        min_vendi_ratio: f64,
+    },
 }
 
 /// `run:` as written.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunSettingsRaw {
-    /// The run's name, [A-Za-z0-9._-]+; its folder is `<output>/<name>-<timestamp>`.
+    /// The run's name, [A-Za-z0-9._-]+; its folder is `<output>/<name>-YYYYMMDD-HHMMSS`, a
+    /// file name of at most 255 bytes (NAME_MAX), so the name has at most 239.
     pub name: String,
-    /// Where run folders go, relative to the YAML file.
+    /// Where run folders go, relative to the YAML file. The folder's path, the run folder and
+    /// 128 bytes for the files in it must fit 4,096 bytes (PATH_MAX), each part 255.
     #[serde(default = "default_output")]
     pub output: String,
     /// Seed of the training noise and shuffles.
@@ -586,6 +617,21 @@ impl RunPipeline {
     pub fn resolved(&self) -> Value {
         serde_json::to_value(self).expect("plain data")
     }
+
+    /// The resolved pipeline as YAML text: what a run folder keeps as pipeline.resolved.yaml.
+    pub fn resolved_yaml(&self) -> String {
+        let mut text = serde_saphyr::to_string(self).expect("plain data");
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// A run folder's resolved pipeline (pipeline.resolved.yaml) as a tree. Older hrf wrote it as
+/// JSON, which reads as YAML too.
+pub fn read_resolved(path: &Path) -> Result<Value, ConfigErrors> {
+    crate::read_yaml(path)
 }
 
 /// The serialized shape of a `RunPipeline`: the YAML's, every default written out.
@@ -728,7 +774,8 @@ pub fn load(file: &Path) -> Result<RunPipeline, ConfigErrors> {
 /// `load_with_overrides` on text already read from `file` (relative paths resolve against
 /// `file`'s folder).
 pub fn parse(file: &Path, text: &str, sets: &[String]) -> Result<RunPipeline, ConfigErrors> {
-    crate::overrides::parse_validated(file, text, sets, |raw: RunFile| {
+    let schema = run_schema();
+    crate::overrides::parse_validated(file, text, sets, Some(&schema), |raw: RunFile| {
         raw.validate(file, text.to_string())
     })
 }
@@ -750,6 +797,21 @@ impl Problems<'_> {
         if !(v.is_finite() && ok(v)) {
             self.push(field, format!("must be {rule}, got {v}"));
         }
+    }
+
+    /// `v` must be at most `max`; `what` says what it counts. False when it is not.
+    fn at_most(&mut self, field: impl AsRef<str>, v: usize, max: usize, what: &str) -> bool {
+        if v > max {
+            self.push(
+                field,
+                format!(
+                    "must be ≤ {} ({what}), got {}",
+                    crate::thousands(max as u64),
+                    crate::thousands(v as u64)
+                ),
+            );
+        }
+        v <= max
     }
 
     fn at_least(&mut self, field: impl AsRef<str>, v: usize, min: usize) {
@@ -780,11 +842,19 @@ impl RunFile {
             list: Vec::new(),
         };
         // Resolved paths are absolute so that the resolved pipeline stands on its own.
+        // One spelling per path (`configs/../models/x` is `models/x`), so that runs of one
+        // pipeline started from different folders compare alike.
         let abs_file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
-        let base = abs_file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let base = canonical(abs_file.parent().unwrap_or(Path::new(".")));
+        let at_base = |rel: &Path| canonical(&base.join(rel));
 
         let model = match self.model.validate(&abs_file) {
-            Ok(m) => Some(m),
+            Ok(mut m) => {
+                if let ModelSource::Folder(dir) = &m.source {
+                    m.source = ModelSource::Folder(canonical(dir));
+                }
+                Some(m)
+            }
             Err(e) => {
                 for mut err in e.0 {
                     err.file = file.to_path_buf();
@@ -861,7 +931,7 @@ impl RunFile {
                 t.method,
                 steps,
                 t.epochs,
-                s.batch_size * s.batches_per_epoch,
+                s.batch_size.saturating_mul(s.batches_per_epoch),
             )),
             (None, false) => None,
         };
@@ -897,7 +967,7 @@ impl RunFile {
                 list.clone()
             }
             Some(PromptsRaw::File(PromptsFile { file: f })) => {
-                let path = base.join(f);
+                let path = at_base(Path::new(f));
                 match std::fs::read_to_string(&path) {
                     Ok(text) => {
                         let list: Vec<String> = text
@@ -1067,7 +1137,7 @@ impl RunFile {
             );
             let plugin_path = |p: &mut Problems<'_>| match &r.path {
                 Some(rel) => {
-                    let path = base.join(rel);
+                    let path = at_base(rel);
                     if !path.is_file() {
                         p.push(at("path"), format!("{} not found", path.display()));
                     }
@@ -1128,7 +1198,7 @@ impl RunFile {
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(name, rel)| {
-                        let path = base.join(&rel);
+                        let path = at_base(&rel);
                         if !path.is_file() {
                             p.push(
                                 at(&format!("models.{name}")),
@@ -1156,7 +1226,7 @@ impl RunFile {
                     .into_iter()
                     .enumerate()
                     .map(|(k, mut s)| {
-                        s.model = base.join(&s.model);
+                        s.model = at_base(&s.model);
                         if !s.model.is_file() {
                             p.push(
                                 at(&format!("stages[{k}].model")),
@@ -1228,11 +1298,116 @@ impl RunFile {
         }
 
         let r = &self.run;
-        if !valid_name(&r.name) {
+        if let Some(problem) = limits::run_name_problem(&r.name) {
+            p.push("run.name", problem);
+        } else if !valid_name(&r.name) {
             p.push(
                 "run.name",
                 format!("{:?}: use letters, digits, '.', '_' and '-'", r.name),
             );
+        }
+        let output = at_base(Path::new(&r.output));
+        if let Some(problem) = limits::output_problem(&output, &r.name) {
+            p.push("run.output", problem);
+        }
+
+        // Sizes: fixed caps first, then (when they hold) what the model makes of them.
+        let mut sizes_ok = true;
+        let batch = "images per batch";
+        sizes_ok &= p.at_most(
+            "sampling.batch_size",
+            s.batch_size,
+            limits::MAX_BATCH,
+            batch,
+        );
+        sizes_ok &= p.at_most(
+            "sampling.batches_per_epoch",
+            s.batches_per_epoch,
+            limits::MAX_BATCHES_PER_EPOCH,
+            "batches per epoch",
+        );
+        let per_epoch = s.batch_size.saturating_mul(s.batches_per_epoch);
+        if sizes_ok {
+            sizes_ok &= p.at_most(
+                "sampling.batches_per_epoch",
+                per_epoch,
+                limits::MAX_SAMPLES_PER_EPOCH,
+                "samples per epoch, sampling.batch_size × batches_per_epoch",
+            );
+        }
+        sizes_ok &= p.at_most("training.epochs", t.epochs, limits::MAX_EPOCHS, "epochs");
+        let run_samples = t.epochs as u128 * per_epoch as u128;
+        if sizes_ok && run_samples > limits::MAX_RUN_SAMPLES {
+            p.push(
+                "training.epochs",
+                format!(
+                    "{} epochs of {} samples make {} samples, more than a run may sample ({})",
+                    t.epochs,
+                    crate::thousands(per_epoch as u64),
+                    crate::thousands(run_samples as u64),
+                    crate::thousands(limits::MAX_RUN_SAMPLES as u64)
+                ),
+            );
+            sizes_ok = false;
+        }
+        sizes_ok &= p.at_most(
+            "training.batch_size",
+            t.batch_size,
+            limits::MAX_BATCH,
+            batch,
+        );
+        sizes_ok &= p.at_most(
+            "evaluation.batch_size",
+            e.batch_size,
+            limits::MAX_BATCH,
+            batch,
+        );
+        for (field, v) in [
+            ("evaluation.samples", e.samples),
+            ("evaluation.final_samples", e.final_samples),
+        ] {
+            sizes_ok &= p.at_most(field, v, limits::MAX_EVAL_SAMPLES, "samples");
+        }
+        for (i, r) in rewards.iter().enumerate() {
+            sizes_ok &= p.at_most(
+                format!("rewards[{i}].batch_size"),
+                r.batch_size,
+                limits::MAX_BATCH,
+                "images per reward call",
+            );
+            if let RewardKind::Onnx {
+                input: ImageInput { size: Some(wh), .. },
+                ..
+            } = &r.kind
+            {
+                if wh.iter().any(|&v| v == 0 || v > limits::MAX_IMAGE_SIDE) {
+                    p.push(
+                        format!("rewards[{i}].input.size"),
+                        format!(
+                            "width and height must be in 1..={}, got [{}, {}]",
+                            limits::MAX_IMAGE_SIDE,
+                            wh[0],
+                            wh[1]
+                        ),
+                    );
+                    sizes_ok = false;
+                }
+            }
+        }
+        let shape = model
+            .as_ref()
+            .filter(|_| sizes_ok)
+            .and_then(|m| ModelShape::of(&m.source));
+        if let Some(shape) = shape {
+            let sizes = run_sizes(
+                &shape,
+                s,
+                (t.batch_size, t.kl_coef),
+                (e.batch_size, e.samples.max(e.final_samples), guidance),
+                conditional,
+                &rewards,
+            );
+            check_sizes(&mut p, &shape, &sizes, limits::memory_limit());
         }
         p.at_least("run.save_every", r.save_every, 1);
         p.at_least("run.keep", r.keep, 1);
@@ -1286,13 +1461,129 @@ impl RunFile {
                 },
                 run: RunSettings {
                     name: self.run.name,
-                    output: base.join(&self.run.output),
+                    output,
                     seed: self.run.seed,
                     save_every: self.run.save_every,
                     keep: self.run.keep,
                 },
             }),
             _ => Err(ConfigErrors(p.list)),
+        }
+    }
+}
+
+/// What the memory estimate needs of a pipeline: the sampling settings, the training batch and
+/// KL weight, the evaluation's batch, largest sample count and guidance, whether it has prompts,
+/// the rewards.
+fn run_sizes(
+    shape: &ModelShape,
+    s: &SamplingSettings,
+    (training_batch, kl_coef): (usize, f64),
+    (evaluation_batch, final_samples, eval_guidance): (usize, usize, f64),
+    conditional: bool,
+    rewards: &[RewardSpec],
+) -> RunSizes {
+    RunSizes {
+        sampling_batch: s.batch_size,
+        batches_per_epoch: s.batches_per_epoch,
+        steps: s.steps.max(0) as u64,
+        training_batch,
+        evaluation_batch,
+        final_samples,
+        guided_sampling: conditional && s.guidance != 1.0,
+        guided_evaluation: conditional && eval_guidance != 1.0,
+        base_copy: kl_coef > 0.0,
+        reward_inputs: rewards
+            .iter()
+            .map(|r| {
+                let elements = match &r.kind {
+                    RewardKind::Onnx {
+                        input:
+                            ImageInput {
+                                size: Some([w, h]),
+                                channels,
+                                ..
+                            },
+                        ..
+                    } => *w as u64 * *h as u64 * channels.unwrap_or(3).max(1) as u64,
+                    _ => shape.image_elements().max(1) as u64 * 3,
+                };
+                (r.batch_size, elements)
+            })
+            .collect(),
+    }
+}
+
+impl RunPipeline {
+    /// hrf's estimate of the memory the run takes, by part (what validation checks against the
+    /// machine's RAM); none when the model's config cannot be read.
+    pub fn memory_estimate(&self) -> Option<Vec<limits::Part>> {
+        let shape = ModelShape::of(&self.model.source)?;
+        let e = &self.evaluation;
+        let sizes = run_sizes(
+            &shape,
+            &self.sampling,
+            (self.training.batch_size, self.training.kl_coef),
+            (e.batch_size, e.samples.max(e.final_samples), e.guidance),
+            !self.prompts.is_empty(),
+            &self.rewards,
+        );
+        Some(limits::memory_estimate(&shape, &sizes))
+    }
+}
+
+/// The batches' largest tensors against `MAX_TENSOR_ELEMENTS`, and the memory estimate against
+/// `limit` (bytes, and what it is).
+fn check_sizes(p: &mut Problems<'_>, shape: &ModelShape, sizes: &RunSizes, limit: (u64, String)) {
+    let (largest, what) = shape.largest_tensor();
+    let image = shape.image_elements();
+    let steps = sizes.steps as u128 + 1;
+    let mut tensors_ok = true;
+    let batches = [
+        (
+            "sampling.batch_size",
+            sizes.sampling_batch,
+            sizes.guided_sampling,
+        ),
+        (
+            "training.batch_size",
+            sizes.training_batch,
+            sizes.guided_sampling,
+        ),
+        (
+            "evaluation.batch_size",
+            sizes.evaluation_batch,
+            sizes.guided_evaluation,
+        ),
+    ];
+    for (field, batch, guided) in batches {
+        let rows = batch as u128 * if guided { 2 } else { 1 };
+        let mut candidates = vec![(rows * largest, what.clone())];
+        if field == "sampling.batch_size" {
+            candidates.push((
+                batch as u128 * steps * image,
+                format!("the batch's trajectories ({steps} latents each)"),
+            ));
+        }
+        let (elements, what) = candidates.into_iter().max_by_key(|c| c.0).expect("one");
+        if elements > limits::MAX_TENSOR_ELEMENTS {
+            let guided = if guided { " (doubled by guidance)" } else { "" };
+            p.push(
+                field,
+                format!(
+                    "a batch of {batch}{guided} makes {what} one tensor of {} elements, more than \
+                     the {} (2³¹ − 1) that libtorch's 32-bit-indexed kernels take",
+                    crate::thousands(elements.min(u64::MAX as u128) as u64),
+                    crate::thousands(limits::MAX_TENSOR_ELEMENTS as u64)
+                ),
+            );
+            tensors_ok = false;
+        }
+    }
+    if tensors_ok {
+        let parts = limits::memory_estimate(shape, sizes);
+        if let Some((field, message)) = limits::memory_problem(&parts, limit.0, &limit.1) {
+            p.push(field, message);
         }
     }
 }
@@ -1421,6 +1712,12 @@ fn validate_hrf(
     }
     let copies = h.copies.unwrap_or(h.group_size);
     p.at_least("training.hrf.copies", copies, 1);
+    p.at_most(
+        "training.hrf.copies",
+        copies,
+        limits::MAX_BATCH,
+        "noise copies per anchor",
+    );
     p.real("training.hrf.beta", h.beta, |v| v >= 0.0, "≥ 0");
     HrfSettings {
         group_size: h.group_size,
@@ -1440,7 +1737,31 @@ fn validate_hrf(
 
 /// The JSON Schema (draft 2020-12) of a run pipeline file.
 pub fn run_schema() -> Value {
-    serde_json::to_value(schemars::schema_for!(RunFile)).expect("a schema is plain data")
+    let mut s =
+        serde_json::to_value(schemars::schema_for!(RunFile)).expect("a schema is plain data");
+    describe_variant_keys(&mut s);
+    s
+}
+
+/// An enum variant with data (`{column: 1}`, `{fixed: 3}`) is an object of one key; schemars
+/// puts the variant's doc comment on the object, and this copies it to the key, so that every
+/// property of the schema says what it is.
+fn describe_variant_keys(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let desc = m.get("description").cloned();
+            if let (Some(desc), Some(Value::Object(props))) = (desc, m.get_mut("properties")) {
+                if props.len() == 1 {
+                    if let Some(Value::Object(p)) = props.values_mut().next() {
+                        p.entry("description").or_insert(desc);
+                    }
+                }
+            }
+            m.values_mut().for_each(describe_variant_keys);
+        }
+        Value::Array(items) => items.iter_mut().for_each(describe_variant_keys),
+        _ => {}
+    }
 }
 
 /// `run_schema()` as `hrf schema` prints it and configs/pipeline.schema.json holds it.
@@ -1537,7 +1858,7 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
         let p = fx.load(MINIMAL, &[]).unwrap();
         assert_eq!(
             p.model.source,
-            ModelSource::Folder(fx.0.join("configs/../models/base"))
+            ModelSource::Folder(canonical(&fx.0.join("models/base")))
         );
         assert_eq!(p.scheduler, None);
         assert_eq!(p.sampling, SamplingSettings::default());
@@ -1558,7 +1879,7 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
         assert_eq!(p.evaluation.every, 5);
         assert_eq!(p.evaluation.guidance, p.sampling.guidance);
         assert_eq!(p.evaluation.best_by, BestBy::Reward);
-        assert_eq!(p.run.output, fx.0.join("configs/runs"));
+        assert_eq!(p.run.output, canonical(&fx.0.join("configs/runs")));
         assert_eq!((p.run.seed, p.run.save_every, p.run.keep), (0, 5, 2));
         assert_eq!(p.text, MINIMAL);
     }
@@ -1589,7 +1910,7 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
         else {
             panic!("{:?}", p.rewards[1]);
         };
-        assert_eq!(stages[0].model, fx.0.join("configs/../models/head.onnx"));
+        assert_eq!(stages[0].model, canonical(&fx.0.join("models/head.onnx")));
         assert_eq!(
             stages[0].output,
             crate::reward::OutputSel::Name("features".into())
@@ -1609,7 +1930,7 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
                 min_vendi_ratio: 0.8
             }
         );
-        assert_eq!(p.run.output, fx.0.join("configs/../runs"));
+        assert_eq!(p.run.output, canonical(&fx.0.join("runs")));
     }
 
     #[test]
@@ -1622,8 +1943,14 @@ run: {name: full.run_1, output: ../runs, seed: 7, save_every: 1, keep: 3}
         for text in [MINIMAL, FULL, &tricky] {
             let p = fx.load(text, &[]).unwrap();
             let json = serde_json::to_string_pretty(&p).unwrap();
-            let yaml = serde_saphyr::to_string(&p).unwrap();
+            let yaml = p.resolved_yaml();
             assert!(yaml.starts_with("model:"), "{yaml}");
+            // Read back as a tree, YAML and JSON alike give the same values.
+            let file = fx.0.join("tree.yaml");
+            std::fs::write(&file, &yaml).unwrap();
+            assert_eq!(read_resolved(&file).unwrap(), p.resolved(), "{yaml}");
+            std::fs::write(&file, &json).unwrap();
+            assert_eq!(read_resolved(&file).unwrap(), p.resolved(), "{json}");
             for (name, resolved) in [("json", json), ("yaml", yaml)] {
                 // From another folder: every path in it is absolute.
                 let other = fx.0.join(format!("elsewhere/pipeline.resolved.{name}"));
@@ -2032,6 +2359,263 @@ run: {name: 'a b', keep: 0}
         ] {
             assert!(text.contains(&format!("\"{word}\"")), "{word}");
         }
+    }
+
+    /// Every unknown key and wrong type of a file at once, each at its line:column; with
+    /// overrides, at the field's place in the file.
+    #[test]
+    fn every_unknown_key_and_wrong_type_is_reported_at_once() {
+        let fx = Fixture::new("all-at-once");
+        let text = "\
+model: {weights: ../models/base, devise: cpu}
+sampling:
+  steps: many
+  eta: [1]
+training:
+  epocs: 3
+  method: ddpo
+  optimizer: {lr: fast, beta1: 0.9}
+  hrf: {group_size: -2}
+rewards:
+  - {kind: jpeg, weight: heavy}
+  - {kind: onnx, name: x, stages: [{model: a.onnx, output: {a: 1}}], input: {size: [1, 2, 3]}, score: {column: x}}
+evaluation: {best_by: rewards, seed: 1.5}
+run: {name: t, keep: yes}
+";
+        let e = fx.load(text, &[]).unwrap_err();
+        let msg = messages(&e);
+        let want: &[(u64, u64, &str)] = &[
+            (
+                1,
+                34,
+                "unknown field `devise`, expected one of weights, config, device",
+            ),
+            (3, 10, ""),
+            (4, 8, "expected a number, got a list"),
+            (6, 3, "unknown field `epocs`"),
+            (
+                7,
+                11,
+                "unknown variant `ddpo`, expected one of ddpo-is, ddpo-sf, hrf, hrf-d",
+            ),
+            (8, 19, "expected a number, got `fast`"),
+            (9, 21, "expected a whole number ≥ 0, got -2"),
+            (11, 12, "unknown variant `jpeg`"),
+            (11, 26, "expected a number, got `heavy`"),
+            (12, 60, "expected a whole number or text, got a mapping"),
+            (12, 84, "expected a list of 2 items, got 3"),
+            (12, 112, "expected a whole number, got `x`"),
+            (13, 23, "unknown variant `rewards`"),
+            (13, 38, "expected a whole number, got `1.5`"),
+            (14, 22, "expected a whole number, got `true`"),
+        ];
+        for (line, column, words) in want {
+            let found =
+                e.0.iter()
+                    .find(|x| (x.line, x.column) == (Some(*line), Some(*column)));
+            let found = found.unwrap_or_else(|| panic!("nothing at {line}:{column}:\n{msg}"));
+            assert!(found.message.contains(words), "{line}:{column}: {msg}");
+        }
+        assert_eq!(e.0.len(), want.len(), "{msg}");
+        assert!(msg.contains("p.yaml:1:34: unknown field `devise`"), "{msg}");
+
+        // With an override, each problem still has its field and place in the file.
+        let e = fx.load(text, &["run.seed=2"]).unwrap_err();
+        let at = |field: &str| {
+            e.0.iter()
+                .find(|x| x.field.as_deref() == Some(field))
+                .map(|x| x.line)
+        };
+        assert_eq!(at("training.epocs"), Some(Some(6)), "{e}");
+        assert_eq!(at("run.keep"), Some(Some(14)), "{e}");
+        assert_eq!(at("sampling.eta"), Some(Some(4)), "{e}");
+    }
+
+    /// The pass reports nothing the typed parse accepts: quiet on every shipped pipeline, the
+    /// resolved ones and values the reader takes in more than one spelling.
+    #[test]
+    fn the_all_at_once_pass_is_quiet_on_what_parses() {
+        let schema = run_schema();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut texts = Vec::new();
+        for dir in ["configs", "tests/pipelines"] {
+            for entry in std::fs::read_dir(repo.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if name.ends_with(".yaml") && !name.contains("pretrain") {
+                    texts.push((name, std::fs::read_to_string(&path).unwrap()));
+                }
+            }
+        }
+        assert!(texts.len() >= 10, "{}", texts.len());
+        let fx = Fixture::new("quiet");
+        for text in [MINIMAL, FULL] {
+            texts.push((
+                "resolved".into(),
+                fx.load(text, &[]).unwrap().resolved_yaml(),
+            ));
+        }
+        texts.push((
+            "spellings".into(),
+            MINIMAL.replace(
+                "run:",
+                "sampling: {steps: '12', eta: '0.5', batch_size: 0x10, guidance: 1}\n\
+                 training: {epochs: 1_000, kl_coef: .inf, method: hrf}\n\
+                 advantages: ~\nrun:",
+            ),
+        ));
+        for (name, text) in &texts {
+            let typed = serde_saphyr::from_str::<RunFile>(text);
+            assert!(typed.is_ok(), "{name}: {:?}", typed.err());
+            let found = crate::check::problems(&schema, text);
+            assert!(found.is_empty(), "{name}: {found:?}");
+        }
+    }
+
+    /// Sizes that would abort, panic or fail on the file system are refused with their field
+    /// and place; sizes just inside the caps pass.
+    #[test]
+    fn sizes_past_what_can_run_are_refused_with_their_place() {
+        let fx = Fixture::new("sizes");
+        let testbed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/testbed");
+        let text = |section: &str, run: &str| {
+            format!(
+                "model: {{weights: {}}}\n{section}\nrewards:\n  - {{kind: jpeg-compressibility}}\nrun: {run}\n",
+                testbed.display()
+            )
+        };
+        let long_name = "a".repeat(300);
+        let long_output = format!("{{name: t, output: {}}}", "d/".repeat(2100));
+        let onnx = "rewards:\n  - {kind: onnx, name: s, stages: [{model: ../models/head.onnx}], input: {size: [0, 10]}}";
+        // (section, run, field, line of the field, words of the message)
+        let cases: &[(&str, &str, &str, u64, &str)] = &[
+            ("sampling: {batch_size: 4294967295}", "{name: t}", "sampling.batch_size", 2, "must be ≤ 65,536 (images per batch), got 4,294,967,295"),
+            ("sampling: {batch_size: 100000}", "{name: t}", "sampling.batch_size", 2, "must be ≤ 65,536"),
+            ("sampling: {batch_size: 60000}", "{name: t}", "sampling.batch_size", 2, "the attention scores over 256 pixels one tensor of 7,864,320,000 elements"),
+            ("sampling: {batch_size: 4, batches_per_epoch: 70000}", "{name: t}", "sampling.batches_per_epoch", 2, "must be ≤ 65,536 (batches per epoch)"),
+            ("sampling: {batch_size: 1024, batches_per_epoch: 2048}", "{name: t}", "sampling.batches_per_epoch", 2, "samples per epoch"),
+            ("training: {epochs: 2000000}", "{name: t}", "training.epochs", 2, "must be ≤ 1,000,000 (epochs)"),
+            ("sampling: {batch_size: 512, batches_per_epoch: 4}\ntraining: {epochs: 600000}", "{name: t}", "training.epochs", 3, "make 1,228,800,000 samples"),
+            ("training: {batch_size: 100000}", "{name: t}", "training.batch_size", 2, "must be ≤ 65,536"),
+            ("evaluation: {final_samples: 2000000}", "{name: t}", "evaluation.final_samples", 2, "must be ≤ 1,000,000 (samples)"),
+            ("training: {method: hrf-d, hrf: {copies: 70000}}", "{name: t}", "training.hrf.copies", 2, "noise copies per anchor"),
+            ("sampling: {steps: 40}", &format!("{{name: {long_name}}}"), "run.name", 5, "300 bytes long: with the `-YYYYMMDD-HHMMSS` hrf appends, the run folder's name would be 316 bytes, over the file-system limit of 255 (NAME_MAX)"),
+            ("sampling: {steps: 40}", "{name: 'a/b'}", "run.name", 5, "'/' cannot be in a file name"),
+            ("sampling: {steps: 40}", &long_output, "run.output", 5, "(PATH_MAX)"),
+        ];
+        for (section, run, field, line, words) in cases {
+            let e = fx.load(&text(section, run), &[]).unwrap_err();
+            let msg = messages(&e);
+            let found = e.0.iter().find(|x| x.field.as_deref() == Some(*field));
+            let found = found.unwrap_or_else(|| panic!("no error for {field}:\n{msg}"));
+            assert_eq!(found.line, Some(*line), "{field}:\n{msg}");
+            assert!(found.message.contains(words), "{field}: {msg}");
+            assert_eq!(e.0.len(), 1, "{msg}");
+        }
+        let e = fx.load(
+            &text(onnx, "{name: t}").replacen(
+                "rewards:\n  - {kind: jpeg-compressibility}\n",
+                "",
+                1,
+            ),
+            &[],
+        );
+        let msg = messages(&e.unwrap_err());
+        assert!(
+            msg.contains(
+                "rewards[0].input.size: width and height must be in 1..=8192, got [0, 10]"
+            ),
+            "{msg}"
+        );
+        // Just inside: a sampling batch whose attention scores fit a tensor, a 239-byte name.
+        let ok = text("sampling: {batch_size: 16000, batches_per_epoch: 1, steps: 2}\nevaluation: {samples: 2, final_samples: 2}", &format!("{{name: {}}}", "a".repeat(239)));
+        let r = fx.load(&ok, &[]);
+        // Whatever this machine's RAM, the estimate of this one is under 32 GiB.
+        if let Err(e) = &r {
+            assert!(
+                messages(e).contains("more than the limit of")
+                    && limits::memory_limit().0 < 32 << 30,
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_memory_estimate_over_the_limit_names_the_estimate_and_the_limit() {
+        let testbed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/testbed");
+        let shape = ModelShape::of(&ModelSource::Folder(testbed)).unwrap();
+        let sizes = RunSizes {
+            sampling_batch: 8192,
+            batches_per_epoch: 2,
+            steps: 40,
+            training_batch: 16,
+            evaluation_batch: 64,
+            final_samples: 1000,
+            guided_sampling: false,
+            guided_evaluation: false,
+            base_copy: false,
+            reward_inputs: vec![(256, 3072)],
+        };
+        let file = Path::new("p.yaml");
+        let run = |limit: u64| {
+            let mut p = Problems {
+                file,
+                list: Vec::new(),
+            };
+            check_sizes(
+                &mut p,
+                &shape,
+                &sizes,
+                (limit, "this machine's RAM (/proc/meminfo)".into()),
+            );
+            p.list
+        };
+        assert_eq!(run(64 << 30), []);
+        let list = run(4 << 30);
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].field.as_deref(), Some("sampling.batch_size"));
+        let msg = &list[0].message;
+        assert!(msg.contains("the run needs an estimated 1"), "{msg}");
+        assert!(
+            msg.contains("more than the limit of 4.0 GiB (this machine's RAM (/proc/meminfo))"),
+            "{msg}"
+        );
+    }
+
+    /// Every property of the schema has a description (editors show it as the field's help).
+    #[test]
+    fn every_property_of_the_schema_has_a_description() {
+        fn walk(v: &Value, at: &str, seen: &mut usize, missing: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::Object(props)) = m.get("properties") {
+                        for (k, p) in props {
+                            *seen += 1;
+                            let ok = p
+                                .get("description")
+                                .and_then(Value::as_str)
+                                .is_some_and(|d| !d.trim().is_empty());
+                            if !ok {
+                                missing.push(format!("{at}.{k}"));
+                            }
+                        }
+                    }
+                    for (k, x) in m {
+                        walk(x, &format!("{at}/{k}"), seen, missing);
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, x) in items.iter().enumerate() {
+                        walk(x, &format!("{at}[{i}]"), seen, missing);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (mut seen, mut missing) = (0, Vec::new());
+        walk(&run_schema(), "", &mut seen, &mut missing);
+        assert!(seen > 90, "{seen} properties");
+        assert!(missing.is_empty(), "no description: {missing:#?}");
     }
 
     /// configs/pipeline.schema.json is generated; regenerate with

@@ -18,7 +18,7 @@ impl SpanIndex {
     /// reported by the typed parse).
     pub(crate) fn of(text: &str) -> Self {
         let mut index = BTreeMap::new();
-        if let Ok(root) = serde_saphyr::from_str::<Spanned<Node>>(text) {
+        if let Some(root) = tree(text) {
             collect(String::new(), &root, &mut index);
         }
         Self(index)
@@ -46,6 +46,12 @@ impl SpanIndex {
     }
 }
 
+/// The document's tree, each node (and each mapping key) with its place; none when it does not
+/// parse.
+pub(crate) fn tree(text: &str) -> Option<Spanned<Node>> {
+    serde_saphyr::from_str::<Spanned<Node>>(text).ok()
+}
+
 /// `a.b[2]` → `a.b`, `a.b` → `a`, `a` → `` (the root), `` → none.
 pub(crate) fn parent(path: &str) -> Option<&str> {
     if path.is_empty() {
@@ -66,11 +72,7 @@ fn collect(path: String, node: &Spanned<Node>, index: &mut BTreeMap<String, (u64
     match &node.value {
         Node::Map(entries) => {
             for (k, v) in entries {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let p = child(&path, &k.value.0);
                 collect(p, v, index);
             }
         }
@@ -79,15 +81,34 @@ fn collect(path: String, node: &Spanned<Node>, index: &mut BTreeMap<String, (u64
                 collect(format!("{path}[{i}]"), v, index);
             }
         }
-        Node::Leaf => {}
+        Node::Scalar(_) => {}
     }
 }
 
-/// A YAML node's shape, each child with its place.
-enum Node {
-    Map(Vec<(String, Spanned<Node>)>),
+/// The path of `key` in the mapping at `path`.
+pub(crate) fn child(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// A YAML node, each child (and each key) with its place.
+pub(crate) enum Node {
+    Map(Vec<(Spanned<Key>, Spanned<Node>)>),
     Seq(Vec<Spanned<Node>>),
-    Leaf,
+    Scalar(Scalar),
+}
+
+/// A scalar as the YAML reader resolves it (plain `3` an integer, `'3'` text, `yes` true).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalar {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(String),
 }
 
 impl<'de> Deserialize<'de> for Node {
@@ -98,9 +119,11 @@ impl<'de> Deserialize<'de> for Node {
 
 struct NodeVisitor;
 
-macro_rules! leaf {
-    ($($f:ident: $t:ty),*) => {
-        $(fn $f<E: de::Error>(self, _: $t) -> Result<Node, E> { Ok(Node::Leaf) })*
+macro_rules! scalar {
+    ($($f:ident: $t:ty => $v:ident),*) => {
+        $(fn $f<E: de::Error>(self, v: $t) -> Result<Node, E> {
+            Ok(Node::Scalar(Scalar::$v(v.into())))
+        })*
     };
 }
 
@@ -111,15 +134,27 @@ impl<'de> Visitor<'de> for NodeVisitor {
         f.write_str("any YAML node")
     }
 
-    leaf!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_i128: i128, visit_u128: u128,
-          visit_f64: f64, visit_str: &str, visit_bytes: &[u8]);
+    scalar!(visit_bool: bool => Bool, visit_i64: i64 => Int, visit_u64: u64 => Int,
+            visit_i128: i128 => Int, visit_f64: f64 => Float, visit_str: &str => Str);
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Int(
+            i128::try_from(v).unwrap_or(i128::MAX),
+        )))
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Str(
+            String::from_utf8_lossy(v).into_owned(),
+        )))
+    }
 
     fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
-        Ok(Node::Leaf)
+        Ok(Node::Scalar(Scalar::Null))
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Node, E> {
-        Ok(Node::Leaf)
+        Ok(Node::Scalar(Scalar::Null))
     }
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
@@ -136,7 +171,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut entries = Vec::new();
-        while let Some(Key(k)) = map.next_key::<Key>()? {
+        while let Some(k) = map.next_key::<Spanned<Key>>()? {
             entries.push((k, map.next_value::<Spanned<Node>>()?));
         }
         Ok(Node::Map(entries))
@@ -144,7 +179,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
 }
 
 /// A mapping key as text (YAML allows numbers and booleans as keys).
-struct Key(String);
+pub(crate) struct Key(pub(crate) String);
 
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

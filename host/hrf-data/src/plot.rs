@@ -1,6 +1,9 @@
 //! Line and scatter charts as PNG files (training curves against epoch, reward–diversity
-//! scatters), drawn pixel by pixel: "nice" axis ticks, shaded bands, labelled markers, a legend,
-//! and text in a 5×7 bitmap font embedded here (ASCII 32–126; other characters draw as a box).
+//! scatters), drawn pixel by pixel: "nice" axis ticks, shaded ± bands with error bars, point
+//! markers, dashed horizontal reference lines (e.g. the base model), labelled special points, a
+//! legend, and text in a 5×7 bitmap font embedded here (ASCII 32–126 and the few symbols and
+//! Greek letters in `EXTRA`, such as ±, ×, ÷, ≥, –, ·, ² and σ; any other character draws as a
+//! box, see `has_glyph`).
 
 use std::path::Path;
 
@@ -24,6 +27,22 @@ pub const PALETTE: [[u8; 3]; 10] = [
     [23, 190, 207],
 ];
 
+/// Colour of a reference line that names none.
+pub const REF_COLOR: [u8; 3] = [70, 70, 70];
+
+/// Opacity of a band's fill over white (`Style::Lines`): the fill is
+/// `WHITE * (1 - BAND_ALPHA) + colour * BAND_ALPHA`.
+pub const BAND_ALPHA: f64 = 0.28;
+
+/// The shape drawn at each point of a series (filled, in the series colour, ringed in white so
+/// that it stands out on its line), 9 pixels across with the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    Dot,
+    Square,
+    Diamond,
+}
+
 /// One named set of (x, y) points. Points with a NaN or infinite coordinate are skipped.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Series {
@@ -31,19 +50,55 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// `None`: `PALETTE[index % 10]`.
     pub color: Option<[u8; 3]>,
-    /// Optional ± half-width per point (e.g. a standard error), drawn as a light shaded band
-    /// (`Style::Lines`) or light error bars (`Style::Points`). Must have one value per point.
+    /// Optional ± half-width per point (e.g. a standard error). `Style::Lines`: a shaded band
+    /// with lighter edges between consecutive points, plus an error bar with caps at each point
+    /// when the series has a marker (or has a single point); `Style::Points`: error bars. Must
+    /// have one value per point; a non-finite value draws none there.
     pub band: Option<Vec<f64>>,
+    /// `Some`: the shape drawn at every point (`Style::Lines`: on top of the line; `Style::Points`:
+    /// instead of the small dot).
+    pub marker: Option<Marker>,
 }
 
 impl Series {
-    /// A series with the palette's colour and no band.
+    /// A series with the palette's colour, no band and no marker.
     pub fn new(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
         Series {
             label: label.into(),
             points,
+            ..Series::default()
+        }
+    }
+
+    /// The same series with a ± band (one half-width per point).
+    pub fn with_band(mut self, band: Vec<f64>) -> Series {
+        self.band = Some(band);
+        self
+    }
+
+    /// The same series with `marker` at every point.
+    pub fn with_marker(mut self, marker: Marker) -> Series {
+        self.marker = Some(marker);
+        self
+    }
+}
+
+/// A horizontal line across the whole plot at `y` (e.g. the base model's value), drawn dashed,
+/// listed in the legend after the series, and always inside the y axis.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RefLine {
+    pub label: String,
+    pub y: f64,
+    /// `None`: `REF_COLOR`.
+    pub color: Option<[u8; 3]>,
+}
+
+impl RefLine {
+    pub fn new(label: impl Into<String>, y: f64) -> RefLine {
+        RefLine {
+            label: label.into(),
+            y,
             color: None,
-            band: None,
         }
     }
 }
@@ -53,7 +108,7 @@ pub enum Style {
     /// Consecutive points joined by 2-pixel lines (broken at skipped points).
     #[default]
     Lines,
-    /// Each point a filled 5-pixel circle.
+    /// Each point a filled 5-pixel circle (or the series' marker).
     Points,
 }
 
@@ -67,6 +122,12 @@ pub struct Chart {
     pub style: Style,
     /// Labelled special points (e.g. the base model), drawn as a black cross with the text beside it.
     pub markers: Vec<(f64, f64, String)>,
+    /// Dashed horizontal reference lines.
+    pub ref_lines: Vec<RefLine>,
+    /// The y axis spans at least this much (widened about the data's middle): for a quantity
+    /// whose changes matter relative to its size (a diversity score), so that a spread of a few
+    /// per cent is drawn as one rather than filling the plot. 0 or non-finite: no minimum.
+    pub y_min_span: f64,
 }
 
 /// Renders `chart` and writes it as a PNG via a temporary file in the same folder, then renames it.
@@ -91,16 +152,11 @@ pub fn render_chart(chart: &Chart) -> Result<RgbImage, String> {
     }
 
     // Bands under everything drawn in colour.
-    for (i, s) in chart.series.iter().enumerate() {
-        if let Some(band) = &s.band {
-            draw_band(
-                &mut img,
-                &lay,
-                chart.style,
-                &s.points,
-                band,
-                series_color(s, i),
-            );
+    if chart.style == Style::Lines {
+        for (i, s) in chart.series.iter().enumerate() {
+            if let Some(band) = &s.band {
+                draw_band(&mut img, &lay, &s.points, band, series_color(s, i));
+            }
         }
     }
 
@@ -158,15 +214,43 @@ pub fn render_chart(chart: &Chart) -> Result<RgbImage, String> {
         draw_text(&mut img, lay.left - TICK - 4 - w, y - 3, label, 1, TEXT);
     }
 
-    // The data.
+    // Reference lines, under the data.
+    for r in chart.ref_lines.iter().filter(|r| r.y.is_finite()) {
+        let y = lay.py(r.y);
+        draw_dashed(
+            &mut img,
+            lay.left + 1,
+            lay.right - 1,
+            y,
+            r.color.unwrap_or(REF_COLOR),
+        );
+    }
+
+    // The data: lines, then error bars, then the points on top.
     for (i, s) in chart.series.iter().enumerate() {
         let color = series_color(s, i);
-        match chart.style {
-            Style::Lines => draw_polyline(&mut img, &lay, &s.points, color),
-            Style::Points => {
-                for &(x, y) in s.points.iter().filter(|p| finite(**p)) {
-                    draw_dot(&mut img, lay.px(x), lay.py(y), color);
+        let finite_points = s.points.iter().filter(|p| finite(**p)).count();
+        if chart.style == Style::Lines {
+            draw_polyline(&mut img, &lay, &s.points, color, s.marker.is_none());
+        }
+        let bars = chart.style == Style::Points || s.marker.is_some() || finite_points == 1;
+        if let (Some(band), true) = (&s.band, bars) {
+            let bar_color = match chart.style {
+                Style::Lines => color,
+                Style::Points => blend(WHITE, color, 0.6),
+            };
+            for (&(x, y), &b) in s.points.iter().zip(band) {
+                if finite((x, y)) && b.is_finite() && b != 0.0 {
+                    draw_error_bar(&mut img, &lay, x, y, b.abs(), bar_color);
                 }
+            }
+        }
+        for &(x, y) in s.points.iter().filter(|p| finite(**p)) {
+            let (cx, cy) = (lay.px(x), lay.py(y));
+            match (s.marker, chart.style) {
+                (Some(m), _) => draw_marker(&mut img, cx, cy, m, color),
+                (None, Style::Points) => draw_dot(&mut img, cx, cy, color),
+                (None, Style::Lines) => {}
             }
         }
     }
@@ -228,15 +312,7 @@ pub fn render_chart(chart: &Chart) -> Result<RgbImage, String> {
 /// Ticks at a "nice" step (1, 2 or 5 × 10^k) that cover `lo..=hi`: the first is ≤ `lo`, the last
 /// ≥ `hi`, 4 to 7 of them. An empty or tiny range is widened around its value first.
 pub fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let (mut lo, mut hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
-    if !lo.is_finite() || !hi.is_finite() || !(hi - lo).is_finite() {
-        (lo, hi) = (0.0, 1.0);
-    }
-    let mag = lo.abs().max(hi.abs());
-    if hi - lo <= mag * 1e-9 || hi - lo < f64::MIN_POSITIVE * 1e6 {
-        let pad = if mag > 1e-300 { mag * 0.05 } else { 1.0 };
-        (lo, hi) = (lo - pad, hi + pad);
-    }
+    let (lo, hi) = widened(lo, hi);
     let k0 = ((hi - lo) / 7.0).log10().floor() as i32 - 1;
     for k in k0..k0 + 5 {
         for m in [1.0, 2.0, 5.0] {
@@ -250,6 +326,39 @@ pub fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
         }
     }
     vec![lo, hi]
+}
+
+/// Ticks at the finest "nice" step (1, 2 or 5 × 10^k) that puts at most 7 of them inside
+/// `lo..=hi` (at least 2): for an axis whose ends are not ticks.
+pub fn ticks_within(lo: f64, hi: f64) -> Vec<f64> {
+    let (lo, hi) = widened(lo, hi);
+    let k0 = ((hi - lo) / 7.0).log10().floor() as i32 - 1;
+    for k in k0..k0 + 5 {
+        for m in [1.0, 2.0, 5.0] {
+            let step = scaled(m, k);
+            let (a, b) = (snap(lo / step, f64::ceil), snap(hi / step, f64::floor));
+            if b - a <= 6.0 {
+                return (a as i64..=b as i64)
+                    .map(|i| scaled(i as f64 * m, k))
+                    .collect();
+            }
+        }
+    }
+    vec![lo, hi]
+}
+
+/// `lo..hi` ordered, made finite, and widened around its value when empty or tiny.
+fn widened(lo: f64, hi: f64) -> (f64, f64) {
+    let (mut lo, mut hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+    if !lo.is_finite() || !hi.is_finite() || !(hi - lo).is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let mag = lo.abs().max(hi.abs());
+    if hi - lo <= mag * 1e-9 || hi - lo < f64::MIN_POSITIVE * 1e6 {
+        let pad = if mag > 1e-300 { mag * 0.05 } else { 1.0 };
+        (lo, hi) = (lo - pad, hi + pad);
+    }
+    (lo, hi)
 }
 
 /// Labels for ticks from `nice_ticks`: fixed-point with as many decimals as the step needs, or
@@ -321,6 +430,12 @@ const GRID: [u8; 3] = [228, 228, 228];
 const TICK: i32 = 5;
 /// Width of one character cell at scale 1 (5 pixels of glyph, 1 of spacing).
 const CELL: i32 = 6;
+/// Fractions of the data's x and y ranges left empty on each side, so that markers, error bars
+/// and the extreme points stay off the frame.
+const X_PAD: f64 = 0.03;
+const Y_PAD: f64 = 0.06;
+/// Dashes of reference lines: pixels drawn, then pixels left out.
+const DASH: (i32, i32) = (8, 5);
 
 fn finite(p: (f64, f64)) -> bool {
     p.0.is_finite() && p.1.is_finite()
@@ -328,6 +443,12 @@ fn finite(p: (f64, f64)) -> bool {
 
 fn series_color(s: &Series, i: usize) -> [u8; 3] {
     s.color.unwrap_or(PALETTE[i % PALETTE.len()])
+}
+
+/// One row of the legend.
+enum LegendKey {
+    Series(usize),
+    Ref(usize),
 }
 
 /// Where the data area lies (pixel columns `left..=right`, rows `top..=bottom`) and its axes.
@@ -342,7 +463,7 @@ struct Layout {
     y_ticks: Vec<f64>,
     x_labels: Vec<String>,
     y_labels: Vec<String>,
-    legend: Vec<String>,
+    legend: Vec<(LegendKey, String)>,
 }
 
 impl Layout {
@@ -360,6 +481,18 @@ impl Layout {
 }
 
 const LEGEND_CHARS: usize = 28;
+
+/// The y axis's range: `lo..hi` (the data, bands and reference lines) widened to `min_span`
+/// about its middle, then padded by `Y_PAD` of its span on each side.
+fn y_axis_range(lo: f64, hi: f64, min_span: f64) -> (f64, f64) {
+    let (mut lo, mut hi) = widened(lo, hi);
+    if min_span.is_finite() && hi - lo < min_span.abs() {
+        let mid = (lo + hi) / 2.0;
+        (lo, hi) = (mid - min_span.abs() / 2.0, mid + min_span.abs() / 2.0);
+    }
+    let pad = (hi - lo) * Y_PAD;
+    (lo - pad, hi + pad)
+}
 
 fn layout(chart: &Chart) -> Result<Layout, String> {
     let mut xs = (f64::INFINITY, f64::NEG_INFINITY);
@@ -409,15 +542,40 @@ fn layout(chart: &Chart) -> Result<Layout, String> {
             grow((m.0, m.1));
         }
     }
-    let (x_ticks, y_ticks) = (nice_ticks(xs.0, xs.1), nice_ticks(ys.0, ys.1));
+    for r in chart.ref_lines.iter().filter(|r| r.y.is_finite()) {
+        ys = (ys.0.min(r.y), ys.1.max(r.y));
+    }
+    let x_range = {
+        let (lo, hi) = widened(xs.0, xs.1);
+        let pad = (hi - lo) * X_PAD;
+        (lo - pad, hi + pad)
+    };
+    let x_ticks = ticks_within(x_range.0, x_range.1);
+    let y_range = y_axis_range(ys.0, ys.1, chart.y_min_span);
+    let y_ticks = ticks_within(y_range.0, y_range.1);
     let (x_labels, y_labels) = (tick_labels(&x_ticks), tick_labels(&y_ticks));
-    let legend: Vec<String> = chart
+    let fit = |l: &str| fit_text(l, LEGEND_CHARS as i32 * CELL);
+    let legend: Vec<(LegendKey, String)> = chart
         .series
         .iter()
-        .map(|s| fit_text(&s.label, LEGEND_CHARS as i32 * CELL))
+        .enumerate()
+        .map(|(i, s)| (LegendKey::Series(i), fit(&s.label)))
+        .chain(
+            chart
+                .ref_lines
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.y.is_finite())
+                .map(|(i, r)| (LegendKey::Ref(i), fit(&r.label))),
+        )
+        .filter(|(_, l)| !l.is_empty())
         .collect();
     let y_label_w = y_labels.iter().map(|l| text_width(l, 1)).max().unwrap_or(0);
-    let legend_w = legend.iter().map(|l| text_width(l, 1)).max().unwrap_or(0);
+    let legend_w = legend
+        .iter()
+        .map(|(_, l)| text_width(l, 1))
+        .max()
+        .unwrap_or(0);
     let left = 12 + y_label_w + 4 + TICK;
     let right = WIDTH as i32 - 1 - (if legend_w > 0 { legend_w + 48 } else { 24 });
     let top = 56;
@@ -427,8 +585,8 @@ fn layout(chart: &Chart) -> Result<Layout, String> {
         right,
         top,
         bottom,
-        x_range: (x_ticks[0], *x_ticks.last().unwrap()),
-        y_range: (y_ticks[0], *y_ticks.last().unwrap()),
+        x_range,
+        y_range,
         x_ticks,
         y_ticks,
         x_labels,
@@ -438,58 +596,87 @@ fn layout(chart: &Chart) -> Result<Layout, String> {
 }
 
 fn draw_legend(img: &mut RgbImage, lay: &Layout, chart: &Chart) {
-    let entries: Vec<(usize, &String)> = lay
-        .legend
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .collect();
-    if entries.is_empty() {
+    if lay.legend.is_empty() {
         return;
     }
     let row = 14;
-    let w = entries.iter().map(|(_, l)| text_width(l, 1)).max().unwrap() + 34;
+    let w = lay
+        .legend
+        .iter()
+        .map(|(_, l)| text_width(l, 1))
+        .max()
+        .unwrap()
+        + 34;
     let (x0, y0) = (lay.right + 12, lay.top);
-    let h = (entries.len() as i32 * row + 8).min(lay.bottom - lay.top);
+    let h = (lay.legend.len() as i32 * row + 8).min(lay.bottom - lay.top);
     fill_rect(img, x0, y0, x0 + w, y0 + h, [200, 200, 200]);
     fill_rect(img, x0 + 1, y0 + 1, x0 + w - 1, y0 + h - 1, WHITE);
-    for (n, (i, label)) in entries.iter().enumerate() {
+    for (n, (key, label)) in lay.legend.iter().enumerate() {
         let y = y0 + 5 + n as i32 * row;
         if y + row > y0 + h {
             break;
         }
-        let color = series_color(&chart.series[*i], *i);
-        match chart.style {
-            Style::Lines => {
-                let light = blend(WHITE, color, 0.25);
-                if chart.series[*i].band.is_some() {
-                    fill_rect(img, x0 + 6, y - 1, x0 + 24, y + 9, light);
+        match *key {
+            LegendKey::Series(i) => {
+                let s = &chart.series[i];
+                let color = series_color(s, i);
+                match chart.style {
+                    Style::Lines => {
+                        if s.band.is_some() {
+                            fill_rect(img, x0 + 6, y - 1, x0 + 24, y + 9, band_fill(color));
+                        }
+                        // A one-point series draws no line, so its key shows none either.
+                        if s.points.iter().filter(|p| finite(**p)).count() != 1
+                            || s.marker.is_none()
+                        {
+                            fill_rect(img, x0 + 6, y + 3, x0 + 24, y + 5, color);
+                        }
+                    }
+                    Style::Points => {}
                 }
-                fill_rect(img, x0 + 6, y + 3, x0 + 24, y + 5, color);
+                match (s.marker, chart.style) {
+                    (Some(m), _) => draw_marker(img, x0 + 15, y + 4, m, color),
+                    (None, Style::Points) => draw_dot(img, x0 + 15, y + 4, color),
+                    (None, Style::Lines) => {}
+                }
             }
-            Style::Points => draw_dot(img, x0 + 15, y + 4, color),
+            LegendKey::Ref(i) => {
+                let color = chart.ref_lines[i].color.unwrap_or(REF_COLOR);
+                draw_dashed(img, x0 + 6, x0 + 23, y + 3, color);
+            }
         }
         draw_text(img, x0 + 28, y, label, 1, TEXT);
     }
 }
 
-/// Shades ±band around the series: between consecutive finite points for lines, as a 5-pixel
-/// bar per point for points (and for a line's lone point). A non-finite band value counts as 0.
-/// Each pixel is blended once, so overlapping parts do not darken.
+fn band_fill(color: [u8; 3]) -> [u8; 3] {
+    blend(WHITE, color, BAND_ALPHA)
+}
+
+/// Shades ±band between consecutive finite points (`Style::Lines`), with 1-pixel edges along
+/// both bounds in a stronger tint; a lone point gets only its error bar (drawn with the data).
+/// A non-finite band value counts as 0. Each pixel is blended once, so overlaps do not darken.
 fn draw_band(
     img: &mut RgbImage,
     lay: &Layout,
-    style: Style,
     points: &[(f64, f64)],
     band: &[f64],
     color: [u8; 3],
 ) {
     let (w, h) = (WIDTH as i32, HEIGHT as i32);
-    let mut mask = vec![false; (w * h) as usize];
+    // 0: untouched, 1: fill, 2: edge.
+    let mut mask = vec![0u8; (w * h) as usize];
     let mut span = |x: i32, y0: i32, y1: i32| {
         if (0..w).contains(&x) {
-            for y in y0.min(y1).max(0)..=y0.max(y1).min(h - 1) {
-                mask[(y * w + x) as usize] = true;
+            let (a, b) = (y0.min(y1).max(0), y0.max(y1).min(h - 1));
+            for y in a..=b {
+                let m = &mut mask[(y * w + x) as usize];
+                *m = (*m).max(1);
+            }
+            for y in [a, b] {
+                if (0..h).contains(&y) {
+                    mask[(y * w + x) as usize] = 2;
+                }
             }
         }
     };
@@ -503,31 +690,64 @@ fn draw_band(
             (lay.px(x), lay.py(y + b), lay.py(y - b))
         })
         .collect();
-    if style == Style::Points || ends.len() == 1 {
-        for &(x, hi, lo) in &ends {
-            for dx in -2..=2 {
-                span(x + dx, hi, lo);
-            }
+    for pair in ends.windows(2) {
+        let [(x, hi, lo), (x2, hi2, lo2)] = [pair[0], pair[1]];
+        for px in x.min(x2)..=x.max(x2) {
+            let t = if x2 == x {
+                0.0
+            } else {
+                (px - x) as f64 / (x2 - x) as f64
+            };
+            let lerp = |a: i32, b: i32| (a as f64 + t * (b - a) as f64).round() as i32;
+            span(px, lerp(hi, hi2), lerp(lo, lo2));
         }
-    } else {
-        for pair in ends.windows(2) {
-            let [(x, hi, lo), (x2, hi2, lo2)] = [pair[0], pair[1]];
-            for px in x.min(x2)..=x.max(x2) {
-                let t = if x2 == x {
-                    0.0
-                } else {
-                    (px - x) as f64 / (x2 - x) as f64
-                };
-                let lerp = |a: i32, b: i32| (a as f64 + t * (b - a) as f64).round() as i32;
-                span(px, lerp(hi, hi2), lerp(lo, lo2));
+    }
+    let edge = blend(WHITE, color, 0.55);
+    for (i, m) in mask.iter().enumerate().filter(|(_, m)| **m > 0) {
+        let (x, y) = ((i as i32 % w) as u32, (i as i32 / w) as u32);
+        let p = img.get_pixel_mut(x, y);
+        p.0 = match m {
+            2 => edge,
+            _ => blend(p.0, color, BAND_ALPHA),
+        };
+    }
+}
+
+/// A vertical 2-pixel bar from y - b to y + b with 9-pixel caps at both ends.
+fn draw_error_bar(img: &mut RgbImage, lay: &Layout, x: f64, y: f64, b: f64, color: [u8; 3]) {
+    let (cx, hi, lo) = (lay.px(x), lay.py(y + b), lay.py(y - b));
+    fill_rect(img, cx, hi, cx + 2, lo + 1, color);
+    for end in [hi, lo] {
+        fill_rect(img, cx - 4, end, cx + 6, end + 1, color);
+    }
+}
+
+/// `marker` centred on (cx, cy): filled in `color`, ringed in white.
+fn draw_marker(img: &mut RgbImage, cx: i32, cy: i32, marker: Marker, color: [u8; 3]) {
+    let inside = |dx: i32, dy: i32, grow: i32| match marker {
+        Marker::Dot => dx * dx + dy * dy <= (3 + grow) * (3 + grow) + 1,
+        Marker::Square => dx.abs().max(dy.abs()) <= 3 + grow,
+        Marker::Diamond => dx.abs() + dy.abs() <= 4 + grow,
+    };
+    for dy in -5..=5i32 {
+        for dx in -5..=5i32 {
+            if inside(dx, dy, 0) {
+                put(img, cx + dx, cy + dy, color);
+            } else if inside(dx, dy, 1) {
+                put(img, cx + dx, cy + dy, WHITE);
             }
         }
     }
-    let a = if style == Style::Points { 0.35 } else { 0.22 };
-    for (i, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
-        let (x, y) = ((i as i32 % w) as u32, (i as i32 / w) as u32);
-        let p = img.get_pixel_mut(x, y);
-        p.0 = blend(p.0, color, a);
+}
+
+/// A dashed horizontal line 2 pixels thick (rows `y` and `y + 1`) over columns `x0..=x1`,
+/// starting with a dash at `x0`.
+fn draw_dashed(img: &mut RgbImage, x0: i32, x1: i32, y: i32, color: [u8; 3]) {
+    let mut x = x0;
+    while x <= x1 {
+        let end = (x + DASH.0).min(x1 + 1);
+        fill_rect(img, x, y, end, y + 2, color);
+        x += DASH.0 + DASH.1;
     }
 }
 
@@ -541,8 +761,14 @@ fn blend(under: [u8; 3], over: [u8; 3], a: f64) -> [u8; 3] {
 }
 
 /// 2-pixel lines joining the finite points in order (skipped points are left out); a series
-/// with one finite point gets a dot.
-fn draw_polyline(img: &mut RgbImage, lay: &Layout, points: &[(f64, f64)], color: [u8; 3]) {
+/// with one finite point gets a dot when `lone_dot` (else its marker shows it).
+fn draw_polyline(
+    img: &mut RgbImage,
+    lay: &Layout,
+    points: &[(f64, f64)],
+    color: [u8; 3],
+    lone_dot: bool,
+) {
     let pts: Vec<(i32, i32)> = points
         .iter()
         .filter(|p| finite(**p))
@@ -550,7 +776,11 @@ fn draw_polyline(img: &mut RgbImage, lay: &Layout, points: &[(f64, f64)], color:
         .collect();
     match pts[..] {
         [] => {}
-        [(x, y)] => draw_dot(img, x, y, color),
+        [(x, y)] => {
+            if lone_dot {
+                draw_dot(img, x, y, color)
+            }
+        }
         _ => {
             for pair in pts.windows(2) {
                 draw_line(img, pair[0], pair[1], color);
@@ -680,9 +910,64 @@ fn draw_text(img: &mut RgbImage, x: i32, y: i32, text: &str, scale: i32, color: 
 fn glyph(c: char) -> &'static [u8; 8] {
     match c as u32 {
         n @ 32..=126 => &FONT[(n - 32) as usize],
-        _ => &MISSING,
+        _ => EXTRA
+            .iter()
+            .find(|(e, _)| *e == c)
+            .map_or(&MISSING, |(_, g)| g),
     }
 }
+
+/// Whether `c` has a glyph of its own (else it draws as the missing-glyph box).
+pub fn has_glyph(c: char) -> bool {
+    (32..=126).contains(&(c as u32)) || EXTRA.iter().any(|(e, _)| *e == c)
+}
+
+/// Glyphs beyond ASCII, in the layout of `FONT`: the symbols and Greek letters that chart text
+/// uses (or may: units, ratios, thresholds).
+#[rustfmt::skip]
+const EXTRA: [(char, [u8; 8]); 41] = [
+    ('\u{a0}', [0, 0, 0, 0, 0, 0, 0, 0]), // no-break space
+    ('±', [0b00100, 0b00100, 0b11111, 0b00100, 0b00100, 0b00000, 0b11111, 0]),
+    ('×', [0, 0b10001, 0b01010, 0b00100, 0b01010, 0b10001, 0, 0]),
+    ('÷', [0, 0b00100, 0, 0b11111, 0, 0b00100, 0, 0]),
+    ('≥', [0b10000, 0b01100, 0b00011, 0b01100, 0b10000, 0, 0b11111, 0]),
+    ('≤', [0b00001, 0b00110, 0b11000, 0b00110, 0b00001, 0, 0b11111, 0]),
+    ('≈', [0, 0, 0b01000, 0b10101, 0b00010, 0b01000, 0b10101, 0b00010]),
+    ('≠', [0, 0b00010, 0b11111, 0b00100, 0b11111, 0b01000, 0, 0]),
+    ('−', [0, 0, 0, 0b11111, 0, 0, 0, 0]), // minus sign
+    ('–', [0, 0, 0, 0b11111, 0, 0, 0, 0]), // en dash
+    ('—', [0, 0, 0, 0b11111, 0, 0, 0, 0]), // em dash
+    ('·', [0, 0, 0, 0b01100, 0b01100, 0, 0, 0]),
+    ('…', [0, 0, 0, 0, 0, 0, 0b10101, 0]),
+    ('‘', [0b00100, 0b01000, 0b01000, 0, 0, 0, 0, 0]),
+    ('’', [0b00100, 0b00100, 0b01000, 0, 0, 0, 0, 0]),
+    ('“', [0b01010, 0b10100, 0b10100, 0, 0, 0, 0, 0]),
+    ('”', [0b01010, 0b01010, 0b10100, 0, 0, 0, 0, 0]),
+    ('→', [0, 0b00100, 0b00010, 0b11111, 0b00010, 0b00100, 0, 0]),
+    ('←', [0, 0b00100, 0b01000, 0b11111, 0b01000, 0b00100, 0, 0]),
+    ('∞', [0, 0, 0b01010, 0b10101, 0b10101, 0b01010, 0, 0]),
+    ('√', [0b00011, 0b00010, 0b00010, 0b00100, 0b10100, 0b01100, 0b00100, 0]),
+    ('°', [0b01100, 0b10010, 0b10010, 0b01100, 0, 0, 0, 0]),
+    ('²', [0b01100, 0b10010, 0b00100, 0b01000, 0b11110, 0, 0, 0]),
+    ('³', [0b11100, 0b00010, 0b01100, 0b00010, 0b11100, 0, 0, 0]),
+    ('α', [0, 0, 0b01001, 0b10101, 0b10010, 0b10010, 0b01101, 0]),
+    ('β', [0b01100, 0b10010, 0b10010, 0b11100, 0b10010, 0b10010, 0b11100, 0b10000]),
+    ('γ', [0, 0, 0b10001, 0b10001, 0b01010, 0b00100, 0b00100, 0b00100]),
+    ('δ', [0b01110, 0b01000, 0b00100, 0b01110, 0b10001, 0b10001, 0b01110, 0]),
+    ('ε', [0, 0, 0b01111, 0b10000, 0b01110, 0b10000, 0b01111, 0]),
+    ('η', [0, 0, 0b10110, 0b11001, 0b10001, 0b10001, 0b10001, 0b00001]),
+    ('θ', [0b01110, 0b10001, 0b10001, 0b11111, 0b10001, 0b10001, 0b01110, 0]),
+    ('λ', [0b01000, 0b00100, 0b00100, 0b01010, 0b01010, 0b10001, 0b10001, 0]),
+    ('μ', [0, 0, 0b10010, 0b10010, 0b10010, 0b11101, 0b10000, 0b10000]),
+    ('µ', [0, 0, 0b10010, 0b10010, 0b10010, 0b11101, 0b10000, 0b10000]), // micro sign
+    ('π', [0, 0, 0b11111, 0b01010, 0b01010, 0b01010, 0b01001, 0]),
+    ('ρ', [0, 0, 0b01110, 0b10001, 0b10001, 0b11110, 0b10000, 0b10000]),
+    ('σ', [0, 0, 0b01111, 0b10010, 0b10001, 0b10001, 0b01110, 0]),
+    ('τ', [0, 0, 0b11111, 0b00100, 0b00100, 0b00101, 0b00010, 0]),
+    ('ω', [0, 0, 0b01010, 0b10001, 0b10101, 0b10101, 0b01010, 0]),
+    ('Δ', [0b00100, 0b00100, 0b01010, 0b01010, 0b10001, 0b10001, 0b11111, 0]),
+    ('Σ', [0b11111, 0b10000, 0b01000, 0b00100, 0b01000, 0b10000, 0b11111, 0]),
+];
 
 /// Drawn for characters outside `FONT`.
 const MISSING: [u8; 8] = [
@@ -807,10 +1092,10 @@ mod tests {
                 label: "ddpo".into(),
                 points: vec![(0.0, 0.0), (f64::NAN, 3.0), (1.0, 1.0)],
                 color: Some([10, 200, 30]),
-                band: None,
+                ..Series::default()
             }],
             style,
-            markers: vec![],
+            ..Chart::default()
         }
     }
 
@@ -843,22 +1128,22 @@ mod tests {
     }
 
     #[test]
-    fn points_land_at_the_corners_of_the_data_area() {
+    fn points_land_near_the_corners_of_the_data_area() {
         for style in [Style::Lines, Style::Points] {
             let chart = diagonal(style);
             let lay = layout(&chart).unwrap();
-            assert_eq!((lay.x_range, lay.y_range), ((0.0, 1.0), (0.0, 1.0)));
+            assert_eq!(lay.x_range, (-X_PAD, 1.0 + X_PAD), "room either side");
+            assert_eq!(lay.y_range, (-Y_PAD, 1.0 + Y_PAD), "and above and below");
+            assert_eq!(lay.x_ticks, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
             let img = render_chart(&chart).unwrap();
             let green = [10, 200, 30];
-            assert!(has_color_near(&img, lay.left, lay.bottom, green));
-            assert!(has_color_near(&img, lay.right, lay.top, green));
-            assert!(!has_color_near(&img, lay.left + 10, lay.top + 10, green));
-            assert!(!has_color_near(
-                &img,
-                lay.right - 10,
-                lay.bottom - 10,
-                green
-            ));
+            let (x0, x1, y0, y1) = (lay.px(0.0), lay.px(1.0), lay.py(0.0), lay.py(1.0));
+            assert!(x0 - lay.left >= 10 && lay.right - x1 >= 10, "{x0} {x1}");
+            assert!(lay.bottom - y0 >= 15 && y1 - lay.top >= 15, "{y0} {y1}");
+            assert!(has_color_near(&img, x0, y0, green));
+            assert!(has_color_near(&img, x1, y1, green));
+            assert!(!has_color_near(&img, x0 + 10, y1 + 10, green));
+            assert!(!has_color_near(&img, x1 - 10, y0 - 10, green));
             let (mx, my) = ((lay.left + lay.right) / 2, (lay.top + lay.bottom) / 2);
             assert_eq!(has_color_near(&img, mx, my, green), style == Style::Lines);
         }
@@ -983,5 +1268,259 @@ mod tests {
         let missing = std::path::Path::new("/nonexistent/x.png");
         let e = save_panels(&[("m".into(), missing)], &out).unwrap_err();
         assert!(e.contains("/nonexistent/x.png"), "{e}");
+    }
+
+    /// The pixels that `text` sets, drawn alone at (0, 0) at scale 1.
+    fn ink(text: &str) -> Vec<(u32, u32)> {
+        let mut img = RgbImage::from_pixel(40, 10, Rgb(WHITE));
+        draw_text(&mut img, 0, 0, text, 1, [0, 0, 0]);
+        img.enumerate_pixels()
+            .filter(|(_, _, p)| p.0 == [0, 0, 0])
+            .map(|(x, y, _)| (x, y))
+            .collect()
+    }
+
+    #[test]
+    fn plus_minus_and_the_other_symbols_are_drawn_not_boxed() {
+        let missing = ink("\u{2603}");
+        assert_eq!(missing.len(), 20, "the fallback box: {missing:?}");
+        for c in "±×÷≥≤–—·²σμΔ".chars() {
+            assert!(has_glyph(c), "{c}");
+            let drawn = ink(&c.to_string());
+            assert!(
+                !drawn.is_empty() && drawn != missing,
+                "{c} draws as the box"
+            );
+        }
+        assert!(!has_glyph('\u{2603}') && has_glyph('a') && has_glyph('~'));
+        // ±: a plus over a bar, with a gap between them.
+        let pm = ink("±");
+        assert!((0..5).all(|x| pm.contains(&(x, 2)) && pm.contains(&(x, 6))));
+        assert!(pm.contains(&(2, 0)) && pm.contains(&(2, 4)) && !pm.iter().any(|p| p.1 == 5));
+        // Every extra glyph is distinct from the others, but for the dashes and the two mus.
+        let same = ["−–—", "μµ"];
+        for (i, (a, ga)) in EXTRA.iter().enumerate() {
+            assert_ne!(ga, &MISSING, "{a}");
+            for (b, gb) in &EXTRA[i + 1..] {
+                assert_ne!(a, b, "listed twice");
+                let alike = same.iter().any(|s| s.contains(*a) && s.contains(*b));
+                assert_eq!(ga == gb, alike, "{a} {b}");
+            }
+        }
+        assert_eq!(glyph('-'), glyph('−'));
+    }
+
+    fn chart_of(series: Vec<Series>) -> Chart {
+        Chart {
+            title: "t".into(),
+            series,
+            ..Chart::default()
+        }
+    }
+
+    #[test]
+    fn markers_and_error_bars_sit_at_their_points() {
+        let red = [200, 20, 20];
+        let pts = vec![(0.0, 0.0), (1.0, 1.0), (2.0, 0.5)];
+        let plain = Series {
+            color: Some(red),
+            ..Series::new("s", pts.clone())
+        };
+        for marker in [Marker::Square, Marker::Dot, Marker::Diamond] {
+            let chart = chart_of(vec![plain.clone().with_marker(marker)]);
+            let (lay, img) = (layout(&chart).unwrap(), render_chart(&chart).unwrap());
+            let at = |x: i32, y: i32| img.get_pixel(x as u32, y as u32).0;
+            for &(x, y) in &pts {
+                let (cx, cy) = (lay.px(x), lay.py(y));
+                assert_eq!(at(cx, cy), red, "{marker:?} at {x},{y}");
+                // Inside the shape, and its white ring just outside it (drawn over the line).
+                assert_eq!(at(cx - 2, cy - 2), red, "{marker:?} at {x},{y}");
+                let ring = if marker == Marker::Diamond { 5 } else { 4 };
+                assert_eq!(at(cx, cy - ring), WHITE, "{marker:?}: its ring at {x},{y}");
+            }
+            let (cx, cy) = (lay.px(1.0), lay.py(1.0));
+            assert_ne!(
+                render_chart(&chart_of(vec![plain.clone()]))
+                    .unwrap()
+                    .get_pixel(cx as u32 - 2, cy as u32 - 2)
+                    .0,
+                red,
+                "without a marker that pixel is left white"
+            );
+        }
+        // Error bars: a bar through the point and caps at y ± b.
+        let chart = chart_of(vec![plain
+            .clone()
+            .with_marker(Marker::Dot)
+            .with_band(vec![0.25, 0.25, 0.25])]);
+        let (lay, img) = (layout(&chart).unwrap(), render_chart(&chart).unwrap());
+        let (cx, top, bottom) = (lay.px(1.0), lay.py(1.25), lay.py(0.75));
+        for x in cx - 4..=cx + 5 {
+            assert_eq!(img.get_pixel(x as u32, top as u32).0, red, "upper cap");
+            assert_eq!(img.get_pixel(x as u32, bottom as u32).0, red, "lower cap");
+        }
+        let cy = lay.py(1.0);
+        // (The marker's white ring interrupts the bar just above and below the point.)
+        for y in (top..=bottom).filter(|y| (y - cy).abs() != 4) {
+            assert_eq!(
+                img.get_pixel(cx as u32, y as u32).0,
+                red,
+                "the bar at row {y}"
+            );
+        }
+        assert_ne!(
+            img.get_pixel(cx as u32, top as u32 - 3).0,
+            red,
+            "nothing above the cap"
+        );
+    }
+
+    #[test]
+    fn a_band_is_filled_between_its_bounds_with_visible_edges() {
+        let blue = [20, 60, 220];
+        let s = Series {
+            color: Some(blue),
+            band: Some(vec![1.0, 1.0]),
+            ..Series::new("s", vec![(0.0, 0.0), (2.0, 0.0)])
+        };
+        let chart = chart_of(vec![s]);
+        let (lay, img) = (layout(&chart).unwrap(), render_chart(&chart).unwrap());
+        assert!(
+            lay.y_range.0 < -1.0 && lay.y_range.1 > 1.0,
+            "the axis holds the band"
+        );
+        let x = lay.px(0.7) as u32;
+        let grid_rows: Vec<i32> = lay.y_ticks.iter().map(|&t| lay.py(t)).collect();
+        let fill = band_fill(blue);
+        assert_ne!(fill, WHITE);
+        let rows: Vec<i32> = (lay.py(0.9)..=lay.py(0.1))
+            .chain(lay.py(-0.1)..=lay.py(-0.9))
+            .filter(|y| !grid_rows.contains(y))
+            .collect();
+        assert!(rows.len() > 50);
+        for &y in &rows {
+            assert_eq!(img.get_pixel(x, y as u32).0, fill, "row {y}");
+        }
+        let edge = blend(WHITE, blue, 0.55);
+        assert_eq!(img.get_pixel(x, lay.py(1.0) as u32).0, edge);
+        assert_eq!(img.get_pixel(x, lay.py(-1.0) as u32).0, edge);
+        for y in [lay.py(1.0) - 3, lay.py(-1.0) + 3] {
+            assert_eq!(img.get_pixel(x, y as u32).0, WHITE, "outside the band");
+        }
+        assert_eq!(
+            img.get_pixel(x, lay.py(0.0) as u32).0,
+            blue,
+            "the line on top"
+        );
+    }
+
+    #[test]
+    fn a_reference_line_spans_the_plot_is_on_the_axis_and_in_the_legend() {
+        let mut chart = diagonal(Style::Lines);
+        chart.ref_lines.push(RefLine::new("base model", 5.0));
+        let lay = layout(&chart).unwrap();
+        assert!(
+            lay.y_range.1 > 5.0 && lay.y_range.0 < 0.0,
+            "{:?}",
+            lay.y_range
+        );
+        let img = render_chart(&chart).unwrap();
+        let y = lay.py(5.0) as u32;
+        let row: Vec<i32> = (0..WIDTH as i32)
+            .filter(|&x| img.get_pixel(x as u32, y).0 == REF_COLOR)
+            .collect();
+        let inside: Vec<i32> = row
+            .iter()
+            .copied()
+            .filter(|&x| x > lay.left && x < lay.right)
+            .collect();
+        let width = lay.right - lay.left - 1;
+        assert!(
+            inside.len() as i32 * 10 >= width * 55 / 10,
+            "dashed, mostly drawn: {}",
+            inside.len()
+        );
+        assert!(
+            inside[0] <= lay.left + 1 + DASH.0,
+            "starts at the left edge"
+        );
+        assert!(
+            *inside.last().unwrap() >= lay.right - 1 - DASH.0 - DASH.1,
+            "reaches the right edge"
+        );
+        assert!(
+            !row.iter().any(|&x| x < lay.left),
+            "nothing left of the plot"
+        );
+        assert_eq!(
+            img.get_pixel(inside[0] as u32, y + 1).0,
+            REF_COLOR,
+            "2 pixels thick"
+        );
+        // Its legend entry: a dashed key right of the plot.
+        let legend_ref = img
+            .enumerate_pixels()
+            .filter(|(x, _, p)| *x as i32 > lay.right + 12 && p.0 == REF_COLOR)
+            .count();
+        assert!(legend_ref >= 20, "{legend_ref}");
+        // Without it, the axis keeps to the data.
+        chart.ref_lines.clear();
+        assert!(layout(&chart).unwrap().y_range.1 < 1.5);
+    }
+
+    #[test]
+    fn a_minimum_span_keeps_a_tiny_spread_small() {
+        let mut chart = chart_of(vec![Series::new(
+            "class entropy",
+            vec![(0.0, 2.20), (1.0, 2.18), (2.0, 2.23)],
+        )]);
+        let (lo, hi) = layout(&chart).unwrap().y_range;
+        assert!(lo < 2.18 && hi > 2.23 && hi - lo < 0.07, "{lo}..{hi}");
+        chart.y_min_span = 0.5;
+        let lay = layout(&chart).unwrap();
+        let (lo, hi) = lay.y_range;
+        assert!(hi - lo >= 0.5 && lo < 2.18 && hi > 2.23, "{lo}..{hi}");
+        assert!(
+            ((lo + hi) / 2.0 - 2.205).abs() < 1e-9,
+            "about the data's middle"
+        );
+        let spread = lay.py(2.18) - lay.py(2.23);
+        assert!(spread < (lay.bottom - lay.top) / 8, "{spread} pixels");
+    }
+
+    #[test]
+    fn ticks_within_a_range_are_nice_and_inside_it() {
+        let mut s = 99u64;
+        let mut rnd = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut ranges = vec![(-0.06, 1.06), (2.1, 2.35), (0.0, 0.0), (5.0, 5.0)];
+        for _ in 0..2000 {
+            let scale = 10f64.powf(rnd() * 16.0 - 8.0);
+            ranges.push(((rnd() - 0.5) * scale, (rnd() - 0.5) * scale));
+        }
+        for (lo, hi) in ranges {
+            let t = ticks_within(lo, hi);
+            let (a, b) = widened(lo, hi);
+            assert!((2..=7).contains(&t.len()), "{lo}..{hi}: {t:?}");
+            assert!(
+                t[0] >= a - 1e-12 * a.abs() && *t.last().unwrap() <= b + 1e-12 * b.abs(),
+                "{lo}..{hi}: {t:?}"
+            );
+            let step = t[1] - t[0];
+            let m = step / 10f64.powf(step.log10().floor());
+            assert!(
+                [1.0, 2.0, 5.0, 10.0].iter().any(|n| (m - n).abs() < 1e-6),
+                "{lo}..{hi}: step {step}"
+            );
+            let labels = tick_labels(&t);
+            let mut dedup = labels.clone();
+            dedup.dedup();
+            assert_eq!(dedup.len(), labels.len(), "distinct labels {labels:?}");
+        }
+        assert_eq!(ticks_within(-0.06, 1.06), [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hrf_data::plot::{save_chart, Chart, Series, Style};
+use hrf_data::plot::{save_chart, Chart, Marker, RefLine, Series, Style, PALETTE};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -18,9 +18,14 @@ pub const RESOLVED_FILE: &str = "pipeline.resolved.yaml";
 
 /// What must agree between runs (and with the base reference) for their final numbers to be
 /// comparable: the model, the evaluation's seeds, size, chain and guidance, and the rewards.
+/// Paths are compared in one spelling (`configs/../models/x` is `models/x`): older run folders
+/// kept them as the YAML wrote them.
 pub fn evaluation_key(resolved: &Value) -> Value {
-    serde_json::json!({
-        "model": resolved["model"]["weights"].as_str().or(resolved["model"]["config"].as_str()),
+    let model = resolved["model"]["weights"]
+        .as_str()
+        .or(resolved["model"]["config"].as_str());
+    in_one_spelling(serde_json::json!({
+        "model": model,
         "steps": resolved["sampling"]["steps"],
         "evaluation": {
             "seed": resolved["evaluation"]["seed"],
@@ -30,7 +35,48 @@ pub fn evaluation_key(resolved: &Value) -> Value {
         },
         "rewards": resolved["rewards"],
         "prompts": resolved["prompts"],
-    })
+    }))
+}
+
+/// An evaluation key with every path in one spelling: the model folder (a named config is no
+/// path and stays) and the rewards' files. Keys that older versions cached spell paths as the
+/// pipeline did; passed through this they compare equal to today's.
+pub fn in_one_spelling(mut key: Value) -> Value {
+    let one_spelling = |p: &mut String| {
+        *p = hrf_config::limits::canonical(Path::new(p.as_str()))
+            .to_string_lossy()
+            .into_owned();
+    };
+    if let Some(Value::String(m)) = key.get_mut("model") {
+        if Path::new(m.as_str()).is_absolute() {
+            one_spelling(m);
+        }
+    }
+    let rewards = key.get_mut("rewards").and_then(Value::as_array_mut);
+    for r in rewards
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object_mut)
+    {
+        for field in ["path", "dir"] {
+            if let Some(Value::String(p)) = r.get_mut(field) {
+                one_spelling(p);
+            }
+        }
+        let stages = r.get_mut("stages").and_then(Value::as_array_mut);
+        for stage in stages.into_iter().flatten() {
+            if let Some(Value::String(p)) = stage.get_mut("model") {
+                one_spelling(p);
+            }
+        }
+        let models = r.get_mut("models").and_then(Value::as_object_mut);
+        for p in models.into_iter().flat_map(|m| m.values_mut()) {
+            if let Value::String(p) = p {
+                one_spelling(p);
+            }
+        }
+    }
+    key
 }
 
 /// One finished run, read back from its folder.
@@ -84,8 +130,9 @@ impl RunRecord {
                 RESOLVED_FILE
             )
         })?;
+        // YAML (JSON in older run folders, which YAML reads too).
         let resolved: Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", resolved_path.display()))?;
+            hrf_config::parse_yaml(&resolved_path, &text).map_err(|e| e.to_string())?;
         let lines = read_json_lines(&dir.join(METRICS_FILE))?;
         let report = |l: &Value| -> Result<EvalReport, String> {
             serde_json::from_value(l["report"].clone())
@@ -494,38 +541,68 @@ pub fn markdown(c: &Comparison, verdicts: Option<&Verdicts>) -> String {
     s
 }
 
-/// Mean over a group's runs of `value` at each x where every run has a point, with the
-/// standard deviation as the band.
-fn mean_curve(curves: &[Vec<(f64, f64)>]) -> Series {
-    let mut at: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+/// One point of a run's curve: the epoch of the evaluation, x, the value, and its standard
+/// error when the report has one.
+type CurvePoint = (u64, f64, f64, Option<f64>);
+
+/// Mean over a group's runs of the value at each epoch where every run has a point (at the
+/// runs' mean x: their UNet evaluations by then differ a little), with dot markers and a band:
+/// the standard deviation over the runs when there are several, else the one run's standard
+/// errors where it has them at every point. Labelled `label` with what the band is.
+fn mean_curve(label: &str, curves: &[Vec<CurvePoint>]) -> Series {
+    let mut at: BTreeMap<u64, Vec<(f64, f64, Option<f64>)>> = BTreeMap::new();
     for c in curves {
-        for &(x, y) in c {
-            at.entry(x.to_bits()).or_default().push(y);
+        for &(epoch, x, y, se) in c {
+            at.entry(epoch).or_default().push((x, y, se));
         }
     }
-    let mut pts: Vec<(f64, MeanStd)> = at
-        .into_iter()
-        .filter(|(_, ys)| ys.len() == curves.len())
-        .map(|(x, ys)| (f64::from_bits(x), MeanStd::of(&ys)))
+    let mut pts: Vec<(f64, MeanStd, Option<f64>)> = at
+        .into_values()
+        .filter(|ps| ps.len() == curves.len())
+        .map(|ps| {
+            let x = ps.iter().map(|p| p.0).sum::<f64>() / ps.len() as f64;
+            let values: Vec<f64> = ps.iter().map(|p| p.1).collect();
+            (x, MeanStd::of(&values), ps[0].2)
+        })
         .collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut s = Series::new("", pts.iter().map(|(x, m)| (*x, m.mean)).collect());
-    if curves.len() > 1 {
-        s.band = Some(pts.iter().map(|(_, m)| m.std).collect());
-    }
+    let mut s = Series::new("", pts.iter().map(|(x, m, _)| (*x, m.mean)).collect())
+        .with_marker(Marker::Dot);
+    s.label = if curves.len() > 1 {
+        s.band = Some(pts.iter().map(|(_, m, _)| m.std).collect());
+        format!("{label} ({} runs, ± std)", curves.len())
+    } else {
+        s.band = pts.iter().map(|p| p.2).collect();
+        match s.band {
+            Some(_) => format!("{label} (± s.e.)"),
+            None => label.to_string(),
+        }
+    };
     s
 }
 
 type Getter = dyn Fn(&EvalReport) -> Option<f64>;
 
-/// Each run's curve of `get` over its evaluations during training; x is the epoch, or the UNet
-/// evaluations used by then when `by_evals`.
-fn curves_of(c: &Comparison, label: &str, get: &Getter, by_evals: bool) -> Vec<Vec<(f64, f64)>> {
+/// Each run's curve of `get` (with `se`, its standard error) over its evaluations during
+/// training, or (`last`) its final evaluation alone; x is the epoch, or the UNet evaluations
+/// used by then when `by_evals`.
+fn curves_of(
+    c: &Comparison,
+    label: &str,
+    get: &Getter,
+    se: &Getter,
+    by_evals: bool,
+    last: bool,
+) -> Vec<Vec<CurvePoint>> {
     c.runs
         .iter()
         .filter(|r| r.label == label)
         .map(|r| {
-            r.curve
+            let evals = match last {
+                true => std::slice::from_ref(&r.last),
+                false => &r.curve[..],
+            };
+            evals
                 .iter()
                 .filter_map(|e| {
                     let x = if by_evals {
@@ -536,43 +613,62 @@ fn curves_of(c: &Comparison, label: &str, get: &Getter, by_evals: bool) -> Vec<V
                     } else {
                         e.epoch as f64
                     };
-                    Some((x, get(e)?))
+                    Some((e.epoch, x, get(e)?, se(e)))
                 })
                 .collect()
         })
         .collect()
 }
 
+/// The y axis of a Vendi plot spans at least this fraction of the base model's score, so that
+/// a change of a few per cent is drawn as a few per cent of the plot.
+const VENDI_MIN_SPAN: f64 = 0.25;
+
+#[allow(clippy::too_many_arguments)]
 fn curve_chart(
     c: &Comparison,
     title: &str,
     x_label: &str,
     y_label: &str,
     get: &Getter,
+    se: &Getter,
     by_evals: bool,
+    min_span: f64,
 ) -> Chart {
-    let series = c
-        .groups
-        .iter()
-        .map(|g| {
-            let mut s = mean_curve(&curves_of(c, &g.label, get, by_evals));
-            s.label = g.label.clone();
-            s
-        })
-        .collect();
+    // Each group: its evaluations during training joined by a line, and its final evaluation
+    // (a larger set: Vendi and entropy grow with the set) as a square apart, in its colour.
+    let mut series = Vec::new();
+    for (i, g) in c.groups.iter().enumerate() {
+        let color = Some(PALETTE[i % PALETTE.len()]);
+        let curve = mean_curve(&g.label, &curves_of(c, &g.label, get, se, by_evals, false));
+        let last = mean_curve("", &curves_of(c, &g.label, get, se, by_evals, true));
+        series.push(Series { color, ..curve });
+        series.push(Series {
+            color,
+            label: String::new(),
+            ..last.with_marker(Marker::Square)
+        });
+    }
+    let base = c.base.as_ref().and_then(|b| Some((b.samples, get(b)?)));
     Chart {
         title: title.into(),
         x_label: x_label.into(),
         y_label: y_label.into(),
         series,
         style: Style::Lines,
-        markers: vec![],
+        ref_lines: base
+            .map(|(n, y)| RefLine::new(format!("base model ({n} samples)"), y))
+            .into_iter()
+            .collect(),
+        y_min_span: base.map_or(0.0, |(_, y)| min_span * y.abs()),
+        ..Chart::default()
     }
 }
 
-/// Writes the plots into `out`: reward.png, vendi.png (against epoch), reward-by-unet-evals.png,
-/// reward-vs-diversity.png (each run's final point, the base marked).
-pub fn write_plots(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>, String> {
+/// The comparison's charts, by file name: reward.png, vendi.png (against epoch),
+/// reward-by-unet-evals.png, reward-vs-diversity.png (each run's final point, the base marked).
+/// The curves end in the final evaluation; the base model is a dashed line.
+pub fn charts(c: &Comparison) -> Vec<(&'static str, Chart)> {
     let n_curve = c
         .runs
         .iter()
@@ -580,65 +676,67 @@ pub fn write_plots(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>, String> {
         .map(|e| e.samples)
         .next()
         .unwrap_or(0);
+    let n_final = c.runs.first().map_or(0, |r| r.last.samples);
     let reward: &Getter = &|e| Some(e.reward_mean);
+    let reward_se: &Getter = &|e| Some(e.reward_sem).filter(|s| s.is_finite());
     let vendi: &Getter = &|e| e.diversity.as_ref().map(|d| d.vendi);
-    let mut written = Vec::new();
-    let mut save = |chart: Chart, name: &str| -> Result<(), String> {
-        let path = out.join(name);
-        save_chart(&chart, &path)?;
-        written.push(path);
-        Ok(())
-    };
-    let during = format!(
-        "evaluations during training, {n_curve} samples; lines: mean over runs, bands: std"
-    );
-    save(
-        curve_chart(
-            c,
-            &format!("Reward ({during})"),
-            "epoch",
-            "mean reward",
-            reward,
-            false,
+    let none: &Getter = &|_| None;
+    let during = format!("{n_curve} samples per evaluation; squares: final, {n_final}");
+    let mut charts = vec![
+        (
+            "reward.png",
+            curve_chart(
+                c,
+                &format!("Reward ({during})"),
+                "epoch",
+                "mean reward",
+                reward,
+                reward_se,
+                false,
+                0.0,
+            ),
         ),
-        "reward.png",
-    )?;
-    save(
-        curve_chart(
-            c,
-            &format!("Reward against UNet evaluations ({during})"),
-            "UNet evaluations",
-            "mean reward",
-            reward,
-            true,
+        (
+            "reward-by-unet-evals.png",
+            curve_chart(
+                c,
+                &format!("Reward against UNet evaluations ({during})"),
+                "UNet evaluations",
+                "mean reward",
+                reward,
+                reward_se,
+                true,
+                0.0,
+            ),
         ),
-        "reward-by-unet-evals.png",
-    )?;
+    ];
     if c.runs.iter().any(|r| r.last.diversity.is_some()) {
-        save(
+        charts.push((
+            "vendi.png",
             curve_chart(
                 c,
                 &format!("Vendi score ({during})"),
                 "epoch",
                 "Vendi",
                 vendi,
+                none,
                 false,
+                VENDI_MIN_SPAN,
             ),
-            "vendi.png",
-        )?;
+        ));
         let series = c
             .groups
             .iter()
             .map(|g| {
+                let runs: Vec<&RunRecord> = c.runs.iter().filter(|r| r.label == g.label).collect();
                 Series::new(
                     g.label.clone(),
-                    c.runs
-                        .iter()
-                        .filter(|r| r.label == g.label)
+                    runs.iter()
                         .map(|r| Finals::of(&r.last))
                         .map(|f| (f.vendi, f.reward))
                         .collect(),
                 )
+                .with_band(runs.iter().map(|r| r.last.reward_sem).collect())
             })
             .collect();
         let markers = c
@@ -647,17 +745,31 @@ pub fn write_plots(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>, String> {
             .map(Finals::of)
             .map(|b| vec![(b.vendi, b.reward, "base model".to_string())])
             .unwrap_or_default();
-        save(
+        charts.push((
+            "reward-vs-diversity.png",
             Chart {
-                title: "Final reward against diversity (one point per run)".into(),
+                title: format!(
+                    "Final reward ± s.e. against diversity (one point per run, {n_final} samples)"
+                ),
                 x_label: "Vendi score".into(),
                 y_label: "mean reward".into(),
                 series,
                 style: Style::Points,
                 markers,
+                ..Chart::default()
             },
-            "reward-vs-diversity.png",
-        )?;
+        ));
+    }
+    charts
+}
+
+/// Writes `charts(c)` into `out` and returns the paths written.
+pub fn write_plots(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut written = Vec::new();
+    for (name, chart) in charts(c) {
+        let path = out.join(name);
+        save_chart(&chart, &path)?;
+        written.push(path);
     }
     Ok(written)
 }
@@ -686,6 +798,7 @@ mod tests {
             }),
             per_prompt_vendi: None,
             class_accuracy: None,
+            sample_rewards: vec![],
             eval_s: 1.0,
         }
     }
@@ -764,11 +877,176 @@ mod tests {
     }
 
     #[test]
+    fn paths_spelled_differently_give_the_same_key() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let resolved = |model: &Path, stage: &Path| {
+            serde_json::json!({
+                "model": {"weights": model, "device": "cpu"},
+                "sampling": {"steps": 5},
+                "evaluation": {"seed": 1, "eta": 0.0, "guidance": 1.0, "final_samples": 8},
+                "rewards": [{"kind": "onnx", "name": "s", "stages": [{"model": stage}]}],
+            })
+        };
+        let a = resolved(
+            &repo.join("configs/../models/testbed"),
+            &repo.join("configs/../models/aesthetic-head.onnx"),
+        );
+        let b = resolved(
+            &repo.join("models/testbed"),
+            &repo.join("models/./aesthetic-head.onnx"),
+        );
+        assert_ne!(a, b);
+        assert_eq!(evaluation_key(&a), evaluation_key(&b));
+        let other = resolved(
+            &repo.join("models/testbed-wide"),
+            &repo.join("models/aesthetic-head.onnx"),
+        );
+        assert_ne!(evaluation_key(&a), evaluation_key(&other));
+        let named = serde_json::json!({"model": {"config": "testbed"}});
+        assert_eq!(evaluation_key(&named)["model"], "testbed");
+        // A key cached by an older hrf, paths as the pipeline spelled them, matches today's.
+        let mut cached = evaluation_key(&b);
+        cached["model"] = repo
+            .join("configs/../models/testbed")
+            .to_string_lossy()
+            .into();
+        assert_ne!(cached, evaluation_key(&b));
+        assert_eq!(in_one_spelling(cached), evaluation_key(&b));
+    }
+
+    #[test]
     fn curves_average_where_every_run_has_a_point() {
-        let s = mean_curve(&[vec![(0.0, 1.0), (1.0, 2.0)], vec![(0.0, 3.0)]]);
+        let s = mean_curve(
+            "g",
+            &[
+                vec![(0, 0.0, 1.0, Some(0.5)), (1, 10.0, 2.0, Some(0.5))],
+                vec![(0, 0.0, 3.0, None)],
+            ],
+        );
         assert_eq!(s.points, vec![(0.0, 2.0)]);
-        assert_eq!(s.band, Some(vec![2f64.sqrt()]));
+        assert_eq!(s.band, Some(vec![2f64.sqrt()]), "several runs: their std");
+        assert_eq!(
+            (s.label.as_str(), s.marker),
+            ("g (2 runs, ± std)", Some(Marker::Dot))
+        );
+        let one = mean_curve(
+            "g",
+            &[vec![(0, 0.0, 1.0, Some(0.5)), (1, 10.0, 2.0, Some(0.25))]],
+        );
+        assert_eq!(
+            one.band,
+            Some(vec![0.5, 0.25]),
+            "one run: its standard errors"
+        );
+        assert_eq!(one.label, "g (± s.e.)");
+        let bare = mean_curve("g", &[vec![(0, 0.0, 1.0, Some(0.5)), (1, 10.0, 2.0, None)]]);
+        // Runs whose UNet evaluations differ a little meet at their epochs, at the mean x.
+        let apart = mean_curve(
+            "g",
+            &[
+                vec![(0, 0.0, 1.0, None), (1, 100.0, 2.0, None)],
+                vec![(0, 0.0, 3.0, None), (1, 110.0, 4.0, None)],
+            ],
+        );
+        assert_eq!(apart.points, vec![(0.0, 2.0), (105.0, 3.0)]);
+        assert_eq!((bare.band, bare.label.as_str()), (None, "g"));
         assert_eq!(thousands(1234567.0), "1,234,567");
         assert_eq!(thousands(-999.0), "-999");
+    }
+
+    #[test]
+    fn the_curves_show_the_final_evaluation_against_the_base_line() {
+        let mut runs = vec![
+            run("ddpo", 0, 1.0, 5.0),
+            run("ddpo", 1, 3.0, 7.0),
+            run("hrf", 0, 0.9, 9.0),
+        ];
+        runs[2].last.reward_sem = 0.05;
+        runs[2].curve[0].reward_sem = 0.1;
+        runs[2].curve[1].reward_sem = 0.1;
+        let c = Comparison::new(runs, Some(report(2, 0.25, 10.0, 2.0, 1000))).unwrap();
+        let charts = charts(&c);
+        let names: Vec<&str> = charts.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "reward.png",
+                "reward-by-unet-evals.png",
+                "vendi.png",
+                "reward-vs-diversity.png"
+            ]
+        );
+        let get = |name: &str| &charts.iter().find(|(n, _)| *n == name).unwrap().1;
+        let reward = get("reward.png");
+        let [ddpo, ddpo_final, hrf, hrf_final] = &reward.series[..] else {
+            panic!("{:?}", reward.series)
+        };
+        assert_eq!(ddpo.points, [(0.0, 0.0), (1.0, 1.0)]);
+        assert_eq!(ddpo.band, Some(vec![0.0, 2f64.sqrt() / 2.0]));
+        assert_eq!(ddpo.marker, Some(Marker::Dot));
+        assert_eq!(
+            ddpo_final.points,
+            [(2.0, 2.0)],
+            "epoch 2: the final, mean of 1 and 3"
+        );
+        assert_eq!(ddpo_final.band, Some(vec![2f64.sqrt()]));
+        assert_eq!(ddpo_final.marker, Some(Marker::Square));
+        assert_eq!(
+            ddpo_final.label, "",
+            "explained by the title, not the legend"
+        );
+        assert_eq!(
+            (ddpo.color, ddpo_final.color),
+            (Some(PALETTE[0]), Some(PALETTE[0]))
+        );
+        assert_eq!(
+            (hrf.color, hrf_final.color),
+            (Some(PALETTE[1]), Some(PALETTE[1]))
+        );
+        assert_eq!(hrf.points, [(0.0, 0.0), (1.0, 0.45)]);
+        assert_eq!(hrf.band, Some(vec![0.1, 0.1]), "one run: ± its s.e.");
+        assert_eq!(hrf.label, "hrf (± s.e.)");
+        assert_eq!(hrf_final.points, [(2.0, 0.9)]);
+        assert_eq!(hrf_final.band, Some(vec![0.05]));
+        assert_eq!(
+            reward.ref_lines,
+            [RefLine::new("base model (1000 samples)", 0.25)]
+        );
+        assert!(
+            reward.title.contains("squares: final, 1000"),
+            "{}",
+            reward.title
+        );
+        let by_evals = get("reward-by-unet-evals.png");
+        let xs: Vec<f64> = by_evals.series[0].points.iter().map(|p| p.0).collect();
+        assert_eq!(xs, [0.0, 100.0]);
+        assert_eq!(
+            by_evals.series[1].points[0].0, 200.0,
+            "the final, after 2 epochs"
+        );
+        let vendi = get("vendi.png");
+        assert_eq!(vendi.series[3].points, [(2.0, 9.0)]);
+        assert_eq!(
+            vendi.series[2].band, None,
+            "no Vendi uncertainty in a report"
+        );
+        assert_eq!(vendi.ref_lines[0].y, 10.0);
+        assert_eq!(vendi.y_min_span, VENDI_MIN_SPAN * 10.0);
+        let scatter = get("reward-vs-diversity.png");
+        assert_eq!(scatter.series[1].band, Some(vec![0.05]));
+        for (name, chart) in &charts {
+            let texts = [&chart.title, &chart.x_label, &chart.y_label]
+                .into_iter()
+                .chain(chart.series.iter().map(|s| &s.label))
+                .chain(chart.ref_lines.iter().map(|r| &r.label));
+            for t in texts {
+                assert!(t.chars().all(hrf_data::plot::has_glyph), "{name}: {t:?}");
+            }
+            hrf_data::plot::render_chart(chart).unwrap();
+        }
+        let no_base = Comparison::new(vec![run("ddpo", 0, 1.0, 5.0)], None).unwrap();
+        assert!(super::charts(&no_base)
+            .iter()
+            .all(|(_, ch)| ch.ref_lines.is_empty()));
     }
 }

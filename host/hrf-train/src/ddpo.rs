@@ -391,6 +391,12 @@ impl Ddpo<'_> {
             batches.push(tr);
             observer.advanced("sample", b + 1, s.batches_per_epoch, f64::NAN);
         }
+        // A stop asked for during the last batch drops the epoch too: sampling is never
+        // followed by training once a stop is pending.
+        if observer.stop_requested() {
+            rewards.drain();
+            return Err(EpochError::Interrupted);
+        }
         Ok(SampledEpoch {
             batches,
             samples,

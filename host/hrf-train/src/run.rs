@@ -110,7 +110,47 @@ pub struct EvalReport {
     pub per_prompt_vendi: Option<f64>,
     /// Conditional runs: fraction of samples the evaluation classifier assigns to their prompt.
     pub class_accuracy: Option<f64>,
+    /// Each sample's total reward in seed order (`None`: left out by an `on_error: skip`
+    /// reward). Evaluations share their seeds, so two of them compare sample by sample.
+    #[serde(default)]
+    pub sample_rewards: Vec<Option<f64>>,
     pub eval_s: f64,
+}
+
+/// The gain of one evaluation over another on the seeds they share, with the standard error
+/// of the per-sample differences: the same noise on both sides cancels out of it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairedGain {
+    pub mean: f64,
+    pub sem: f64,
+    /// Samples scored in both evaluations.
+    pub samples: usize,
+}
+
+impl PairedGain {
+    /// `None` when fewer than two samples were scored in both.
+    pub fn between(before: &EvalReport, after: &EvalReport) -> Option<Self> {
+        let d: Vec<f64> = before
+            .sample_rewards
+            .iter()
+            .zip(&after.sample_rewards)
+            .filter_map(|(a, b)| Some((*b)? - (*a)?))
+            .collect();
+        if d.len() < 2 {
+            return None;
+        }
+        let (mean, std) = mean_std(&d);
+        Some(Self {
+            mean,
+            sem: std / (d.len() as f64 - 1.0).sqrt(),
+            samples: d.len(),
+        })
+    }
+
+    /// The gain in standard errors (infinite for an exact, non-zero gain).
+    pub fn z(&self) -> f64 {
+        self.mean / self.sem
+    }
 }
 
 /// The best evaluation so far, by the pipeline's rule.
@@ -131,6 +171,10 @@ struct RunState {
     base_eval: Option<EvalReport>,
     /// Length of metrics.jsonl when the checkpoint was written: later lines are replayed.
     metrics_len: u64,
+    /// Wall seconds of every process of this run up to the checkpoint, so that a resumed run's
+    /// summary counts all of them (checkpoints from before this field read as 0).
+    #[serde(default)]
+    wall_s: f64,
 }
 
 pub struct Run<'a> {
@@ -153,6 +197,9 @@ pub struct Run<'a> {
     pub stop: &'a std::sync::atomic::AtomicBool,
 }
 
+/// Written last, when a run has finished: its presence marks a finished run folder.
+pub const SUMMARY_FILE: &str = "summary.json";
+
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -161,6 +208,10 @@ pub struct RunSummary {
     pub base: Option<EvalReport>,
     pub last: EvalReport,
     pub best: Option<BestRecord>,
+    /// The final evaluation's gain over the base model's on the seeds both scored.
+    pub gain: Option<PairedGain>,
+    /// Wall seconds summed over the run's processes (a killed process's work after its last
+    /// checkpoint is redone by the next, and counted once).
     pub wall_s: f64,
 }
 
@@ -339,6 +390,12 @@ impl Run<'_> {
             diversity,
             per_prompt_vendi,
             class_accuracy,
+            sample_rewards: scores
+                .total
+                .iter()
+                .zip(&scores.skipped)
+                .map(|(&r, &skipped)| (!skipped).then_some(r))
+                .collect(),
             eval_s: started.elapsed().as_secs_f64(),
         };
         Ok((report, images))
@@ -518,10 +575,14 @@ impl Run<'_> {
                     best: None,
                     base_eval: Some(report),
                     metrics_len: 0,
+                    wall_s: 0.0,
                 }
             }
         };
         self.update_plots();
+        // This process's time counts from its start, on top of what earlier processes spent.
+        let wall_before = state.wall_s;
+        let wall_now = || wall_before + started.elapsed().as_secs_f64();
 
         let epochs = p.training.epochs as u64;
         let per_epoch = (p.sampling.batches_per_epoch
@@ -555,15 +616,22 @@ impl Run<'_> {
             };
             let outcome = match ddpo.epoch(epoch, &mut self.rewards, &mut progress) {
                 Ok(o) => o,
-                Err(EpochError::Interrupted) => {
+                // A reward call cut short by the stop request (every wait on a plugin ends on
+                // it) is a stop during sampling too.
+                Err(e)
+                    if matches!(e, EpochError::Interrupted)
+                        || self.stop.load(std::sync::atomic::Ordering::SeqCst) =>
+                {
                     progress.bar.finish_and_clear();
                     state.metrics_len = file_len(&self.metrics_path());
+                    state.wall_s = wall_now();
                     self.write_checkpoint(&ddpo, &state)?;
                     return Err(RunError::Interrupted {
                         epochs_done: state.epochs_done,
                     });
                 }
                 Err(EpochError::Reward(e)) => return Err(e.into()),
+                Err(EpochError::Interrupted) => unreachable!("handled by the arm above"),
             };
             progress.bar.finish_and_clear();
             let images: Vec<Image> = outcome.samples.iter().map(|s| s.image.clone()).collect();
@@ -647,6 +715,7 @@ impl Run<'_> {
             let stopping = self.stop.load(std::sync::atomic::Ordering::SeqCst);
             if (epoch + 1) % p.run.save_every as u64 == 0 || last || stopping {
                 state.metrics_len = file_len(&self.metrics_path());
+                state.wall_s = wall_now();
                 self.write_checkpoint(&ddpo, &state)?;
             }
             if stopping && !last {
@@ -679,11 +748,15 @@ impl Run<'_> {
             dir: self.dir.clone(),
             epochs,
             base: state.base_eval.clone(),
+            gain: state
+                .base_eval
+                .as_ref()
+                .and_then(|b| PairedGain::between(b, &report)),
             last: report,
             best: state.best.clone(),
-            wall_s: started.elapsed().as_secs_f64(),
+            wall_s: wall_now(),
         };
-        let path = self.dir.join("summary.json");
+        let path = self.dir.join(SUMMARY_FILE);
         std::fs::write(
             &path,
             serde_json::to_string_pretty(&summary).expect("summary") + "\n",
@@ -716,4 +789,43 @@ pub fn describe_eval(what: &str, r: &EvalReport) -> String {
         s += &format!(", class accuracy {:.1}%", a * 100.0);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(sample_rewards: Vec<Option<f64>>) -> EvalReport {
+        EvalReport {
+            epoch: 0,
+            samples: sample_rewards.len(),
+            reward_mean: 0.0,
+            reward_sem: 0.0,
+            reward_components: BTreeMap::new(),
+            reward_trajectory: vec![],
+            diversity: None,
+            per_prompt_vendi: None,
+            class_accuracy: None,
+            sample_rewards,
+            eval_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn paired_gain_is_over_the_seeds_both_scored() {
+        // Differences 1, 2, 3 (the skipped third seed and the unmatched fifth left out):
+        // mean 2, sample std 1, s.e. 1/√3.
+        let before = report(vec![Some(0.0), Some(1.0), None, Some(-1.0), Some(9.0)]);
+        let after = report(vec![Some(1.0), Some(3.0), Some(5.0), Some(2.0)]);
+        let g = PairedGain::between(&before, &after).unwrap();
+        assert_eq!(g.samples, 3);
+        assert!((g.mean - 2.0).abs() < 1e-12, "{g:?}");
+        assert!((g.sem - 1.0 / 3f64.sqrt()).abs() < 1e-12, "{g:?}");
+        assert!((g.z() - 2.0 * 3f64.sqrt()).abs() < 1e-9);
+        // A shift common to every seed has no spread: its standard error is 0.
+        let shifted = report(vec![Some(0.5), Some(1.5), None, Some(-0.5), Some(9.5)]);
+        let g = PairedGain::between(&before, &shifted).unwrap();
+        assert!((g.mean - 0.5).abs() < 1e-12 && g.sem < 1e-12);
+        assert_eq!(PairedGain::between(&before, &report(vec![Some(1.0)])), None);
+    }
 }
