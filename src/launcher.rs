@@ -1,8 +1,8 @@
 //! `hrf`: finds a libtorch for `hrf-engine` and execs it with the same arguments.
 //!
-//! Order (DESIGN.md §7): the libtorch the engine was built against (its rpath), a `torch/lib`
-//! next to the binaries (its rpath too), then the lib dir of an importable python3 torch — the
-//! GPU machines, where a carried binary must use that machine's CUDA-enabled libtorch.
+//! Order (docs/ARCHITECTURE.md §8): the libtorch the engine was built against (its rpath), a
+//! `torch/lib` next to the binaries (its rpath too), then the lib dir of an importable python3
+//! torch — the GPU machines, where a carried binary must use that machine's CUDA-enabled libtorch.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;

@@ -341,8 +341,9 @@ fn bad_pretraining_pipelines_exit_2_naming_the_place() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
-/// The shipped ONNX models, on the real test split (DESIGN.md §4): both classifiers ≥ 90%
-/// accurate, the aesthetic model ranks "detail" with Spearman ≥ 0.8, a blank image is not its best.
+/// The shipped ONNX models, on the real test split (docs/ARCHITECTURE.md §6): both classifiers
+/// ≥ 90% accurate, the aesthetic model ranks "detail" with Spearman ≥ 0.8, a blank image is not
+/// its best.
 #[test]
 fn shipped_models_meet_their_targets() {
     let o = hrf(&["testbed"], &[]);

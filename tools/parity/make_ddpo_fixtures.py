@@ -104,7 +104,7 @@ def ppo_fixture():
 
 
 def window_fixture():
-    """HRF's window loss on one train batch (DESIGN.md §3.3 item 4), written from the paper's
+    """HRF's window loss on one train batch (docs/ALGORITHM.md §3.4), written from the paper's
     formulas: rows start at k = 0, 4, 7 of a 10-step chain (step 9 is degenerate, so
     N_train(k) = 9, 5, 2 and f = N_train(k)/9); advantages clipped to ±2.5·f and the ratio to
     1 ± 0.05·f; each row trains its own steps; the batch objective is

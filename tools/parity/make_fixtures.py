@@ -7,8 +7,8 @@ ddpo-pytorch formula. The Rust tests compare against these files without Python.
     tools/parity/env.sh                      # once: a venv with torch 2.11 + diffusers
     .deps/pyref/bin/python tools/parity/make_fixtures.py
 
-Degenerate steps follow DESIGN.md §3.1: a step whose σ at η = 1 is below SIGMA_MIN gets log-prob 0
-and is marked untrainable.
+Degenerate steps follow docs/ALGORITHM.md §1.3: a step whose σ at η = 1 is below SIGMA_MIN gets
+log-prob 0 and is marked untrainable.
 """
 
 import json

@@ -1,5 +1,5 @@
-//! Settings of the RL fine-tuning loop (DESIGN.md §3.2, §3.4): sampling, the DDPO-IS / DDPO-SF
-//! update, advantages. Defaults are ddpo-pytorch's where DESIGN.md §3.4 says so.
+//! Settings of the RL fine-tuning loop (docs/ALGORITHM.md §2, §6): sampling, the DDPO-IS / DDPO-SF
+//! update, advantages. Defaults are ddpo-pytorch's where docs/ALGORITHM.md §6 says so.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -79,7 +79,7 @@ pub struct SamplingSettings {
     /// Sampling batches per epoch, at most 65,536; batch_size × batches_per_epoch at most
     /// 1,048,576 samples.
     pub batches_per_epoch: usize,
-    /// Steps with σ (at η = 1) below this are sampled but never trained (DESIGN.md §3.1).
+    /// Steps with σ (at η = 1) below this are sampled but never trained (docs/ALGORITHM.md §1.3).
     pub sigma_min: f64,
 }
 
@@ -113,7 +113,7 @@ pub struct WindowCluster {
     pub epochs: usize,
 }
 
-/// HRF / HRF-D settings, resolved (DESIGN.md §3.3).
+/// HRF / HRF-D settings, resolved (docs/ALGORITHM.md §3, §4).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HrfSettings {
     /// Members per anchor group (the samples that share an anchor and a start index).

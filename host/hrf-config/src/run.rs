@@ -1,7 +1,7 @@
-//! `hrf run` pipelines (DESIGN.md §3, §6): the YAML as written (`RunFile`, unknown keys refused),
-//! `--set key.path=value` overrides, and the validated `RunPipeline` (paths resolved against the
-//! YAML's folder, defaults filled, cross-field rules checked, every problem reported at once).
-//! `run_schema` is the JSON Schema of the file.
+//! `hrf run` pipelines (docs/ALGORITHM.md; docs/ARCHITECTURE.md §7): the YAML as written
+//! (`RunFile`, unknown keys refused), `--set key.path=value` overrides, and the validated
+//! `RunPipeline` (paths resolved against the YAML's folder, defaults filled, cross-field rules
+//! checked, every problem reported at once). `run_schema` is the JSON Schema of the file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ pub struct RunFile {
     pub run: RunSettingsRaw,
 }
 
-/// `training:` as written. Fields left out take the method's defaults (DESIGN.md §3.4).
+/// `training:` as written. Fields left out take the method's defaults (docs/ALGORITHM.md §6).
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingRaw {

@@ -36,7 +36,8 @@ impl Channels {
     }
 }
 
-/// An 8-bit image: the form in which the trainer hands samples to rewards (DESIGN.md §2).
+/// An 8-bit image: the form in which the trainer hands samples to rewards
+/// (docs/ARCHITECTURE.md §4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     width: u32,

@@ -3,8 +3,8 @@
 //! batch may mix positions in the chain (HRF starts samples at different steps).
 //!
 //! Degenerate steps: a step whose standard deviation at η = 1 is below `sigma_min` (the last step
-//! of google/ddpm-* models, see DESIGN.md §3.1) is sampled normally, but its log-prob is reported
-//! as 0 and `is_trainable` says false; the trainer never puts it in the loss.
+//! of google/ddpm-* models, see docs/ALGORITHM.md §1.3) is sampled normally, but its log-prob is
+//! reported as 0 and `is_trainable` says false; the trainer never puts it in the loss.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Where libtorch came from and which device to run on. The binary links libtorch_cpu only; on a
 //! machine whose libtorch has CUDA, `libtorch_cuda.so` beside it is loaded before the first CUDA
-//! query so its static initialisers register the CUDA backend (DESIGN.md §7).
+//! query so its static initialisers register the CUDA backend (docs/ARCHITECTURE.md §8).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

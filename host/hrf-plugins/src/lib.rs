@@ -1,5 +1,5 @@
 //! hrf-plugins: rewards written as WebAssembly components against the `hrf:reward` WIT package
-//! (`wit/reward.wit`, DESIGN.md §5), run sandboxed in wasmtime.
+//! (`wit/reward.wit`, docs/ARCHITECTURE.md §5), run sandboxed in wasmtime.
 //!
 //! One engine per process (component model, epoch interruption; a second one with fuel metering
 //! for plugins given a `fuel:` budget), components compiled once and cached on disk, one store

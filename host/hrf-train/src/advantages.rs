@@ -1,4 +1,4 @@
-//! Advantages from rewards (DESIGN.md §3.2 step 2): over the whole epoch, per prompt with
+//! Advantages from rewards (docs/ALGORITHM.md §2.2): over the whole epoch, per prompt with
 //! ddpo-pytorch's stat tracker, or within groups of samples that share an anchor (HRF); then
 //! clipped. Computed in f64; the tracker's state is saved in checkpoints.
 

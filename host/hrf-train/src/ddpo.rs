@@ -1,7 +1,7 @@
-//! One DDPO epoch (DESIGN.md §3.2): sample the whole epoch under no-grad, score the final images,
-//! turn rewards into clipped advantages, then for each inner epoch train on shuffled samples, each
-//! with its own permutation of its trainable steps, taking one optimiser step per train batch (or
-//! per `grad_accum` batches; one per epoch for DDPO-SF).
+//! One DDPO epoch (docs/ALGORITHM.md §2): sample the whole epoch under no-grad, score the final
+//! images, turn rewards into clipped advantages, then for each inner epoch train on shuffled
+//! samples, each with its own permutation of its trainable steps, taking one optimiser step per
+//! train batch (or per `grad_accum` batches; one per epoch for DDPO-SF).
 
 use hrf_config::ddpo::{
     AdvantageMode, AdvantageSettings, HrfSettings, Method, SamplingSettings, StepReduction,
@@ -283,7 +283,7 @@ impl Ddpo<'_> {
 
     /// Step 1 of the epoch. DDPO: trajectories from pure noise. HRF / HRF-D: one anchor per group
     /// from the current policy, its start k (window schedule, or HRF-D's search), then each member
-    /// re-noised to τ_k and rolled from k (DESIGN.md §3.3 items 2, 3, 5).
+    /// re-noised to τ_k and rolled from k (docs/ALGORITHM.md §3.2, §3.3, §4).
     fn sample_epoch(
         &self,
         epoch: u64,

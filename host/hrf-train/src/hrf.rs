@@ -1,7 +1,7 @@
-//! The pieces of Hierarchical Reward Fine-tuning (DESIGN.md §3.3) that are not DDPO's: the start
-//! index k of each anchor group (window schedule for HRF, candidate search for HRF-D, a fixed or
-//! uniform start for the DDPO ablations), the re-noised starts x_τk ~ q(x_τk | x₀), and the window
-//! fraction f = N_train(k) / N_train(0) that scales the clipping.
+//! The pieces of Hierarchical Reward Fine-tuning (docs/ALGORITHM.md §3, §4) that are not DDPO's:
+//! the start index k of each anchor group (window schedule for HRF, candidate search for HRF-D, a
+//! fixed or uniform start for the DDPO ablations), the re-noised starts x_τk ~ q(x_τk | x₀), and
+//! the window fraction f = N_train(k) / N_train(0) that scales the clipping.
 
 use hrf_config::ddpo::{StartIndex, TrainingSettings, WindowCluster};
 use hrf_diffusion::DdimScheduler;
@@ -31,7 +31,7 @@ pub fn draw_start(
 }
 
 /// The first trained step of a DDPO sample: 0, a fixed k, or k drawn uniformly from the starts
-/// that leave something to train (the ablations of DESIGN.md §3.3, without a schedule).
+/// that leave something to train (the ablations of docs/ALGORITHM.md §2.1, without a schedule).
 pub fn ddpo_start(sched: &DdimScheduler, start: Option<StartIndex>, rng: &mut KeyedRng) -> usize {
     match start {
         None => 0,
@@ -141,7 +141,7 @@ fn min_max(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| (x - lo) / (hi - lo + 1e-8)).collect()
 }
 
-/// HRF-D's choice of k (DESIGN.md §3.3 item 5). `candidates` are s₀ < … < s_M, `reward[j]` is
+/// HRF-D's choice of k (docs/ALGORITHM.md §4). `candidates` are s₀ < … < s_M, `reward[j]` is
 /// R(s_j) (the mean reward of the copies denoised from s_j) and `diversity[j]` is D(s_j). With
 /// ΔR_j = R(s_{j+1}) − R(s_j) and both ΔR and D(s_1..s_M) min–max normalised,
 /// score_j = ΔR̂_j − β·D̂_{j+1}; k = s_{j*} for the first maximal j.

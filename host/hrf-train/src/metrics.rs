@@ -1,6 +1,7 @@
-//! Diversity and fidelity metrics on classifier outputs (DESIGN.md §4), in plain f64 arithmetic:
-//! Vendi score, class-coverage entropy and count, a Fréchet (FID-like) distance in feature space,
-//! and an IS-like score. The same functions serve `hrf eval` and evaluation during training.
+//! Diversity and fidelity metrics on classifier outputs (docs/ARCHITECTURE.md §6), in plain f64
+//! arithmetic: Vendi score, class-coverage entropy and count, a Fréchet (FID-like) distance in
+//! feature space, and an IS-like score. The same functions serve `hrf eval` and evaluation during
+//! training.
 
 use serde::Serialize;
 

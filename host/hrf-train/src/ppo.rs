@@ -1,4 +1,4 @@
-//! The clipped policy-gradient loss of DDPO-IS on stored DDIM steps (DESIGN.md §3.2 step 3):
+//! The clipped policy-gradient loss of DDPO-IS on stored DDIM steps (docs/ALGORITHM.md §2.3):
 //! recompute log p_θ(x_{t−1} | x_t), ρ = exp(log p_θ − log p_old), and
 //! loss = mean over the batch of max(−A·ρ, −A·clip(ρ, 1 − c, 1 + c)).
 

@@ -1,6 +1,6 @@
-//! A training run on disk (DESIGN.md §6): epochs of DDPO, evaluations on fixed-seed samples,
-//! metrics.jsonl, sample grids, plots, atomic checkpoints with everything an exact resume needs,
-//! and the `best/` and `final/` model folders.
+//! A training run on disk (docs/ARCHITECTURE.md §7): epochs of DDPO, evaluations on fixed-seed
+//! samples, metrics.jsonl, sample grids, plots, atomic checkpoints with everything an exact resume
+//! needs, and the `best/` and `final/` model folders.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -110,7 +110,7 @@ pub fn sample(
 }
 
 /// `sample`, calling `on_step(i, x̂₀)` with the prediction of x₀ made at every step i (the
-/// reward trajectory of DESIGN.md §3.3 item 6 scores these).
+/// reward trajectory of docs/ALGORITHM.md §5 scores these).
 pub fn sample_observed(
     unet: &UNet2DModel,
     sched: &DdimScheduler,

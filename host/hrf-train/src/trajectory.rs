@@ -1,5 +1,5 @@
 //! Sampling DDPO trajectories under no-grad: every step's latent, timestep and log-prob are kept
-//! so the trainer can recompute log p_θ of the same transitions later (DESIGN.md §3.2 step 1).
+//! so the trainer can recompute log p_θ of the same transitions later (docs/ALGORITHM.md §2.1).
 //! The noise of sample `key` at step i is drawn from (seed, key, i) alone; DDPO keys the seed
 //! by (run seed, epoch).
 
