@@ -10,20 +10,11 @@ use common::{hrf, repo, text, tmp};
 /// Trains tests/pipelines/tiny-compressibility.yaml (whose model path is `../../models/testbed`)
 /// into `dir` with `sets`.
 fn train(dir: &Path, sets: &[&str]) {
-    let p = repo().join("tests/pipelines/tiny-compressibility.yaml");
-    let mut args = vec![
-        "run",
-        p.to_str().unwrap(),
-        "-q",
-        "--run-dir",
-        dir.to_str().unwrap(),
-        "--set",
-        "training.epochs=1",
-    ];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    let o = hrf(&args, &[]);
+    let mut all = vec!["training.epochs=1"];
+    all.extend(sets);
+    let o = common::pipeline_run("tiny-compressibility.yaml", dir, &all, &[])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
 }
 

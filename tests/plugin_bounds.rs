@@ -19,22 +19,7 @@ fn misbehave() -> PathBuf {
     p
 }
 
-/// `hrf run tests/pipelines/NAME -q --run-dir DIR --set S...` as a command.
-fn run_command(name: &str, dir: &Path, sets: &[&str], extra: &[&str]) -> Command {
-    let p = repo().join("tests/pipelines").join(name);
-    let mut args = vec![
-        "run",
-        p.to_str().unwrap(),
-        "-q",
-        "--run-dir",
-        dir.to_str().unwrap(),
-    ];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    args.extend(extra);
-    hrf_command(&args, &[])
-}
+use common::pipeline_run as run_command;
 
 /// The bytes hrf must never let through from a plugin: ESC, CR, NUL, BEL.
 fn control_bytes(out: &[u8]) -> Vec<u8> {

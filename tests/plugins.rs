@@ -29,21 +29,12 @@ fn epoch_lines(run: &Path) -> Vec<serde_json::Value> {
 /// `hrf run tests/pipelines/tiny-wasm.yaml` with its plugin (`rewards[0]`) replaced by `wasm`
 /// and the overrides `sets` (`key=value`).
 fn run_tiny_with(run: &Path, wasm: &Path, sets: &[&str]) -> std::process::Output {
-    let p = repo().join("tests/pipelines/tiny-wasm.yaml");
     let path = format!("rewards[0].path={}", wasm.display());
-    let mut args = vec![
-        "run",
-        p.to_str().unwrap(),
-        "-q",
-        "--run-dir",
-        run.to_str().unwrap(),
-        "--set",
-        &path,
-    ];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    hrf(&args, &[])
+    let mut all = vec![path.as_str()];
+    all.extend(sets);
+    common::pipeline_run("tiny-wasm.yaml", run, &all, &[])
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -256,16 +247,9 @@ fn a_plugin_built_outside_from_the_wit_alone_runs_and_other_versions_are_refused
 
 /// `hrf run tests/pipelines/NAME -q --run-dir DIR EXTRA...`.
 fn run_pipeline(name: &str, dir: &Path, extra: &[&str]) -> std::process::Output {
-    let p = repo().join("tests/pipelines").join(name);
-    let mut args = vec![
-        "run",
-        p.to_str().unwrap(),
-        "-q",
-        "--run-dir",
-        dir.to_str().unwrap(),
-    ];
-    args.extend(extra);
-    hrf(&args, &[])
+    common::pipeline_run(name, dir, &[], extra)
+        .output()
+        .unwrap()
 }
 
 #[test]

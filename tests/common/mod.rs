@@ -2,7 +2,7 @@
 //! scratch folder.
 #![allow(dead_code)] // each test crate uses its own subset
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn repo() -> PathBuf {
@@ -41,4 +41,21 @@ pub fn tmp(prefix: &str, name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// `hrf run tests/pipelines/NAME -q --run-dir DIR --set S... EXTRA...` as a command.
+pub fn pipeline_run(name: &str, dir: &Path, sets: &[&str], extra: &[&str]) -> Command {
+    let p = repo().join("tests/pipelines").join(name);
+    let mut args = vec![
+        "run",
+        p.to_str().unwrap(),
+        "-q",
+        "--run-dir",
+        dir.to_str().unwrap(),
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    args.extend(extra);
+    hrf_command(&args, &[])
 }
