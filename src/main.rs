@@ -7,33 +7,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod compare;
-mod doctor;
-mod eval;
-mod interrupt;
-mod plugins;
-mod pretrain;
-mod run;
-mod sample;
-mod testbed;
+mod commands;
+mod signals;
+mod usage;
 
-/// A problem with what the user asked for (exit code 2), as opposed to a failed run (1).
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-impl From<hrf_config::ConfigErrors> for UsageError {
-    fn from(e: hrf_config::ConfigErrors) -> Self {
-        Self(e.to_string())
-    }
-}
+use commands::{compare, doctor, eval, plugins, pretrain, run, sample, testbed};
+pub use usage::UsageError;
 
 #[derive(Parser)]
 #[command(

@@ -25,11 +25,16 @@ pub(crate) struct Found {
 /// The problems of `text` against `schema` (a draft 2020-12 schema whose `$ref`s point into its
 /// own `$defs`), in document order; none when the text does not parse as YAML.
 pub(crate) fn problems(schema: &Value, text: &str) -> Vec<Found> {
-    let Some(root) = crate::span::tree(text) else {
-        return Vec::new();
-    };
+    match crate::span::tree(text) {
+        Some(root) => problems_in(schema, &root),
+        None => Vec::new(),
+    }
+}
+
+/// The problems of a document's tree against `schema`, in document order.
+pub(crate) fn problems_in(schema: &Value, root: &Spanned<Node>) -> Vec<Found> {
     let mut out = Vec::new();
-    Checker { root: schema }.node(schema, &root, "", &mut out);
+    Checker { root: schema }.node(schema, root, "", &mut out);
     out.sort_by_key(|f| (f.line, f.column));
     out
 }

@@ -7,25 +7,26 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 mod check;
-pub mod ddpo;
 pub mod limits;
-pub mod model;
+pub mod model_spec;
 mod overrides;
-pub mod pretrain;
+pub mod pipeline;
+pub mod pretrain_pipeline;
 pub mod reward;
-pub mod run;
 mod span;
+pub mod training;
+mod value_reader;
 
-pub use model::{ModelSource, ModelSpec};
-pub use run::{load_with_overrides, run_schema, RunPipeline};
+pub use model_spec::{ModelSource, ModelSpec};
+pub use pipeline::{load_with_overrides, run_schema, RunPipeline};
 
 /// What a pipeline file is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PipelineKind {
-    /// Fine-tuning (`hrf run`): `run::load_with_overrides`.
+    /// Fine-tuning (`hrf run`): `pipeline::load_with_overrides`.
     Run,
     /// Pretraining (`hrf pretrain`), which has a top-level `data:` section:
-    /// `pretrain::load_with_overrides`.
+    /// `pretrain_pipeline::load_with_overrides`.
     Pretrain,
 }
 
@@ -113,22 +114,26 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
                 message,
             }]);
         }
-        let message = e.without_snippet().to_string();
-        // The library appends its own " at line L column C"; the location is ours to print.
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .trim()
-            .to_string();
         ConfigErrors(vec![ConfigError {
             file: file.to_path_buf(),
             line: loc.as_ref().map(|l| l.line()),
             column: loc.as_ref().map(|l| l.column()),
             field: None,
-            message,
+            message: reader_message(&e),
         }])
     })
+}
+
+/// The YAML reader's message for `e`, without its snippet and without the " at line L column
+/// C" the library appends (the location is ours to print).
+pub(crate) fn reader_message(e: &serde_saphyr::Error) -> String {
+    let message = e.without_snippet().to_string();
+    message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .trim()
+        .to_string()
 }
 
 /// A breach of the YAML reader's size budget (a guard against documents built to exhaust memory)

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::model::ModelSource;
+use crate::model_spec::ModelSource;
 
 /// Most images in one batch (`sampling.batch_size`, `training.batch_size`,
 /// `evaluation.batch_size`, a reward's `batch_size`, `training.hrf.copies`).

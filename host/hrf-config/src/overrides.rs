@@ -54,29 +54,18 @@ pub fn parse_validated<T: DeserializeOwned, V>(
         if !problems.is_empty() {
             return Err(ConfigErrors(problems));
         }
-        // JSON is YAML: parse the merged document as text so that serde errors still name
-        // their place, then carry that place back to the file (or to the override).
-        let merged = serde_json::to_string_pretty(&doc).expect("plain data");
-        let raw = parse_yaml::<T>(file, &merged).map_err(|e| {
-            let e = every_problem(file, &merged, e, schema);
-            let merged_index = SpanIndex::of(&merged);
-            ConfigErrors(
-                e.0.into_iter()
-                    .map(|mut err| {
-                        let path = err.field.clone().or_else(|| {
-                            err.line
-                                .and_then(|l| merged_index.path_at_line(l))
-                                .map(str::to_string)
-                        });
-                        err.line = None;
-                        err.column = None;
-                        if let Some(p) = path.filter(|p| !p.is_empty()) {
-                            err.field = Some(p);
-                        }
-                        err
-                    })
-                    .collect(),
-            )
+        // Read straight from the merged document (as the YAML reader reads it written as
+        // JSON); each error names its field, and `locate` carries that to the field's place in
+        // the file, or leaves it to the override that set it.
+        let raw = crate::value_reader::from_value::<T>(&doc).map_err(|(path, message)| {
+            let first = ConfigError {
+                file: file.to_path_buf(),
+                line: None,
+                column: None,
+                field: (!path.is_empty()).then_some(path),
+                message,
+            };
+            every_problem_in(file, &doc, first, schema)
         });
         let raw = raw.map_err(|e| locate(e, &index, &overridden))?;
         (raw, overridden)
@@ -117,6 +106,40 @@ fn every_problem(
     if list.is_empty() {
         return parse_error;
     }
+    list.insert(0, first);
+    ConfigErrors(list)
+}
+
+/// `first` (the typed read's first error in the merged document `doc`, named by its field) and
+/// every other problem the schema pass (`check`) finds in `doc` after that field, in the
+/// document's order, each named by its field and without a place (`locate` gives them theirs).
+/// As in `every_problem`, what the typed read accepted before its first error is left out, and
+/// so is a finding with `first`'s message.
+fn every_problem_in(
+    file: &Path,
+    doc: &Value,
+    first: ConfigError,
+    schema: Option<&Value>,
+) -> ConfigErrors {
+    let Some(schema) = schema else {
+        return ConfigErrors(vec![first]);
+    };
+    let tree = crate::span::tree_of_value(doc);
+    let start = SpanIndex::of_tree(&tree)
+        .get(first.field.as_deref().unwrap_or(""))
+        .unwrap_or((0, 0));
+    let mut list: Vec<ConfigError> = crate::check::problems_in(schema, &tree)
+        .into_iter()
+        .filter(|f| (f.line, f.column) > start)
+        .filter(|f| f.message != first.message)
+        .map(|f| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            field: (!f.path.is_empty()).then_some(f.path),
+            message: f.message,
+        })
+        .collect();
     list.insert(0, first);
     ConfigErrors(list)
 }

@@ -7,7 +7,8 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_saphyr::Spanned;
+use serde_json::Value;
+use serde_saphyr::{Location, Spanned};
 
 /// Line and column (1-based) of every node of one document, by field path.
 #[derive(Debug, Default, Clone)]
@@ -17,10 +18,16 @@ impl SpanIndex {
     /// Indexes `text`; a document that does not parse gives an empty index (its syntax error is
     /// reported by the typed parse).
     pub(crate) fn of(text: &str) -> Self {
-        let mut index = BTreeMap::new();
-        if let Some(root) = tree(text) {
-            collect(String::new(), &root, &mut index);
+        match tree(text) {
+            Some(root) => Self::of_tree(&root),
+            None => Self::default(),
         }
+    }
+
+    /// Indexes a document's tree.
+    pub(crate) fn of_tree(root: &Spanned<Node>) -> Self {
+        let mut index = BTreeMap::new();
+        collect(String::new(), root, &mut index);
         Self(index)
     }
 
@@ -35,15 +42,6 @@ impl SpanIndex {
             p = parent(p)?;
         }
     }
-
-    /// The deepest node that starts on `line`.
-    pub(crate) fn path_at_line(&self, line: u64) -> Option<&str> {
-        self.0
-            .iter()
-            .filter(|(_, &(l, _))| l == line)
-            .max_by_key(|(p, &(_, c))| (depth(p), c))
-            .map(|(p, _)| p.as_str())
-    }
 }
 
 /// The document's tree, each node (and each mapping key) with its place; none when it does not
@@ -52,16 +50,55 @@ pub(crate) fn tree(text: &str) -> Option<Spanned<Node>> {
     serde_saphyr::from_str::<Spanned<Node>>(text).ok()
 }
 
+/// The tree of a document already read (one with its `--set` overrides applied), each node
+/// placed in the document's order: the n-th node is on line n, at column 2, and a mapping key
+/// sits on its value's line at column 1. Scalars are as the YAML reader resolves the document
+/// written as JSON (a JSON string is text, whatever it spells).
+pub(crate) fn tree_of_value(v: &Value) -> Spanned<Node> {
+    let mut line = 0;
+    placed_tree(v, &mut line)
+}
+
+fn placed_tree(v: &Value, line: &mut u64) -> Spanned<Node> {
+    *line += 1;
+    let here = *line;
+    let node = match v {
+        Value::Object(m) => Node::Map(
+            m.iter()
+                .map(|(k, v)| {
+                    let value = placed_tree(v, line);
+                    let key = placed(Key(k.clone()), value.referenced.line(), 1);
+                    (key, value)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Node::Seq(items.iter().map(|v| placed_tree(v, line)).collect()),
+        Value::Null => Node::Scalar(Scalar::Null),
+        Value::Bool(b) => Node::Scalar(Scalar::Bool(*b)),
+        Value::Number(n) => Node::Scalar(match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Scalar::Int(i.into()),
+            (None, Some(u)) => Scalar::Int(u.into()),
+            (None, None) => Scalar::Float(n.as_f64().unwrap_or(f64::NAN)),
+        }),
+        Value::String(s) => Node::Scalar(Scalar::Str(s.clone())),
+    };
+    placed(node, here, 2)
+}
+
+/// `value` at `line`:`column`.
+fn placed<T>(value: T, line: u64, column: u64) -> Spanned<T> {
+    // The reader's `Location` has no public constructor; it reads from its fields.
+    let at: Location = serde_json::from_value(serde_json::json!({"line": line, "column": column}))
+        .expect("a line and a column make a location");
+    Spanned::new(value, at, at)
+}
+
 /// `a.b[2]` → `a.b`, `a.b` → `a`, `a` → `` (the root), `` → none.
 pub(crate) fn parent(path: &str) -> Option<&str> {
     if path.is_empty() {
         return None;
     }
     Some(&path[..path.rfind(['.', '[']).unwrap_or(0)])
-}
-
-fn depth(path: &str) -> usize {
-    path.matches(['.', '[']).count()
 }
 
 fn collect(path: String, node: &Spanned<Node>, index: &mut BTreeMap<String, (u64, u64)>) {
@@ -225,7 +262,30 @@ mod tests {
             idx.get("training.optimizer.beta1"),
             idx.get("training.optimizer")
         );
-        assert_eq!(idx.path_at_line(3), Some("training.optimizer.lr"));
+    }
+
+    /// A document already read is placed in its order: each node on its own line, a key on its
+    /// value's line before it.
+    #[test]
+    fn a_read_document_is_placed_in_order() {
+        let doc = serde_json::json!({"a": {"b": [1, {"c": "x"}]}, "d": null});
+        let tree = tree_of_value(&doc);
+        let idx = SpanIndex::of_tree(&tree);
+        assert_eq!(idx.get(""), Some((1, 2)));
+        assert_eq!(idx.get("a"), Some((2, 2)));
+        assert_eq!(idx.get("a.b[1].c"), Some((6, 2)));
+        assert_eq!(idx.get("d"), Some((7, 2)));
+        assert_eq!(idx.get("a.b[1].e"), idx.get("a.b[1]"));
+        let Node::Map(entries) = &tree.value else {
+            panic!("a mapping");
+        };
+        assert_eq!(
+            (
+                entries[1].0.referenced.line(),
+                entries[1].0.referenced.column()
+            ),
+            (7, 1)
+        );
     }
 
     #[test]

@@ -34,11 +34,11 @@ fn resolved(root: &Path, file: &Path) -> String {
     let text = hrf_config::read_text(file).expect("readable pipeline");
     let shown = match hrf_config::pipeline_kind(&text) {
         hrf_config::PipelineKind::Pretrain => {
-            let p = hrf_config::pretrain::load(file)
+            let p = hrf_config::pretrain_pipeline::load(file)
                 .unwrap_or_else(|e| panic!("{} does not validate: {e}", file.display()));
             format!("{p:#?}\n")
         }
-        hrf_config::PipelineKind::Run => hrf_config::run::load(file)
+        hrf_config::PipelineKind::Run => hrf_config::pipeline::load(file)
             .unwrap_or_else(|e| panic!("{} does not validate: {e}", file.display()))
             .resolved_yaml(),
     };
@@ -65,8 +65,16 @@ fn every_shipped_pipeline_resolves_as_recorded() {
         }
         match std::fs::read_to_string(&snapshot) {
             Ok(recorded) if recorded == now => {}
-            Ok(_) => differ.push(format!("{} resolves differently from {}", rel.display(), snapshot.display())),
-            Err(e) => differ.push(format!("{}: no snapshot {} ({e})", rel.display(), snapshot.display())),
+            Ok(_) => differ.push(format!(
+                "{} resolves differently from {}",
+                rel.display(),
+                snapshot.display()
+            )),
+            Err(e) => differ.push(format!(
+                "{}: no snapshot {} ({e})",
+                rel.display(),
+                snapshot.display()
+            )),
         }
     }
     assert!(differ.is_empty(), "{}", differ.join("\n"));

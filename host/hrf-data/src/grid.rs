@@ -44,9 +44,10 @@ pub fn save_grid(images: &[Image], cols: usize, zoom: u32, path: &Path) -> Resul
 }
 
 /// Writes an RGB canvas as a PNG via a temporary file in the same folder, then renames it.
-/// Best compression with adaptive filters: grids and plots are written rarely and kept (runs,
+/// Best compression with adaptive filters: grids and charts are written rarely and kept (runs,
 /// experiments in the repository), and this halves them against the encoder's default.
-pub(crate) fn write_canvas(canvas: &image::RgbImage, path: &Path) -> Result<(), String> {
+/// hrf-report writes its charts with it too.
+pub fn write_canvas(canvas: &image::RgbImage, path: &Path) -> Result<(), String> {
     use image::codecs::png::{CompressionType, FilterType, PngEncoder};
     use image::ImageEncoder;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -6,7 +6,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub mod grid;
-pub mod plot;
 
 use hrf_core::{Channels, Image};
 

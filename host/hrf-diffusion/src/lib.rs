@@ -4,13 +4,13 @@
 pub mod config;
 pub mod ddim;
 pub mod device;
+pub mod diffusers_model;
 pub mod init;
-pub mod model;
 pub mod unet;
 
 pub use config::{BlockType, UNetConfig};
 pub use ddim::{DdimScheduler, DdimStep, PrevSample, SchedulerConfig};
-pub use model::DiffusersModel;
+pub use diffusers_model::DiffusersModel;
 pub use unet::UNet2DModel;
 
 use std::path::{Path, PathBuf};

@@ -1,57 +1,35 @@
 //! Native reward plugins: shared libraries implementing the C ABI of
-//! `plugins/native/include/hrf_reward.h`, loaded with libloading. They run with the host's rights,
-//! so hrf loads one only when its pipeline entry says `trust: native` and the command line says
-//! `--allow-native`. The ABI version function is checked first, then the table's version and the
-//! sizes of both structs, then that none of its function pointers is NULL; errors come back
-//! through `last_error`, never by unwinding. The library is opened by an absolute path (a
-//! relative one is taken from the current folder; a pipeline's are already resolved against the
-//! pipeline file), never looked up on the dynamic loader's search path. Strings from the library
-//! are read up to a bound and pass [`hrf_core::text`] like any plugin's text.
+//! `plugins/native/include/hrf_reward.h` (its Rust types: hrf-abi), loaded with libloading. They
+//! run with the host's rights, so hrf loads one only when its pipeline entry says `trust: native`
+//! and the command line says `--allow-native`. The ABI version function is checked first, then
+//! the table's version and the sizes of both structs, then that none of its function pointers is
+//! NULL; errors come back through `last_error`, never by unwinding. The library is opened by an
+//! absolute path (a relative one is taken from the current folder; a pipeline's are already
+//! resolved against the pipeline file), never looked up on the dynamic loader's search path.
+//! Strings from the library are read up to a bound and pass [`hrf_core::text`] like any
+//! plugin's text.
 
 use std::ffi::{c_char, c_void, CString};
 use std::path::PathBuf;
 
+use hrf_abi::{
+    AbiVersionFn, DestroyFn, LastErrorFn, Sample as CSample, ScoreFn, TableFn, ABI_VERSION_SYMBOL,
+    SAMPLE_SIZE, TABLE_SIZE, TABLE_SYMBOL,
+};
 use hrf_core::text;
 use hrf_core::{Reward, RewardError, RewardInfo, Sample, Score};
 
 use crate::PluginError;
 
 /// The ABI version this host speaks (`HRF_REWARD_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 1;
-
-#[repr(C)]
-struct CSample {
-    width: u32,
-    height: u32,
-    channels: u32,
-    data: *const u8,
-    prompt: *const c_char,
-    metadata_json: *const c_char,
-}
-
-#[repr(C)]
-struct CTable {
-    abi_version: u32,
-    table_size: u32,
-    sample_size: u32,
-    name: *const c_char,
-    version: *const c_char,
-    higher_is_better: i32,
-    batch_hint: u32,
-    // Nullable function pointers (`Option<fn>` has the layout of a C function pointer): a NULL
-    // one is refused at load.
-    create: Option<unsafe extern "C" fn(*const c_char) -> *mut c_void>,
-    score: Option<unsafe extern "C" fn(*mut c_void, *const CSample, usize, *mut f32) -> i32>,
-    last_error: Option<unsafe extern "C" fn(*mut c_void) -> *const c_char>,
-    destroy: Option<unsafe extern "C" fn(*mut c_void)>,
-}
+pub use hrf_abi::ABI_VERSION;
 
 /// The table's functions, every one checked non-NULL.
 #[derive(Clone, Copy)]
 struct Functions {
-    score: unsafe extern "C" fn(*mut c_void, *const CSample, usize, *mut f32) -> i32,
-    last_error: unsafe extern "C" fn(*mut c_void) -> *const c_char,
-    destroy: unsafe extern "C" fn(*mut c_void),
+    score: ScoreFn,
+    last_error: LastErrorFn,
+    destroy: DestroyFn,
 }
 
 /// One `kind: native` entry, validated.
@@ -149,13 +127,13 @@ impl NativeReward {
         // SAFETY: loading runs the library's initialisers: that is the trust both opt-ins grant.
         let library = unsafe { libloading::Library::new(&path) }
             .map_err(|e| err(format!("cannot be loaded: {e}")))?;
-        // SAFETY: the symbols' types are those of hrf_reward.h; the version function is checked
-        // before anything else is used.
+        // SAFETY: the symbols' types are those of hrf_reward.h (hrf-abi, checked against it); the
+        // version function is checked before anything else is used.
         let table = unsafe {
-            let version: libloading::Symbol<unsafe extern "C" fn() -> u32> =
-                library.get(b"hrf_reward_abi_version\0").map_err(|e| {
+            let version: libloading::Symbol<AbiVersionFn> =
+                library.get(ABI_VERSION_SYMBOL.as_bytes()).map_err(|e| {
                     err(format!(
-                        "not an hrf native plugin (no hrf_reward_abi_version): {e}"
+                        "not an hrf native plugin (no {ABI_VERSION_SYMBOL}): {e}"
                     ))
                 })?;
             let v = version();
@@ -164,20 +142,17 @@ impl NativeReward {
                     "ABI version {v}; this hrf speaks native ABI version {ABI_VERSION} (rebuild it against plugins/native/include/hrf_reward.h)"
                 )));
             }
-            let get: libloading::Symbol<unsafe extern "C" fn() -> *const CTable> = library
-                .get(b"hrf_reward_plugin_table\0")
-                .map_err(|e| err(format!("no hrf_reward_plugin_table: {e}")))?;
+            let get: libloading::Symbol<TableFn> = library
+                .get(TABLE_SYMBOL.as_bytes())
+                .map_err(|e| err(format!("no {TABLE_SYMBOL}: {e}")))?;
             get()
         };
         if table.is_null() {
-            return Err(err("hrf_reward_plugin_table returned NULL".into()));
+            return Err(err(format!("{TABLE_SYMBOL} returned NULL")));
         }
         // SAFETY: non-null, and valid while the library is loaded (the ABI's promise).
         let t = unsafe { &*table };
-        let sizes = (
-            std::mem::size_of::<CTable>() as u32,
-            std::mem::size_of::<CSample>() as u32,
-        );
+        let sizes = (TABLE_SIZE, SAMPLE_SIZE);
         if t.abi_version != ABI_VERSION || (t.table_size, t.sample_size) != sizes {
             return Err(err(format!(
                 "ABI mismatch: table says version {}, table {} bytes, sample {} bytes; this hrf expects version {ABI_VERSION}, {} and {} bytes",

@@ -200,7 +200,8 @@ type Reply = Result<SetScores, RewardError>;
 /// A thread that owns the reward set and scores batches in the order they were submitted.
 pub struct RewardWorker {
     jobs: Option<Sender<Job>>,
-    replies: Receiver<Reply>,
+    /// Each reply comes with the batch it scored, handed back so that nobody keeps a copy.
+    replies: Receiver<(Job, Reply)>,
     pending: usize,
     handle: Option<JoinHandle<()>>,
 }
@@ -208,7 +209,7 @@ pub struct RewardWorker {
 impl RewardWorker {
     pub fn spawn(mut set: RewardSet) -> Self {
         let (jobs, job_rx) = channel::<Job>();
-        let (reply_tx, replies) = channel::<Reply>();
+        let (reply_tx, replies) = channel::<(Job, Reply)>();
         let handle = std::thread::Builder::new()
             .name("hrf-rewards".into())
             .spawn(move || {
@@ -228,7 +229,7 @@ impl RewardWorker {
                             message: format!("panicked: {what}"),
                         })
                     });
-                    if reply_tx.send(reply).is_err() {
+                    if reply_tx.send((batch, reply)).is_err() {
                         break;
                     }
                 }
@@ -253,13 +254,22 @@ impl RewardWorker {
 
     /// The scores of the oldest batch not yet received.
     pub fn recv(&mut self) -> Reply {
+        self.recv_batch().1
+    }
+
+    /// The oldest batch not yet received, handed back, with its scores (the batch is empty if
+    /// the reward thread stopped).
+    pub fn recv_batch(&mut self) -> (Vec<Sample>, Reply) {
         assert!(self.pending > 0, "recv without a submitted batch");
         self.pending -= 1;
         self.replies.recv().unwrap_or_else(|_| {
-            Err(RewardError::Failed {
-                reward: "rewards".into(),
-                message: "the reward thread stopped".into(),
-            })
+            (
+                Vec::new(),
+                Err(RewardError::Failed {
+                    reward: "rewards".into(),
+                    message: "the reward thread stopped".into(),
+                }),
+            )
         })
     }
 
@@ -269,6 +279,13 @@ impl RewardWorker {
         assert_eq!(self.pending, 0, "score_now with batches still pending");
         self.submit(batch);
         self.recv()
+    }
+
+    /// `score_now`, handing the batch back with its scores.
+    pub fn score_now_batch(&mut self, batch: Vec<Sample>) -> (Vec<Sample>, Reply) {
+        assert_eq!(self.pending, 0, "score_now with batches still pending");
+        self.submit(batch);
+        self.recv_batch()
     }
 
     /// Receives every outstanding reply, discarding it (after an error, before reuse).
@@ -482,6 +499,19 @@ mod tests {
         w.submit(samples(3));
         assert_eq!(w.recv().unwrap().total, vec![0.0]);
         assert_eq!(w.recv().unwrap().total, vec![0.0, 1.0, 2.0]);
+        // Batches come back with their scores, in submission order (pixel = index in batch).
+        let pixels = |b: &[Sample]| b.iter().map(|s| s.image.data()[0]).collect::<Vec<_>>();
+        w.submit(samples(3));
+        w.submit(samples(1));
+        let (back, scores) = w.recv_batch();
+        assert_eq!(
+            (pixels(&back), scores.unwrap().total.len()),
+            (vec![0, 1, 2], 3)
+        );
+        let (back, _) = w.recv_batch();
+        assert_eq!(pixels(&back), vec![0]);
+        let (back, scores) = w.score_now_batch(samples(2));
+        assert_eq!((back.len(), scores.unwrap().total.len()), (2, 2));
         let mut bad = RewardWorker::spawn(RewardSet::new(vec![component(f32::NAN, true, 1.0)]));
         let e = bad.score_now(samples(1)).unwrap_err();
         assert!(e.to_string().contains("panicked: boom"), "{e}");

@@ -1,17 +1,19 @@
 //! Evaluation on fixed-seed samples: generating them in batches, classifying them with the
-//! independent evaluation classifier (ONNX), and the diversity metrics of `metrics`. Used by
-//! `hrf eval` and by evaluation during training, so both report the same numbers.
+//! independent evaluation classifier (ONNX), and the diversity metrics of
+//! `hrf_report::diversity`. Used by `hrf eval` and by evaluation during training, so both report
+//! the same numbers.
 
 use std::path::Path;
 
 use hrf_core::Image;
 use hrf_data::Dataset;
-use hrf_diffusion::{DdimScheduler, UNet2DModel};
+use hrf_diffusion::DdimScheduler;
+use hrf_report::diversity::{self, Diversity};
 use hrf_rewards::onnx::{preprocess, ImageInput, OnnxError, OnnxModel};
 use tch::{Device, Tensor};
 
-use crate::metrics::{self, Diversity};
-use crate::sampling::{sample, to_images, SampleRequest};
+use crate::policy::Policy;
+use crate::sampling::{sample, SampleRequest};
 
 /// What to generate: one label per sample (None: unconditional model), keyed 0..n.
 pub struct Generation<'a> {
@@ -26,7 +28,7 @@ pub struct Generation<'a> {
 /// Generates `n` samples in batches; sample i is keyed by i, so the set does not depend on the
 /// batch size.
 pub fn generate(
-    unet: &UNet2DModel,
+    policy: &dyn Policy,
     sched: &DdimScheduler,
     g: &Generation<'_>,
     device: Device,
@@ -38,7 +40,7 @@ pub fn generate(
             .labels
             .map(|l| Tensor::from_slice(&l[chunk[0] as usize..chunk[0] as usize + chunk.len()]));
         let x = sample(
-            unet,
+            policy,
             sched,
             &SampleRequest {
                 labels: labels.as_ref(),
@@ -49,7 +51,7 @@ pub fn generate(
             },
             device,
         );
-        out.extend(to_images(&x));
+        out.extend(policy.decode(&x));
     }
     out
 }
@@ -130,7 +132,7 @@ impl Evaluator {
     pub fn diversity(&mut self, images: &[Image]) -> Result<(Diversity, Classified), OnnxError> {
         let c = self.classify(images)?;
         Ok((
-            metrics::diversity(&c.probs, &c.features, Some(&self.reference_features)),
+            diversity::diversity(&c.probs, &c.features, Some(&self.reference_features)),
             c,
         ))
     }

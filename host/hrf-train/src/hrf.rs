@@ -3,7 +3,7 @@
 //! fixed or uniform start for the DDPO ablations), the re-noised starts x_τk ~ q(x_τk | x₀), and
 //! the window fraction f = N_train(k) / N_train(0) that scales the clipping.
 
-use hrf_config::ddpo::{StartIndex, TrainingSettings, WindowCluster};
+use hrf_config::training::{StartIndex, TrainingSettings, WindowCluster};
 use hrf_diffusion::DdimScheduler;
 use tch::{Device, Kind, Tensor};
 
@@ -98,7 +98,7 @@ pub fn relative_cost(sched: &DdimScheduler, t: &TrainingSettings) -> (f64, f64) 
     }
     let g = h.group_size as f64;
     let mut sampled = member + 1.0 / g;
-    if t.method == hrf_config::ddpo::Method::HrfD {
+    if t.method == hrf_config::training::Method::HrfD {
         let cands: f64 = (0..sched.num_steps())
             .step_by(h.stride)
             .map(|s| (n - s as f64) / n)
@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn starts_are_uniform_over_the_active_cluster() {
         let s = sched(10);
-        let settings = hrf_config::ddpo::HrfSettings {
+        let settings = hrf_config::training::HrfSettings {
             group_size: 4,
             window: vec![
                 WindowCluster {

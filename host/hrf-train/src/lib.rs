@@ -1,18 +1,20 @@
-//! hrf-train: the loops. DDPM pretraining of the testbed model, DDIM sampling with guidance;
-//! DDPO, HRF and HRF-D build on these. Never parses YAML: it takes validated settings.
+//! hrf-train: the loops. DDPM pretraining of the testbed model (`pretraining`), DDIM sampling
+//! with guidance (`sampling`, `trajectory`); one DDPO / HRF / HRF-D epoch (`epoch`,
+//! `epoch_sampling`, `gradients`, `hrf`) on a `policy`; the fine-tuning run with its evaluations,
+//! checkpoints and exact resume (`finetune`). Never parses YAML: it takes validated settings.
 
 pub mod adamw;
 pub mod advantages;
-pub mod compare;
-pub mod ddpo;
 pub mod ema;
+pub mod epoch;
+mod epoch_sampling;
 pub mod evaluation;
+pub mod finetune;
+pub mod gradients;
 pub mod hrf;
-pub mod metrics;
-pub mod plots;
+pub mod policy;
 pub mod ppo;
-pub mod pretrain;
-pub mod run;
+pub mod pretraining;
 pub mod sampling;
 pub mod trajectory;
 

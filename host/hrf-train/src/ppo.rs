@@ -2,10 +2,10 @@
 //! recompute log p_θ(x_{t−1} | x_t), ρ = exp(log p_θ − log p_old), and
 //! loss = mean over the batch of max(−A·ρ, −A·clip(ρ, 1 − c, 1 + c)).
 
-use hrf_diffusion::{DdimScheduler, PrevSample, UNet2DModel};
+use hrf_diffusion::{DdimScheduler, PrevSample};
 use tch::{Kind, Tensor};
 
-use crate::sampling::guided_output;
+use crate::policy::Policy;
 
 /// One train batch's slot: each sample at its own step of the chain.
 pub struct StepBatch<'a> {
@@ -41,7 +41,7 @@ pub struct PpoLoss {
 
 /// The loss with one ratio clip range for the whole batch (DDPO).
 pub fn ppo_loss(
-    unet: &UNet2DModel,
+    policy: &dyn Policy,
     sched: &DdimScheduler,
     b: &StepBatch<'_>,
     eta: f64,
@@ -49,13 +49,13 @@ pub fn ppo_loss(
     clip_range: f64,
 ) -> PpoLoss {
     let clip = b.advantages.full_like(clip_range);
-    ppo_loss_clipped(unet, sched, b, eta, guidance, &clip)
+    ppo_loss_clipped(policy, sched, b, eta, guidance, &clip)
 }
 
 /// The loss with each sample's own ratio clip range `clip`, `[B]` (HRF scales it by the window
 /// fraction f of the sample's start; +∞ disables clipping).
 pub fn ppo_loss_clipped(
-    unet: &UNet2DModel,
+    policy: &dyn Policy,
     sched: &DdimScheduler,
     b: &StepBatch<'_>,
     eta: f64,
@@ -63,7 +63,7 @@ pub fn ppo_loss_clipped(
     clip: &Tensor,
 ) -> PpoLoss {
     let t = sched.timesteps_at(b.step_index);
-    let out = guided_output(unet, b.sample, &t, b.labels, guidance);
+    let out = policy.guided_output(b.sample, &t, b.labels, guidance);
     let step = sched.step(&out, b.step_index, b.sample, eta, PrevSample::Given(b.prev));
     let log_prob = step.log_prob;
     let (mean, std) = (step.mean, step.std);

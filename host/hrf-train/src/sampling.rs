@@ -1,9 +1,10 @@
 //! DDIM sampling with classifier-free guidance and noise drawn per (seed, sample, step), so a
 //! sample does not change with the batch it was drawn in.
 
-use hrf_diffusion::{DdimScheduler, DdimStep, PrevSample, UNet2DModel};
+use hrf_diffusion::{DdimScheduler, DdimStep, PrevSample};
 use tch::{Device, Kind, Tensor};
 
+use crate::policy::Policy;
 use crate::rng::KeyedRng;
 
 /// The key parts mixed into a non-negative torch-style seed (63 bits).
@@ -30,43 +31,15 @@ pub fn keyed_noise(seed: u64, keys: &[u64], stream: u64, shape: &[i64], device: 
 }
 
 /// The label that means "no class" for a class-conditional model (its last embedding row).
-pub fn null_class(unet: &UNet2DModel) -> Option<i64> {
-    unet.config().num_class_embeds.map(|k| k - 1)
-}
-
-/// ε̂ (or the model's prediction) with classifier-free guidance weight `guidance`:
-/// uncond + w·(cond − uncond). w = 1 is plain conditional; unconditional labels skip guidance.
-pub fn guided_output(
-    unet: &UNet2DModel,
-    x: &Tensor,
-    t: &Tensor,
-    labels: Option<&Tensor>,
-    guidance: f64,
-) -> Tensor {
-    match (labels, null_class(unet)) {
-        (Some(y), Some(null)) if guidance != 1.0 => {
-            let uncond = y.full_like(null);
-            let all_uncond = bool::try_from(y.eq(null).all()).unwrap_or(false);
-            if all_uncond {
-                return unet.forward(x, t, Some(y));
-            }
-            let out = unet.forward(
-                &Tensor::cat(&[x, x], 0),
-                &Tensor::cat(&[t, t], 0),
-                Some(&Tensor::cat(&[y, &uncond], 0)),
-            );
-            let chunks = out.chunk(2, 0);
-            &chunks[1] + (&chunks[0] - &chunks[1]) * guidance
-        }
-        _ => unet.forward(x, t, labels),
-    }
+pub fn null_class(policy: &dyn Policy) -> Option<i64> {
+    policy.null_condition()
 }
 
 /// One DDIM step i of the policy on `x` (rows keyed by `keys`): guided model output, then the
 /// scheduler's step with noise keyed by (seed, key, i + 1); no noise is drawn at η = 0.
 #[allow(clippy::too_many_arguments)]
 pub fn policy_step(
-    unet: &UNet2DModel,
+    policy: &dyn Policy,
     sched: &DdimScheduler,
     x: &Tensor,
     labels: Option<&Tensor>,
@@ -77,7 +50,7 @@ pub fn policy_step(
 ) -> DdimStep {
     let b = keys.len() as i64;
     let t = Tensor::full([b], sched.timesteps()[i], (Kind::Int64, device));
-    let out = guided_output(unet, x, &t, labels, guidance);
+    let out = policy.guided_output(x, &t, labels, guidance);
     let idx = Tensor::full([b], i as i64, (Kind::Int64, device));
     let z = if eta > 0.0 {
         let size = x.size();
@@ -101,33 +74,31 @@ pub struct SampleRequest<'a> {
 
 /// Runs the whole DDIM chain from pure noise; returns x₀ in model space ([−1, 1] nominally).
 pub fn sample(
-    unet: &UNet2DModel,
+    policy: &dyn Policy,
     sched: &DdimScheduler,
     req: &SampleRequest<'_>,
     device: Device,
 ) -> Tensor {
-    sample_observed(unet, sched, req, device, &mut |_, _| {})
+    sample_observed(policy, sched, req, device, &mut |_, _| {})
 }
 
 /// `sample`, calling `on_step(i, x̂₀)` with the prediction of x₀ made at every step i (the
 /// reward trajectory of docs/ALGORITHM.md §5 scores these).
 pub fn sample_observed(
-    unet: &UNet2DModel,
+    policy: &dyn Policy,
     sched: &DdimScheduler,
     req: &SampleRequest<'_>,
     device: Device,
     on_step: &mut dyn FnMut(usize, &Tensor),
 ) -> Tensor {
-    let cfg = unet.config();
-    let size = cfg.sample_size.unwrap_or(32);
-    let shape = [cfg.in_channels, size, size];
+    let shape = policy.latent_shape();
     tch::no_grad(|| {
         // Stream 0 is x_T; stream i+1 is the noise of step i.
         let mut x = keyed_noise(req.seed, req.keys, 0, &shape, device);
         let labels = req.labels.map(|y| y.to_device(device));
         for i in 0..sched.num_steps() {
             let step = policy_step(
-                unet,
+                policy,
                 sched,
                 &x,
                 labels.as_ref(),
@@ -141,21 +112,6 @@ pub fn sample_observed(
         }
         x
     })
-}
-
-/// Converts a batch of model-space samples `[B, C, H, W]` to 8-bit images.
-pub fn to_images(x: &Tensor) -> Vec<hrf_core::Image> {
-    let (b, c, h, w) = x.size4().expect("[B, C, H, W]");
-    let channels = hrf_core::Channels::from_count(c as usize).expect("1 or 3 channels");
-    let cpu = x.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-    let flat = Vec::<f32>::try_from(cpu.flatten(0, -1)).expect("f32");
-    let n = (c * h * w) as usize;
-    (0..b as usize)
-        .map(|i| {
-            hrf_core::Image::from_chw_unit(w as u32, h as u32, channels, &flat[i * n..(i + 1) * n])
-                .expect("size")
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -200,6 +156,5 @@ mod tests {
         let other = (all.get(0) - one.get(0)).abs().max().double_value(&[]);
         assert!(other > 1e-2, "different keys must give different samples");
         assert!(req(&[0, 1, 2], &y).equal(&all), "same request, same bits");
-        assert_eq!(to_images(&all).len(), 3);
     }
 }

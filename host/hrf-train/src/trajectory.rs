@@ -3,9 +3,10 @@
 //! The noise of sample `key` at step i is drawn from (seed, key, i) alone; DDPO keys the seed
 //! by (run seed, epoch).
 
-use hrf_diffusion::{DdimScheduler, UNet2DModel};
+use hrf_diffusion::DdimScheduler;
 use tch::{Device, Kind, Tensor};
 
+use crate::policy::Policy;
 use crate::sampling::{keyed_noise, policy_step, SampleRequest};
 
 /// A batch of trajectories. Row r starts at step `starts[r]` (0 for DDPO: pure noise; k for an
@@ -38,32 +39,16 @@ pub struct Start<'a> {
     pub latents: &'a Tensor,
 }
 
-/// UNet evaluations of one step for `rows` rows (classifier-free guidance doubles the batch
-/// unless the rows are unconditional or the weight is 1).
-pub fn step_evals(unet: &UNet2DModel, labels: Option<&Tensor>, guidance: f64, rows: u64) -> u64 {
-    let guided = match (labels, crate::sampling::null_class(unet)) {
-        (Some(y), Some(null)) if guidance != 1.0 => {
-            !bool::try_from(y.eq(null).all()).unwrap_or(false)
-        }
-        _ => false,
-    };
-    if guided {
-        2 * rows
-    } else {
-        rows
-    }
-}
-
+/// Rolls `policy` for the rows of `req` from pure noise (or from `start`) to the end of the
+/// chain, keeping every step's latent and log-prob.
 pub fn sample_trajectories(
-    unet: &UNet2DModel,
+    policy: &dyn Policy,
     sched: &DdimScheduler,
     req: &SampleRequest<'_>,
     start: Option<Start<'_>>,
     device: Device,
 ) -> Trajectories {
-    let cfg = unet.config();
-    let size = cfg.sample_size.unwrap_or(32);
-    let shape = [cfg.in_channels, size, size];
+    let shape = policy.latent_shape();
     let b = req.keys.len();
     let n = sched.num_steps();
     tch::no_grad(|| {
@@ -100,9 +85,9 @@ pub fn sample_trajectories(
             let xa = pick(&x);
             let ya = labels.as_ref().map(pick);
             let keys: Vec<u64> = active.iter().map(|&r| req.keys[r as usize]).collect();
-            unet_evals += step_evals(unet, ya.as_ref(), req.guidance, keys.len() as u64);
+            unet_evals += policy.step_evals(ya.as_ref(), req.guidance, keys.len() as u64);
             let s = policy_step(
-                unet,
+                policy,
                 sched,
                 &xa,
                 ya.as_ref(),

@@ -57,8 +57,8 @@ fn clipped_loss_and_gradients_match_torch() {
 /// authors' sum over steps and ddpo-pytorch's mean.
 #[test]
 fn window_loss_and_gradients_match_torch() {
-    use hrf_config::ddpo::StepReduction;
-    use hrf_train::ddpo::{accumulate_window_gradients, WindowBatch};
+    use hrf_config::training::StepReduction;
+    use hrf_train::gradients::{accumulate_window_gradients, WindowBatch};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let f: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("window_step.safetensors"))
         .unwrap()

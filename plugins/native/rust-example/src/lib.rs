@@ -1,39 +1,12 @@
 //! Example native reward plugin in Rust, against the C ABI (plugins/native/include/hrf_reward.h):
 //! the mean pixel intensity in [0, 1]. `config: {"panic_on_score": true}` makes `score` panic,
-//! which this plugin catches and reports as an error: nothing unwinds into the host.
+//! which this plugin catches and reports as an error: nothing unwinds into the host. The ABI's
+//! types, version and exported names come from hrf-abi (host/hrf-abi), as the host's do.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-const ABI_VERSION: u32 = 1;
-
-#[repr(C)]
-pub struct Sample {
-    width: u32,
-    height: u32,
-    channels: u32,
-    data: *const u8,
-    prompt: *const c_char,
-    metadata_json: *const c_char,
-}
-
-#[repr(C)]
-pub struct Table {
-    abi_version: u32,
-    table_size: u32,
-    sample_size: u32,
-    name: *const c_char,
-    version: *const c_char,
-    higher_is_better: i32,
-    batch_hint: u32,
-    create: extern "C" fn(*const c_char) -> *mut c_void,
-    score: extern "C" fn(*mut c_void, *const Sample, usize, *mut f32) -> i32,
-    last_error: extern "C" fn(*mut c_void) -> *const c_char,
-    destroy: extern "C" fn(*mut c_void),
-}
-
-// SAFETY: the table only holds pointers to static data and functions.
-unsafe impl Sync for Table {}
+use hrf_abi::{PluginTable, Sample};
 
 struct State {
     panic_on_score: bool,
@@ -108,26 +81,18 @@ extern "C" fn destroy(state: *mut c_void) {
     }
 }
 
-static TABLE: Table = Table {
-    abi_version: ABI_VERSION,
-    table_size: std::mem::size_of::<Table>() as u32,
-    sample_size: std::mem::size_of::<Sample>() as u32,
+static TABLE: PluginTable = PluginTable {
+    abi_version: hrf_abi::ABI_VERSION,
+    table_size: hrf_abi::TABLE_SIZE,
+    sample_size: hrf_abi::SAMPLE_SIZE,
     name: c"mean-intensity".as_ptr(),
     version: c"0.1.0".as_ptr(),
     higher_is_better: 1,
     batch_hint: 0,
-    create,
-    score,
-    last_error,
-    destroy,
+    create: Some(create),
+    score: Some(score),
+    last_error: Some(last_error),
+    destroy: Some(destroy),
 };
 
-#[no_mangle]
-pub extern "C" fn hrf_reward_abi_version() -> u32 {
-    ABI_VERSION
-}
-
-#[no_mangle]
-pub extern "C" fn hrf_reward_plugin_table() -> *const Table {
-    &TABLE
-}
+hrf_abi::export_plugin!(TABLE);

@@ -1,0 +1,295 @@
+//! Every default of a run pipeline, in one place: what a field left out of the file becomes.
+//!
+//! - Fixed defaults: the `Default` impls of the file's sections (`TrainingRaw`, `OptimizerRaw`,
+//!   `HrfRaw`, `AdvantagesRaw`, `EvaluationRaw`), of the settings the file shares with the
+//!   resolved pipeline (`SamplingSettings`, `AdvantageSettings`, `TrainingSettings`), and the
+//!   `#[serde(default = "…")]` functions that raw.rs names. The JSON Schema's `default`s come
+//!   from these. (The enums' defaults are their `#[default]` variants, in raw.rs:
+//!   `Transform::Identity`, `OnError::Fail`, `BestBy::Reward`.)
+//! - Defaults that depend on the method (HRF and HRF-D take their own for some training fields,
+//!   docs/ALGORITHM.md §6), on whether the pipeline has prompts, on the sampling chain or on the
+//!   reward's kind: the functions in the second half, which validation calls.
+//!
+//! Three defaults live with types that are not the run pipeline's alone: AdamW's betas and eps
+//! (`pretrain_pipeline::AdamWSettings::default()`, shared with pretraining), the model's device
+//! (`auto`, model_spec.rs) and an ONNX reward's input preparation (`reward::ImageInput::default()`).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::raw::{
+    AdvantagesRaw, BestBy, EvaluationRaw, HrfRaw, OptimizerRaw, RewardKindName, ScoreRaw,
+    TrainingRaw, WindowClusterRaw,
+};
+use crate::pretrain_pipeline::AdamWSettings;
+use crate::training::{
+    AdvantageMode, AdvantageSettings, Method, SamplingSettings, StepReduction, TrainingSettings,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Fixed defaults.
+
+impl Default for SamplingSettings {
+    fn default() -> Self {
+        Self {
+            steps: 40,
+            eta: 1.0,
+            guidance: 1.0,
+            batch_size: 32,
+            batches_per_epoch: 2,
+            sigma_min: 1e-4,
+        }
+    }
+}
+
+impl Default for AdvantageSettings {
+    fn default() -> Self {
+        Self {
+            mode: AdvantageMode::Epoch,
+            buffer_size: 32,
+            min_count: 16,
+        }
+    }
+}
+
+/// The ddpo-* defaults (ddpo-pytorch's); `adv_clip`, `weight_decay` and `step_reduction` are
+/// the method's (below) once a pipeline is validated.
+impl Default for TrainingSettings {
+    fn default() -> Self {
+        Self {
+            method: Method::DdpoIs,
+            epochs: 10,
+            optimizer: AdamWSettings {
+                lr: 1e-4,
+                weight_decay: 1e-4,
+                ..AdamWSettings::default()
+            },
+            max_grad_norm: 1.0,
+            inner_epochs: 1,
+            batch_size: 16,
+            grad_accum: 1,
+            adv_clip: 5.0,
+            clip_range: 1e-4,
+            timestep_fraction: 1.0,
+            step_reduction: StepReduction::Mean,
+            kl_coef: 0.0,
+            start: None,
+            hrf: None,
+            seed: 0,
+        }
+    }
+}
+
+impl Default for TrainingRaw {
+    fn default() -> Self {
+        let d = TrainingSettings::default();
+        Self {
+            method: d.method,
+            epochs: d.epochs,
+            optimizer: OptimizerRaw {
+                lr: d.optimizer.lr,
+                weight_decay: None,
+                beta1: d.optimizer.beta1,
+                beta2: d.optimizer.beta2,
+                eps: d.optimizer.eps,
+            },
+            max_grad_norm: d.max_grad_norm,
+            inner_epochs: d.inner_epochs,
+            batch_size: d.batch_size,
+            grad_accum: d.grad_accum,
+            adv_clip: None,
+            clip_range: d.clip_range,
+            timestep_fraction: d.timestep_fraction,
+            step_reduction: None,
+            kl_coef: d.kl_coef,
+            start: None,
+            hrf: None,
+        }
+    }
+}
+
+impl Default for OptimizerRaw {
+    fn default() -> Self {
+        TrainingRaw::default().optimizer
+    }
+}
+
+impl Default for HrfRaw {
+    fn default() -> Self {
+        Self {
+            group_size: 4,
+            window: None,
+            stride: 2,
+            copies: None,
+            beta: 0.5,
+        }
+    }
+}
+
+impl Default for AdvantagesRaw {
+    fn default() -> Self {
+        let d = AdvantageSettings::default();
+        Self {
+            mode: None,
+            buffer_size: d.buffer_size,
+            min_count: d.min_count,
+        }
+    }
+}
+
+impl Default for EvaluationRaw {
+    fn default() -> Self {
+        Self {
+            every: 5,
+            seed: 1234,
+            samples: 128,
+            final_samples: 1000,
+            batch_size: 64,
+            eta: 0.0,
+            guidance: None,
+            best_by: BestBy::Reward,
+        }
+    }
+}
+
+/// `rewards[i].weight`.
+pub(crate) fn reward_weight() -> f64 {
+    1.0
+}
+
+/// `rewards[i].batch_size`.
+pub(crate) fn reward_batch_size() -> usize {
+    256
+}
+
+/// `run.output`, relative to the YAML file.
+pub(crate) fn run_output() -> String {
+    "runs".into()
+}
+
+/// `run.save_every`.
+pub(crate) fn run_save_every() -> usize {
+    5
+}
+
+/// `run.keep`.
+pub(crate) fn run_keep() -> usize {
+    2
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults that depend on the method, the prompts, the chain or the reward's kind.
+
+/// `training.adv_clip`: 5 for ddpo-*, 2.5 for hrf/hrf-d.
+pub(super) fn adv_clip(method: Method) -> f64 {
+    if method.is_hierarchical() {
+        2.5
+    } else {
+        5.0
+    }
+}
+
+/// `training.optimizer.weight_decay`: 1e-4 for ddpo-*, 1e-3 for hrf/hrf-d.
+pub(super) fn weight_decay(method: Method) -> f64 {
+    if method.is_hierarchical() {
+        1e-3
+    } else {
+        1e-4
+    }
+}
+
+/// `training.step_reduction`: `mean` for ddpo-* (ddpo-pytorch), `sum` for hrf/hrf-d (the HRF
+/// authors).
+pub(super) fn step_reduction(method: Method) -> StepReduction {
+    if method.is_hierarchical() {
+        StepReduction::Sum
+    } else {
+        StepReduction::Mean
+    }
+}
+
+/// `advantages.mode`: `group` for hrf and hrf-d; else `per-prompt` when the pipeline has
+/// prompts, else `epoch`.
+pub(super) fn advantage_mode(method: Method, conditional: bool) -> AdvantageMode {
+    if method.is_hierarchical() {
+        AdvantageMode::Group
+    } else if conditional {
+        AdvantageMode::PerPrompt
+    } else {
+        AdvantageMode::Epoch
+    }
+}
+
+/// `training.hrf.window` for a chain of `steps` steps: [0, N/2) then [N/2, N), half the epochs
+/// each.
+pub(super) fn hrf_window(steps: usize) -> Vec<WindowClusterRaw> {
+    vec![
+        WindowClusterRaw {
+            range: Some([0, steps / 2]),
+            steps: None,
+            epochs: 0.5,
+        },
+        WindowClusterRaw {
+            range: Some([steps / 2, steps]),
+            steps: None,
+            epochs: 0.5,
+        },
+    ]
+}
+
+/// `training.hrf.copies` (HRF-D's noise copies per anchor): the group size.
+pub(super) fn hrf_copies(group_size: usize) -> usize {
+    group_size
+}
+
+/// `evaluation.guidance`: `sampling.guidance`.
+pub(super) fn evaluation_guidance(sampling_guidance: f64) -> f64 {
+    sampling_guidance
+}
+
+/// `rewards[i].name`: the kind for built-ins; for `wasm` and `native` the plugin file's stem,
+/// for `process` the stem of the command's last word (else the kind). None for `onnx`, which
+/// needs a name.
+pub(super) fn reward_name(
+    kind: RewardKindName,
+    command: Option<&[String]>,
+    path: Option<&Path>,
+) -> Option<String> {
+    let stem = |f: &Path| f.file_stem().map(|f| f.to_string_lossy().into_owned());
+    Some(match kind {
+        RewardKindName::Onnx => return None,
+        RewardKindName::Process => command
+            .and_then(|c| c.last())
+            .and_then(|f| stem(Path::new(f)))
+            .unwrap_or_else(|| kind.as_str().to_string()),
+        RewardKindName::Wasm | RewardKindName::Native => path
+            .and_then(stem)
+            .unwrap_or_else(|| kind.as_str().to_string()),
+        _ => kind.as_str().to_string(),
+    })
+}
+
+/// `rewards[i].timeout_s`: 60 seconds a call for `process` rewards, 5 for `wasm`.
+pub(super) fn reward_timeout_s(kind: RewardKindName) -> f64 {
+    if kind == RewardKindName::Process {
+        60.0
+    } else {
+        5.0
+    }
+}
+
+/// `rewards[i].memory_mb` of a `wasm` reward, in MiB.
+pub(super) fn wasm_memory_mb() -> u64 {
+    256
+}
+
+/// `rewards[i].config` of a plugin (`wasm`, `native`, `process`): `{}`.
+pub(super) fn plugin_config() -> Value {
+    serde_json::json!({})
+}
+
+/// `rewards[i].score` of an `onnx` reward: the last output's column 0.
+pub(super) fn onnx_score() -> ScoreRaw {
+    ScoreRaw::Column(0)
+}

@@ -1,0 +1,275 @@
+//! The validated pipeline (`RunPipeline`) and its resolved sections: paths absolute, every
+//! default filled. Its hand-written `Serialize` writes it back in the file's shape (the
+//! resolved pipeline a run folder keeps, itself a valid pipeline); `read_resolved` reads one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::raw::{BestBy, OnError, ScoreRaw, Transform};
+use crate::model_spec::{ModelSource, ModelSpec};
+use crate::reward::{ImageInput, StageSpec};
+use crate::training::{AdvantageSettings, SamplingSettings, TrainingSettings};
+use crate::ConfigErrors;
+
+/// A validated run pipeline: paths resolved (absolute), every default filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPipeline {
+    /// The YAML file, as given.
+    pub file: PathBuf,
+    /// Its text, as given (before `--set` overrides).
+    pub text: String,
+    pub model: ModelSpec,
+    /// A mapping of diffusers scheduler fields, when the YAML gives one.
+    pub scheduler: Option<Value>,
+    pub sampling: SamplingSettings,
+    /// `seed` is `run.seed`.
+    pub training: TrainingSettings,
+    pub advantages: AdvantageSettings,
+    /// Empty: unconditional.
+    pub prompts: Vec<String>,
+    pub rewards: Vec<RewardSpec>,
+    pub evaluation: EvaluationSettings,
+    pub run: RunSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardSpec {
+    pub name: String,
+    pub weight: f64,
+    pub kind: RewardKind,
+    pub batch_size: usize,
+    pub on_error: OnError,
+    pub transform: Transform,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RewardKind {
+    /// A built-in reward, by its kind (`jpeg-compressibility`, `aesthetic`, …).
+    Builtin(String),
+    Onnx {
+        /// Model paths resolved against the YAML's folder.
+        stages: Vec<StageSpec>,
+        input: ImageInput,
+        score: ScoreSpec,
+    },
+    Wasm(WasmSpec),
+    Native(NativeSpec),
+    Process(ProcessSpec),
+}
+
+/// A `kind: process` reward, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessSpec {
+    pub command: Vec<String>,
+    /// The folder it runs in: the YAML file's.
+    pub dir: PathBuf,
+    pub config: serde_json::Value,
+    pub timeout_s: f64,
+    pub trust: Option<String>,
+}
+
+/// A `kind: native` reward, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NativeSpec {
+    /// Resolved against the YAML's folder.
+    pub path: PathBuf,
+    pub config: serde_json::Value,
+    /// `trust: native` was given.
+    pub trust: Option<String>,
+}
+
+/// A `kind: wasm` reward, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WasmSpec {
+    /// Resolved against the YAML's folder.
+    pub path: PathBuf,
+    pub config: serde_json::Value,
+    pub timeout_s: f64,
+    pub memory_mb: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Resolved against the YAML's folder.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScoreSpec {
+    Column(usize),
+    /// The prompted class's column; the class names when the YAML gives them, else the model
+    /// folder's classes.json.
+    PromptedClass(Option<Vec<String>>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvaluationSettings {
+    pub every: usize,
+    pub seed: u64,
+    pub samples: usize,
+    pub final_samples: usize,
+    pub batch_size: usize,
+    pub eta: f64,
+    pub guidance: f64,
+    pub best_by: BestBy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSettings {
+    pub name: String,
+    /// Resolved against the YAML's folder.
+    pub output: PathBuf,
+    pub seed: u64,
+    pub save_every: usize,
+    pub keep: usize,
+}
+
+impl RunPipeline {
+    /// The pipeline with every default filled, in the YAML's shape (written to the run folder
+    /// as pipeline.resolved.*). It is itself a valid pipeline: loading it gives this one back.
+    /// `Serialize` writes the same, with the sections in the file's order.
+    pub fn resolved(&self) -> Value {
+        serde_json::to_value(self).expect("plain data")
+    }
+
+    /// The resolved pipeline as YAML text: what a run folder keeps as pipeline.resolved.yaml.
+    pub fn resolved_yaml(&self) -> String {
+        let mut text = serde_saphyr::to_string(self).expect("plain data");
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// A run folder's resolved pipeline (pipeline.resolved.yaml) as a tree. Older hrf wrote it as
+/// JSON, which reads as YAML too.
+pub fn read_resolved(path: &Path) -> Result<Value, ConfigErrors> {
+    crate::read_yaml(path)
+}
+
+/// The serialized shape of a `RunPipeline`: the YAML's, every default written out.
+#[derive(Serialize)]
+struct Resolved<'a> {
+    model: ResolvedModel<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduler: Option<&'a Value>,
+    sampling: &'a SamplingSettings,
+    training: &'a TrainingSettings,
+    advantages: &'a AdvantageSettings,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    prompts: &'a [String],
+    rewards: Vec<ResolvedReward<'a>>,
+    evaluation: &'a EvaluationSettings,
+    run: &'a RunSettings,
+}
+
+#[derive(Serialize)]
+struct ResolvedModel<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weights: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<&'a str>,
+    device: &'a str,
+}
+
+#[derive(Serialize)]
+struct ResolvedReward<'a> {
+    kind: &'a str,
+    name: &'a str,
+    weight: f64,
+    batch_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stages: Option<&'a [StageSpec]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a ImageInput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<ScoreRaw>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classes: Option<&'a [String]>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    wasm: Option<&'a WasmSpec>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    native: Option<&'a NativeSpec>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    process: Option<&'a ProcessSpec>,
+}
+
+impl Serialize for RunPipeline {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (weights, config) = match &self.model.source {
+            ModelSource::Folder(p) => (Some(p.as_path()), None),
+            ModelSource::Named(n) => (None, Some(n.as_str())),
+        };
+        let rewards = self
+            .rewards
+            .iter()
+            .map(|r| {
+                let mut out = ResolvedReward {
+                    kind: "onnx",
+                    name: &r.name,
+                    weight: r.weight,
+                    batch_size: r.batch_size,
+                    stages: None,
+                    input: None,
+                    score: None,
+                    classes: None,
+                    wasm: None,
+                    native: None,
+                    process: None,
+                };
+                match &r.kind {
+                    RewardKind::Builtin(kind) => out.kind = kind,
+                    RewardKind::Wasm(w) => {
+                        out.kind = "wasm";
+                        out.wasm = Some(w);
+                    }
+                    RewardKind::Native(n) => {
+                        out.kind = "native";
+                        out.native = Some(n);
+                    }
+                    RewardKind::Process(pr) => {
+                        out.kind = "process";
+                        out.process = Some(pr);
+                    }
+                    RewardKind::Onnx {
+                        stages,
+                        input,
+                        score,
+                    } => {
+                        out.stages = Some(stages);
+                        out.input = Some(input);
+                        match score {
+                            ScoreSpec::Column(c) => out.score = Some(ScoreRaw::Column(*c)),
+                            ScoreSpec::PromptedClass(classes) => {
+                                out.score = Some(ScoreRaw::PromptedClass);
+                                out.classes = classes.as_deref();
+                            }
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        Resolved {
+            model: ResolvedModel {
+                weights,
+                config,
+                device: &self.model.device,
+            },
+            scheduler: self.scheduler.as_ref(),
+            sampling: &self.sampling,
+            training: &self.training,
+            advantages: &self.advantages,
+            prompts: &self.prompts,
+            rewards,
+            evaluation: &self.evaluation,
+            run: &self.run,
+        }
+        .serialize(s)
+    }
+}

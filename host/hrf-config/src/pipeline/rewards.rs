@@ -1,0 +1,316 @@
+//! The `rewards:` section. `validate` checks what every entry shares (its name, weight, batch
+//! size, the fields its kind takes and refuses, `trust`, `timeout_s`), then hands the entry to
+//! the function of its kind: `builtin`, `onnx`, `wasm`, `native` or `process`. Every problem
+//! goes into the pipeline's one list, named `rewards[i].field`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::defaults;
+use super::problems::{valid_name, Base, Problems};
+use super::raw::{RewardKindName, RewardRaw, ScoreRaw};
+use super::resolved::{NativeSpec, ProcessSpec, RewardKind, RewardSpec, ScoreSpec, WasmSpec};
+use crate::reward::StageSpec;
+
+/// The place of entry `i`'s fields: `rewards[i].field`.
+#[derive(Clone, Copy)]
+struct At(usize);
+
+impl At {
+    fn field(self, field: &str) -> String {
+        format!("rewards[{}].{field}", self.0)
+    }
+}
+
+/// Checks every entry of `rewards:` (at least one; names unique) and resolves it.
+pub(super) fn validate(
+    p: &mut Problems<'_>,
+    rewards: Vec<RewardRaw>,
+    base: &Base,
+    conditional: bool,
+) -> Vec<RewardSpec> {
+    if rewards.is_empty() {
+        p.push("rewards", "give at least one reward");
+    }
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, r) in rewards.into_iter().enumerate() {
+        out.push(entry(p, At(i), r, base, conditional, &mut names));
+    }
+    out
+}
+
+/// One entry: what every kind shares, then its kind's own checks.
+fn entry(
+    p: &mut Problems<'_>,
+    at: At,
+    r: RewardRaw,
+    base: &Base,
+    conditional: bool,
+    names: &mut BTreeSet<String>,
+) -> RewardSpec {
+    let kind = r.kind.as_str();
+    let name = match (&r.name, r.kind) {
+        (Some(n), _) => n.clone(),
+        (None, _) => defaults::reward_name(r.kind, r.command.as_deref(), r.path.as_deref())
+            .unwrap_or_else(|| {
+                p.push(at.field("name"), "an onnx reward needs a name");
+                String::new()
+            }),
+    };
+    if !name.is_empty() {
+        if !valid_name(&name) {
+            p.push(
+                at.field("name"),
+                format!("{name:?}: use letters, digits, '.', '_' and '-'"),
+            );
+        } else if !names.insert(name.clone()) {
+            p.push(at.field("name"), format!("duplicate reward name {name:?}"));
+        }
+    }
+    if !(r.weight.is_finite() && r.weight != 0.0) {
+        p.push(
+            at.field("weight"),
+            format!("must be finite and non-zero, got {}", r.weight),
+        );
+    }
+    p.at_least(at.field("batch_size"), r.batch_size, 1);
+    let wasm_fields = [
+        ("memory_mb", r.memory_mb.is_some()),
+        ("fuel", r.fuel.is_some()),
+        ("sha256", r.sha256.is_some()),
+        ("models", r.models.is_some()),
+    ];
+    let onnx_fields = [
+        ("stages", r.stages.is_some()),
+        ("input", r.input.is_some()),
+        ("score", r.score.is_some()),
+        ("classes", r.classes.is_some()),
+    ];
+    let refuse = |p: &mut Problems<'_>, fields: &[(&str, bool)], who: &str| {
+        for (field, given) in fields {
+            if *given {
+                p.push(
+                    at.field(field),
+                    format!("only {who} rewards take `{field}`; this one is {kind}"),
+                );
+            }
+        }
+    };
+    use RewardKindName::{Native, Onnx, Process, Wasm};
+    if !matches!(r.kind, Wasm | Native) {
+        refuse(p, &[("path", r.path.is_some())], "wasm and native");
+    }
+    if !matches!(r.kind, Wasm | Native | Process) {
+        refuse(p, &[("config", r.config.is_some())], "plugin");
+    }
+    if !matches!(r.kind, Wasm | Process) {
+        refuse(
+            p,
+            &[("timeout_s", r.timeout_s.is_some())],
+            "wasm and process",
+        );
+    }
+    if r.kind != Wasm {
+        refuse(p, &wasm_fields, "wasm");
+    }
+    if !matches!(r.kind, Native | Process) {
+        refuse(p, &[("trust", r.trust.is_some())], "native and process");
+    }
+    if r.kind != Process {
+        refuse(p, &[("command", r.command.is_some())], "process");
+    }
+    if let Some(t) = r.trust.as_deref().filter(|t| *t != "native") {
+        p.push(
+            at.field("trust"),
+            format!("{t:?}: the only value is `native`"),
+        );
+    }
+    let timeout_s = r.timeout_s.unwrap_or(defaults::reward_timeout_s(r.kind));
+    p.real(
+        at.field("timeout_s"),
+        timeout_s,
+        |v| v > 0.0 && v <= 3600.0,
+        "in (0, 3600]",
+    );
+    if r.kind != Onnx {
+        refuse(p, &onnx_fields, "onnx");
+    }
+    let (weight, batch_size, on_error, transform) =
+        (r.weight, r.batch_size, r.on_error, r.transform);
+    let kind = match r.kind {
+        Process => process(p, at, r, base, timeout_s),
+        Native => native(p, at, r, base),
+        Wasm => wasm(p, at, r, base, timeout_s),
+        Onnx => onnx(p, at, r, base, conditional),
+        builtin_kind => builtin(p, at, builtin_kind, conditional),
+    };
+    RewardSpec {
+        name,
+        weight,
+        kind,
+        batch_size,
+        on_error,
+        transform,
+    }
+}
+
+/// The plugin file of a `wasm` or `native` reward, resolved; it must exist.
+fn plugin_path(
+    p: &mut Problems<'_>,
+    at: At,
+    path: Option<&Path>,
+    kind: RewardKindName,
+    base: &Base,
+) -> PathBuf {
+    match path {
+        Some(rel) => {
+            let path = base.at(rel);
+            if !path.is_file() {
+                p.push(at.field("path"), format!("{} not found", path.display()));
+            }
+            path
+        }
+        None => {
+            p.push(
+                at.field("path"),
+                format!("a {} reward needs the plugin file's path", kind.as_str()),
+            );
+            PathBuf::new()
+        }
+    }
+}
+
+/// A built-in reward (`jpeg-compressibility`, `aesthetic`, …); prompt alignment needs prompts.
+fn builtin(p: &mut Problems<'_>, at: At, kind: RewardKindName, conditional: bool) -> RewardKind {
+    if kind == RewardKindName::PromptAlignment && !conditional {
+        p.push(at.field("kind"), "prompt-alignment needs `prompts`");
+    }
+    RewardKind::Builtin(kind.as_str().to_string())
+}
+
+/// `kind: onnx`: the model chain (each file must exist), the input preparation, the score.
+fn onnx(p: &mut Problems<'_>, at: At, r: RewardRaw, base: &Base, conditional: bool) -> RewardKind {
+    let stages = r.stages.unwrap_or_default();
+    if stages.is_empty() {
+        p.push(
+            at.field("stages"),
+            "an onnx reward needs at least one model",
+        );
+    }
+    let stages: Vec<StageSpec> = stages
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut s)| {
+            s.model = base.at(&s.model);
+            if !s.model.is_file() {
+                p.push(
+                    at.field(&format!("stages[{k}].model")),
+                    format!("{} not found", s.model.display()),
+                );
+            }
+            s
+        })
+        .collect();
+    let score = match r.score.unwrap_or(defaults::onnx_score()) {
+        ScoreRaw::Column(c) => {
+            if r.classes.is_some() {
+                p.push(
+                    at.field("classes"),
+                    "only `score: prompted-class` takes classes",
+                );
+            }
+            ScoreSpec::Column(c)
+        }
+        ScoreRaw::PromptedClass => {
+            if !conditional {
+                p.push(at.field("score"), "prompted-class needs `prompts`");
+            }
+            if r.classes.as_ref().is_some_and(|c| c.is_empty()) {
+                p.push(
+                    at.field("classes"),
+                    "empty: give the class names or leave it out",
+                );
+            }
+            ScoreSpec::PromptedClass(r.classes)
+        }
+    };
+    RewardKind::Onnx {
+        stages,
+        input: r.input.unwrap_or_default(),
+        score,
+    }
+}
+
+/// `kind: wasm`: the component file, its sandbox (memory cap, fuel, timeout), its checksum and
+/// the ONNX models it may run through the host (each file must exist).
+fn wasm(p: &mut Problems<'_>, at: At, r: RewardRaw, base: &Base, timeout_s: f64) -> RewardKind {
+    let path = plugin_path(p, at, r.path.as_deref(), r.kind, base);
+    let memory_mb = r.memory_mb.unwrap_or(defaults::wasm_memory_mb());
+    if !(1..=65_536).contains(&memory_mb) {
+        p.push(
+            at.field("memory_mb"),
+            format!("must be in 1..=65536, got {memory_mb}"),
+        );
+    }
+    if r.fuel == Some(0) {
+        p.push(at.field("fuel"), "must be ≥ 1 (leave it out for no limit)");
+    }
+    if let Some(h) = &r.sha256 {
+        if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+            p.push(at.field("sha256"), format!("{h:?}: 64 hex digits expected"));
+        }
+    }
+    let models = r
+        .models
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, rel)| {
+            let path = base.at(&rel);
+            if !path.is_file() {
+                p.push(
+                    at.field(&format!("models.{name}")),
+                    format!("{} not found", path.display()),
+                );
+            }
+            (name, path)
+        })
+        .collect();
+    RewardKind::Wasm(WasmSpec {
+        models,
+        path,
+        config: r.config.unwrap_or_else(defaults::plugin_config),
+        timeout_s,
+        memory_mb,
+        fuel: r.fuel,
+        sha256: r.sha256.map(|h| h.to_lowercase()),
+    })
+}
+
+/// `kind: native`: the shared library's file and its configuration.
+fn native(p: &mut Problems<'_>, at: At, r: RewardRaw, base: &Base) -> RewardKind {
+    let path = plugin_path(p, at, r.path.as_deref(), r.kind, base);
+    RewardKind::Native(NativeSpec {
+        path,
+        config: r.config.unwrap_or_else(defaults::plugin_config),
+        trust: r.trust,
+    })
+}
+
+/// `kind: process`: the program and its arguments (run in the YAML file's folder).
+fn process(p: &mut Problems<'_>, at: At, r: RewardRaw, base: &Base, timeout_s: f64) -> RewardKind {
+    let command = r.command.unwrap_or_default();
+    if command.first().is_none_or(|c| c.is_empty()) {
+        p.push(
+            at.field("command"),
+            "give the program and its arguments, e.g. [python3, reward.py]",
+        );
+    }
+    RewardKind::Process(ProcessSpec {
+        command,
+        dir: base.dir().to_path_buf(),
+        config: r.config.unwrap_or_else(defaults::plugin_config),
+        timeout_s,
+        trust: r.trust,
+    })
+}

@@ -1,0 +1,43 @@
+//! The JSON Schema (draft 2020-12) of a run pipeline file, derived from the raw types (their
+//! doc comments are its descriptions, their defaults its `default`s); configs/pipeline.schema.json
+//! is `run_schema_text()`.
+
+use serde_json::Value;
+
+use super::raw::RunFile;
+
+/// The JSON Schema (draft 2020-12) of a run pipeline file.
+pub fn run_schema() -> Value {
+    let mut s =
+        serde_json::to_value(schemars::schema_for!(RunFile)).expect("a schema is plain data");
+    describe_variant_keys(&mut s);
+    s
+}
+
+/// An enum variant with data (`{column: 1}`, `{fixed: 3}`) is an object of one key; schemars
+/// puts the variant's doc comment on the object, and this copies it to the key, so that every
+/// property of the schema says what it is.
+fn describe_variant_keys(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let desc = m.get("description").cloned();
+            if let (Some(desc), Some(Value::Object(props))) = (desc, m.get_mut("properties")) {
+                if props.len() == 1 {
+                    if let Some(Value::Object(p)) = props.values_mut().next() {
+                        p.entry("description").or_insert(desc);
+                    }
+                }
+            }
+            m.values_mut().for_each(describe_variant_keys);
+        }
+        Value::Array(items) => items.iter_mut().for_each(describe_variant_keys),
+        _ => {}
+    }
+}
+
+/// `run_schema()` as `hrf schema` prints it and configs/pipeline.schema.json holds it.
+pub fn run_schema_text() -> String {
+    let mut s = serde_json::to_string_pretty(&run_schema()).expect("plain data");
+    s.push('\n');
+    s
+}

@@ -1,0 +1,164 @@
+//! The run folder's records and file names (docs/ARCHITECTURE.md §7): the lines of
+//! `metrics.jsonl` that report an evaluation, the best-so-far record, `summary.json`, the paired
+//! gain between two evaluations, and the one-line description of an evaluation.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diversity::Diversity;
+use crate::stats::mean_std;
+
+/// One line per epoch and per evaluation (docs/ARCHITECTURE.md §3, step 7).
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// The pipeline file a run folder keeps, every default written out.
+pub const RESOLVED_FILE: &str = "pipeline.resolved.yaml";
+
+/// Written last, when a run has finished: its presence marks a finished run folder.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// One evaluation on fixed-seed samples.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Epochs trained before it (0: the base model).
+    pub epoch: u64,
+    pub samples: usize,
+    pub reward_mean: f64,
+    /// Standard error of the mean reward.
+    pub reward_sem: f64,
+    pub reward_components: BTreeMap<String, f64>,
+    /// Mean reward of x̂₀ predicted at every DDIM step (index 0 = noisiest), on the first
+    /// samples of the set.
+    pub reward_trajectory: Vec<f64>,
+    pub diversity: Option<Diversity>,
+    /// Conditional runs: the Vendi score within each prompt's samples, averaged.
+    pub per_prompt_vendi: Option<f64>,
+    /// Conditional runs: fraction of samples the evaluation classifier assigns to their prompt.
+    pub class_accuracy: Option<f64>,
+    /// Each sample's total reward in seed order (`None`: left out by an `on_error: skip`
+    /// reward). Evaluations share their seeds, so two of them compare sample by sample.
+    #[serde(default)]
+    pub sample_rewards: Vec<Option<f64>>,
+    pub eval_s: f64,
+}
+
+/// The gain of one evaluation over another on the seeds they share, with the standard error
+/// of the per-sample differences: the same noise on both sides cancels out of it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairedGain {
+    pub mean: f64,
+    pub sem: f64,
+    /// Samples scored in both evaluations.
+    pub samples: usize,
+}
+
+impl PairedGain {
+    /// `None` when fewer than two samples were scored in both.
+    pub fn between(before: &EvalReport, after: &EvalReport) -> Option<Self> {
+        let d: Vec<f64> = before
+            .sample_rewards
+            .iter()
+            .zip(&after.sample_rewards)
+            .filter_map(|(a, b)| Some((*b)? - (*a)?))
+            .collect();
+        if d.len() < 2 {
+            return None;
+        }
+        let (mean, std) = mean_std(&d);
+        Some(Self {
+            mean,
+            sem: std / (d.len() as f64 - 1.0).sqrt(),
+            samples: d.len(),
+        })
+    }
+
+    /// The gain in standard errors (infinite for an exact, non-zero gain).
+    pub fn z(&self) -> f64 {
+        self.mean / self.sem
+    }
+}
+
+/// The best evaluation so far, by the pipeline's rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BestRecord {
+    pub epoch: u64,
+    pub reward_mean: f64,
+    pub vendi: Option<f64>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub dir: PathBuf,
+    pub epochs: u64,
+    pub base: Option<EvalReport>,
+    pub last: EvalReport,
+    pub best: Option<BestRecord>,
+    /// The final evaluation's gain over the base model's on the seeds both scored.
+    pub gain: Option<PairedGain>,
+    /// Wall seconds summed over the run's processes (a killed process's work after its last
+    /// checkpoint is redone by the next, and counted once).
+    pub wall_s: f64,
+}
+
+/// One line about an evaluation, for the terminal.
+pub fn describe_eval(what: &str, r: &EvalReport) -> String {
+    let mut s = format!(
+        "eval {what} ({} samples): reward {:.4} ± {:.4} (s.e.)",
+        r.samples, r.reward_mean, r.reward_sem
+    );
+    if let Some(d) = &r.diversity {
+        s += &format!(
+            ", Vendi {:.2}, class entropy {:.3}, {} classes",
+            d.vendi, d.class_entropy, d.classes_covered
+        );
+        if let Some(f) = d.fid_like {
+            s += &format!(", FID-like {f:.2}");
+        }
+    }
+    if let Some(a) = r.class_accuracy {
+        s += &format!(", class accuracy {:.1}%", a * 100.0);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(sample_rewards: Vec<Option<f64>>) -> EvalReport {
+        EvalReport {
+            epoch: 0,
+            samples: sample_rewards.len(),
+            reward_mean: 0.0,
+            reward_sem: 0.0,
+            reward_components: BTreeMap::new(),
+            reward_trajectory: vec![],
+            diversity: None,
+            per_prompt_vendi: None,
+            class_accuracy: None,
+            sample_rewards,
+            eval_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn paired_gain_is_over_the_seeds_both_scored() {
+        // Differences 1, 2, 3 (the skipped third seed and the unmatched fifth left out):
+        // mean 2, sample std 1, s.e. 1/√3.
+        let before = report(vec![Some(0.0), Some(1.0), None, Some(-1.0), Some(9.0)]);
+        let after = report(vec![Some(1.0), Some(3.0), Some(5.0), Some(2.0)]);
+        let g = PairedGain::between(&before, &after).unwrap();
+        assert_eq!(g.samples, 3);
+        assert!((g.mean - 2.0).abs() < 1e-12, "{g:?}");
+        assert!((g.sem - 1.0 / 3f64.sqrt()).abs() < 1e-12, "{g:?}");
+        assert!((g.z() - 2.0 * 3f64.sqrt()).abs() < 1e-9);
+        // A shift common to every seed has no spread: its standard error is 0.
+        let shifted = report(vec![Some(0.5), Some(1.5), None, Some(-0.5), Some(9.5)]);
+        let g = PairedGain::between(&before, &shifted).unwrap();
+        assert!((g.mean - 0.5).abs() < 1e-12 && g.sem < 1e-12);
+        assert_eq!(PairedGain::between(&before, &report(vec![Some(1.0)])), None);
+    }
+}

@@ -1,0 +1,688 @@
+//! A training run on disk (docs/ARCHITECTURE.md §7): epochs of DDPO, evaluations on fixed-seed
+//! samples, metrics.jsonl, sample grids, plots, atomic checkpoints with everything an exact resume
+//! needs, and the `best/` and `final/` model folders.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hrf_config::pipeline::{BestBy, RunPipeline};
+use hrf_core::{Image, Sample};
+use hrf_diffusion::{DdimScheduler, DiffusersModel};
+use hrf_report::diversity;
+use hrf_report::records::{
+    describe_eval, BestRecord, EvalReport, PairedGain, RunSummary, METRICS_FILE, SUMMARY_FILE,
+};
+use hrf_rewards::RewardWorker;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use crate::advantages::PerPromptTracker;
+use crate::epoch::{Ddpo, EpochError, EpochObserver, Prompt};
+use crate::evaluation::Evaluator;
+use crate::policy::to_images;
+use crate::sampling::{null_class, sample_observed, SampleRequest};
+use crate::AdamW;
+use hrf_report::stats::{mean_of_scored, mean_std};
+
+const STATE_FILE: &str = "state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const MODEL_DIR: &str = "model";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Reward(#[from] hrf_core::RewardError),
+    #[error(transparent)]
+    Model(#[from] hrf_diffusion::DiffusionError),
+    #[error(transparent)]
+    Onnx(#[from] hrf_rewards::onnx::OnnxError),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    /// Stopped on request (Ctrl-C) after writing a checkpoint.
+    #[error("interrupted; checkpoint written at epoch {epochs_done}")]
+    Interrupted { epochs_done: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError {
+    let path = path.to_path_buf();
+    move |e| RunError::Io {
+        path,
+        message: e.to_string(),
+    }
+}
+
+/// Where a test hook kills the process (SIGKILL) to prove resumption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillPoint {
+    /// After the first sampling batch of the epoch.
+    Sampling(u64),
+    /// After the first train batch of the epoch.
+    Training(u64),
+    /// Inside the checkpoint written after the epoch, before it is renamed into place.
+    Checkpoint(u64),
+}
+
+impl KillPoint {
+    /// `sampling:E`, `training:E` or `checkpoint:E` (epochs counted from 0).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (what, e) = s.split_once(':')?;
+        let e = e.parse().ok()?;
+        match what {
+            "sampling" => Some(Self::Sampling(e)),
+            "training" => Some(Self::Training(e)),
+            "checkpoint" => Some(Self::Checkpoint(e)),
+            _ => None,
+        }
+    }
+}
+
+fn kill_now() -> ! {
+    // SIGKILL, as an out-of-memory killer or a pulled plug would: no destructors, no flushing.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    unreachable!("SIGKILL returned")
+}
+
+/// How much a run prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+/// Everything besides weights and optimiser moments that an exact resume needs. Random draws
+/// are keyed by (seed, epoch, sample, step), so no generator state is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    epochs_done: u64,
+    tracker: Option<PerPromptTracker>,
+    best: Option<BestRecord>,
+    base_eval: Option<EvalReport>,
+    /// Length of metrics.jsonl when the checkpoint was written: later lines are replayed.
+    metrics_len: u64,
+    /// Wall seconds of every process of this run up to the checkpoint, so that a resumed run's
+    /// summary counts all of them (checkpoints from before this field read as 0).
+    #[serde(default)]
+    wall_s: f64,
+}
+
+pub struct Run<'a> {
+    pub pipeline: &'a RunPipeline,
+    pub model: &'a DiffusersModel,
+    pub base: Option<&'a DiffusersModel>,
+    /// The DDIM chain of sampling, training and evaluation (built once, by the caller).
+    pub scheduler: &'a DdimScheduler,
+    /// (text, class label); empty for unconditional runs.
+    pub prompts: Vec<Prompt>,
+    pub rewards: RewardWorker,
+    /// The independent evaluation classifier and the real reference set; `None` skips the
+    /// diversity metrics (a model whose images it cannot take).
+    pub evaluator: Option<Evaluator>,
+    pub dir: PathBuf,
+    pub device: Device,
+    pub kill_at: Option<KillPoint>,
+    pub verbosity: Verbosity,
+    /// Set from a signal handler: stop at the next safe point, checkpoint, return Interrupted.
+    pub stop: &'a std::sync::atomic::AtomicBool,
+}
+
+struct Progress<'a> {
+    bar: indicatif::ProgressBar,
+    epoch: u64,
+    /// Time left for the epochs after this one, from the mean epoch time so far.
+    later_epochs: Option<std::time::Duration>,
+    kill_at: Option<KillPoint>,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl EpochObserver for Progress<'_> {
+    fn advanced(&mut self, phase: &'static str, done: usize, total: usize, reward: f64) {
+        let mut msg = format!("{phase} {done}/{total}");
+        if reward.is_finite() {
+            msg.push_str(&format!(" · reward {reward:.4}"));
+        }
+        if let Some(later) = self.later_epochs {
+            let left = later + self.bar.eta();
+            msg.push_str(&format!(" · run ETA {}", indicatif::HumanDuration(left)));
+        }
+        self.bar.set_message(msg);
+        self.bar.inc(1);
+        match (phase, self.kill_at) {
+            ("sample", Some(KillPoint::Sampling(e))) | ("train", Some(KillPoint::Training(e)))
+                if e == self.epoch && done == 1 =>
+            {
+                kill_now()
+            }
+            _ => {}
+        }
+    }
+    fn stop_requested(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Run<'_> {
+    fn metrics_path(&self) -> PathBuf {
+        self.dir.join(METRICS_FILE)
+    }
+
+    fn append_metrics(&self, line: &serde_json::Value) -> Result<(), RunError> {
+        let path = self.metrics_path();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        writeln!(f, "{line}").map_err(io_err(&path))?;
+        f.sync_data().map_err(io_err(&path))
+    }
+
+    fn labels_for(&self, keys: &[u64]) -> Option<Vec<i64>> {
+        if self.prompts.is_empty() {
+            let null = null_class(&self.model.unet)?;
+            return Some(vec![null; keys.len()]);
+        }
+        Some(
+            keys.iter()
+                .map(|&k| self.prompts[k as usize % self.prompts.len()].1)
+                .collect(),
+        )
+    }
+
+    fn prompt_for(&self, key: u64) -> Option<String> {
+        (!self.prompts.is_empty())
+            .then(|| self.prompts[key as usize % self.prompts.len()].0.clone())
+    }
+
+    fn samples_of(&self, images: Vec<Image>, keys: &[u64], epoch: u64) -> Vec<Sample> {
+        images
+            .into_iter()
+            .zip(keys)
+            .map(|(image, &k)| Sample {
+                image,
+                prompt: self.prompt_for(k),
+                metadata: serde_json::json!({"epoch": epoch, "evaluation": true}),
+            })
+            .collect()
+    }
+
+    /// Evaluates the current weights on `n` fixed-seed samples.
+    pub fn evaluate(
+        &mut self,
+        scheduler: &DdimScheduler,
+        epoch: u64,
+        n: usize,
+    ) -> Result<(EvalReport, Vec<Image>), RunError> {
+        let started = Instant::now();
+        let ev = &self.pipeline.evaluation;
+        let guidance = ev.guidance;
+        let keys: Vec<u64> = (0..n as u64).collect();
+        let mut images = Vec::with_capacity(n);
+        // x̂₀ at every step for the first batch, for the reward trajectory.
+        let trajectory_n = n.min(ev.batch_size).min(32);
+        let mut predictions: Vec<Tensor> = Vec::new();
+        for (ci, chunk) in keys.chunks(ev.batch_size.max(1)).enumerate() {
+            let labels = self.labels_for(chunk).map(|l| Tensor::from_slice(&l));
+            let x = sample_observed(
+                &self.model.unet,
+                scheduler,
+                &SampleRequest {
+                    labels: labels.as_ref(),
+                    keys: chunk,
+                    seed: ev.seed,
+                    eta: ev.eta,
+                    guidance,
+                },
+                self.device,
+                &mut |_, x0| {
+                    if ci == 0 {
+                        predictions.push(x0.narrow(0, 0, trajectory_n as i64));
+                    }
+                },
+            );
+            images.extend(to_images(&x));
+        }
+        let samples = self.samples_of(images.clone(), &keys, epoch);
+        let scores = self.rewards.score_now(samples)?;
+        // Samples a reward with `on_error: skip` could not score are left out of the means.
+        scores.kept_or_fail("the evaluation")?;
+        for why in &scores.skip_reasons {
+            eprintln!("warning: evaluation: {why}");
+        }
+        let (reward_mean, reward_std) = mean_std(&scores.kept_values(&scores.total));
+        let reward_components = scores
+            .components
+            .iter()
+            .map(|(name, v)| (name.clone(), mean_std(&scores.kept_values(v)).0))
+            .collect();
+        // Every step's predictions in one reward call, then a mean per step.
+        let mut along: Vec<Sample> = Vec::with_capacity(predictions.len() * trajectory_n);
+        for x0 in &predictions {
+            along.extend(self.samples_of(to_images(x0), &keys[..trajectory_n], epoch));
+        }
+        let reward_trajectory: Vec<f64> = if along.is_empty() {
+            Vec::new()
+        } else {
+            self.rewards
+                .score_now(along)?
+                .total
+                .chunks(trajectory_n)
+                .map(mean_of_scored)
+                .collect()
+        };
+        let (mut diversity, mut per_prompt_vendi, mut class_accuracy) = (None, None, None);
+        if let Some(evaluator) = self.evaluator.as_mut() {
+            let (d, classified) = evaluator.diversity(&images)?;
+            if !self.prompts.is_empty() {
+                let predicted = classified.predicted();
+                let mut by_prompt: BTreeMap<usize, Vec<Vec<f32>>> = BTreeMap::new();
+                let mut hits = 0usize;
+                for (i, f) in classified.features.iter().enumerate() {
+                    let p = i % self.prompts.len();
+                    by_prompt.entry(p).or_default().push(f.clone());
+                    hits += (predicted[i] as i64 == self.prompts[p].1) as usize;
+                }
+                let vendis: Vec<f64> = by_prompt
+                    .values()
+                    .map(|f| diversity::vendi_score(f))
+                    .collect();
+                per_prompt_vendi = Some(vendis.iter().sum::<f64>() / vendis.len().max(1) as f64);
+                class_accuracy = Some(hits as f64 / n.max(1) as f64);
+            }
+            diversity = Some(d);
+        }
+        let report = EvalReport {
+            epoch,
+            samples: n,
+            reward_mean,
+            reward_sem: reward_std / (n.max(2) as f64 - 1.0).sqrt(),
+            reward_components,
+            reward_trajectory,
+            diversity,
+            per_prompt_vendi,
+            class_accuracy,
+            sample_rewards: scores
+                .total
+                .iter()
+                .zip(&scores.skipped)
+                .map(|(&r, &skipped)| (!skipped).then_some(r))
+                .collect(),
+            eval_s: started.elapsed().as_secs_f64(),
+        };
+        Ok((report, images))
+    }
+
+    fn is_better(
+        &self,
+        report: &EvalReport,
+        best: Option<&BestRecord>,
+        base: Option<&EvalReport>,
+    ) -> bool {
+        let eligible = match &self.pipeline.evaluation.best_by {
+            BestBy::Reward => true,
+            BestBy::RewardAndDiversity { min_vendi_ratio } => {
+                let base_vendi = base.and_then(|b| b.diversity.as_ref()).map(|d| d.vendi);
+                let vendi = report.diversity.as_ref().map(|d| d.vendi);
+                match (vendi, base_vendi) {
+                    (Some(v), Some(b)) => v >= min_vendi_ratio * b,
+                    _ => true,
+                }
+            }
+        };
+        eligible && best.is_none_or(|b| report.reward_mean > b.reward_mean)
+    }
+
+    fn write_grid(&self, images: &[Image], name: &str) -> Result<(), RunError> {
+        let path = self.dir.join("samples").join(name);
+        let n = images.len().min(64);
+        hrf_data::grid::save_grid(&images[..n], 8, 2, &path).map_err(|message| RunError::Io {
+            path: path.clone(),
+            message,
+        })
+    }
+
+    fn checkpoints(&self) -> Vec<(u64, PathBuf)> {
+        let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(self.dir.join("checkpoints"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().parse::<u64>().ok()?;
+                Some((n, e.path()))
+            })
+            .filter(|(_, p)| p.join(STATE_FILE).exists())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn write_checkpoint(&self, ddpo: &Ddpo<'_>, state: &RunState) -> Result<(), RunError> {
+        let root = self.dir.join("checkpoints");
+        let name = format!("{:04}", state.epochs_done);
+        let dir = root.join(&name);
+        let tmp = root.join(format!(".{name}.tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        self.model
+            .save(&tmp.join(MODEL_DIR), Some(self.scheduler.config()))?;
+        let opt = tmp.join(OPTIMIZER_FILE);
+        ddpo.optimizer
+            .save(&opt)
+            .map_err(|e| RunError::Checkpoint {
+                path: opt.clone(),
+                message: e.to_string(),
+            })?;
+        if self.kill_at == Some(KillPoint::Checkpoint(state.epochs_done.saturating_sub(1))) {
+            kill_now();
+        }
+        let json = serde_json::to_string_pretty(state).expect("state serialises");
+        std::fs::write(tmp.join(STATE_FILE), json).map_err(io_err(&tmp))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+        // Keep the newest `keep`.
+        let all = self.checkpoints();
+        let keep = self.pipeline.run.keep.max(1);
+        for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
+            std::fs::remove_dir_all(old).map_err(io_err(old))?;
+        }
+        Ok(())
+    }
+
+    fn load_checkpoint(&self, ddpo: &mut Ddpo<'_>) -> Result<Option<RunState>, RunError> {
+        let Some((_, dir)) = self.checkpoints().pop() else {
+            return Ok(None);
+        };
+        let bad = |message: String| RunError::Checkpoint {
+            path: dir.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(io_err(&dir))?;
+        let state: RunState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let weights = DiffusersModel::load(&dir.join(MODEL_DIR), Device::Cpu)?;
+        tch::no_grad(|| {
+            let src = weights.vs.variables();
+            for (name, mut dst) in self.model.vs.variables() {
+                let v = src
+                    .get(&name)
+                    .ok_or_else(|| bad(format!("weights lack {name}")))?;
+                dst.copy_(&v.to_device(dst.device()));
+            }
+            Ok::<(), RunError>(())
+        })?;
+        ddpo.optimizer
+            .load(&dir.join(OPTIMIZER_FILE))
+            .map_err(bad)?;
+        ddpo.tracker.clone_from(&state.tracker);
+        Ok(Some(state))
+    }
+
+    fn update_plots(&self) {
+        if let Err(e) = hrf_report::run_plots::write_run_plots(&self.dir) {
+            eprintln!("warning: plots: {e}");
+        }
+    }
+
+    /// Trains (or resumes) the run to its last epoch and evaluates the final model.
+    pub fn train(mut self, resume: bool) -> Result<RunSummary, RunError> {
+        let started = Instant::now();
+        let p = self.pipeline;
+        for sub in ["samples", "plots", "checkpoints"] {
+            let d = self.dir.join(sub);
+            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        let scheduler = self.scheduler;
+        let mut params: Vec<(String, Tensor)> = self.model.vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut ddpo = Ddpo {
+            sampling: p.sampling.clone(),
+            training: p.training.clone(),
+            advantages: p.advantages.clone(),
+            policy: &self.model.unet,
+            base: self.base.map(|b| &b.unet as &dyn crate::policy::Policy),
+            scheduler,
+            optimizer: AdamW::new(params, p.training.optimizer.into()),
+            tracker: (p.advantages.mode == hrf_config::training::AdvantageMode::PerPrompt)
+                .then(|| PerPromptTracker::new(p.advantages.buffer_size, p.advantages.min_count)),
+            prompts: self.prompts.clone(),
+            device: self.device,
+        };
+
+        let resumed = if resume {
+            self.load_checkpoint(&mut ddpo)?
+        } else {
+            None
+        };
+        let mut state = match resumed {
+            Some(s) => {
+                let path = self.metrics_path();
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                f.set_len(s.metrics_len).map_err(io_err(&path))?;
+                if self.verbosity != Verbosity::Quiet {
+                    eprintln!("resuming after epoch {}", s.epochs_done);
+                }
+                s
+            }
+            None => {
+                let path = self.metrics_path();
+                if path.exists() {
+                    std::fs::remove_file(&path).map_err(io_err(&path))?;
+                }
+                let (report, images) = self.evaluate(scheduler, 0, p.evaluation.samples)?;
+                self.append_metrics(&serde_json::json!({"kind": "eval", "report": report}))?;
+                self.write_grid(&images, "eval-0000.png")?;
+                if self.verbosity != Verbosity::Quiet {
+                    eprintln!("{}", describe_eval("base model", &report));
+                }
+                RunState {
+                    epochs_done: 0,
+                    tracker: ddpo.tracker.clone(),
+                    best: None,
+                    base_eval: Some(report),
+                    metrics_len: 0,
+                    wall_s: 0.0,
+                }
+            }
+        };
+        self.update_plots();
+        // This process's time counts from its start, on top of what earlier processes spent.
+        let wall_before = state.wall_s;
+        let wall_now = || wall_before + started.elapsed().as_secs_f64();
+
+        let epochs = p.training.epochs as u64;
+        let per_epoch = (p.sampling.batches_per_epoch
+            + p.training.inner_epochs
+                * (p.sampling.batch_size * p.sampling.batches_per_epoch)
+                    .div_ceil(p.training.batch_size)) as u64;
+        let (loop_start, first_epoch) = (std::time::Instant::now(), state.epochs_done);
+        for epoch in state.epochs_done..epochs {
+            let later_epochs = (epoch > first_epoch).then(|| {
+                loop_start.elapsed().div_f64((epoch - first_epoch) as f64)
+                    * (epochs - epoch - 1) as u32
+            });
+            let bar = if self.verbosity == Verbosity::Quiet {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new(per_epoch)
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} {bar:25} {msg} · {elapsed} (ETA {eta})",
+                )
+                .expect("template"),
+            );
+            bar.set_prefix(format!("{}/{epochs}", epoch + 1));
+            let mut progress = Progress {
+                bar,
+                epoch,
+                later_epochs,
+                kill_at: self.kill_at,
+                stop: self.stop,
+            };
+            let outcome = match ddpo.epoch(epoch, &mut self.rewards, &mut progress) {
+                Ok(o) => o,
+                // A reward call cut short by the stop request (every wait on a plugin ends on
+                // it) is a stop during sampling too.
+                Err(e)
+                    if matches!(e, EpochError::Interrupted)
+                        || self.stop.load(std::sync::atomic::Ordering::SeqCst) =>
+                {
+                    progress.bar.finish_and_clear();
+                    state.metrics_len = file_len(&self.metrics_path());
+                    state.wall_s = wall_now();
+                    self.write_checkpoint(&ddpo, &state)?;
+                    return Err(RunError::Interrupted {
+                        epochs_done: state.epochs_done,
+                    });
+                }
+                Err(EpochError::Reward(e)) => return Err(e.into()),
+                Err(EpochError::Interrupted) => unreachable!("handled by the arm above"),
+            };
+            progress.bar.finish_and_clear();
+            let images: Vec<Image> = outcome.samples.iter().map(|s| s.image.clone()).collect();
+            let histogram = match self.evaluator.as_mut() {
+                Some(ev) => Some(diversity::class_histogram(
+                    &ev.classify(&images)?.probs,
+                    ev.class_names.len(),
+                )),
+                None => None,
+            };
+            let mut line = serde_json::to_value(&outcome.stats).expect("stats serialise");
+            line["kind"] = "epoch".into();
+            line["class_histogram"] = serde_json::to_value(&histogram).expect("histogram");
+            self.append_metrics(&line)?;
+            self.write_grid(&images, &format!("epoch-{:04}.png", epoch + 1))?;
+            if outcome.stats.skipped > 0 {
+                eprintln!(
+                    "warning: epoch {}: {} of {} samples skipped (on_error: skip): {}",
+                    epoch + 1,
+                    outcome.stats.skipped,
+                    outcome.samples.len(),
+                    outcome.stats.skip_reasons.join("; ")
+                );
+            }
+            if self.verbosity != Verbosity::Quiet {
+                let s = &outcome.stats;
+                eprintln!(
+                    "epoch {}/{epochs}: reward {:.4} ± {:.4}, loss {:.3e}, clipfrac {:.3}, approx-KL {:.2e}, grad norm {:.3} · sample {:.1} s, rewards {:.1} s, train {:.1} s",
+                    epoch + 1,
+                    s.reward_mean,
+                    s.reward_std,
+                    s.loss,
+                    s.clipfrac,
+                    s.approx_kl,
+                    s.grad_norm,
+                    s.sample_s,
+                    s.reward_wait_s,
+                    s.train_s
+                );
+                if self.verbosity == Verbosity::Verbose {
+                    let parts: Vec<String> = s
+                        .reward_components
+                        .iter()
+                        .map(|(name, m)| format!("{name} {m:.4}"))
+                        .collect();
+                    eprintln!(
+                        "  components: {} · KL to base {:.3e} · optimiser steps {} · classes {:?}",
+                        parts.join(", "),
+                        s.kl_to_base,
+                        s.optimizer_steps,
+                        histogram.as_deref().unwrap_or(&[])
+                    );
+                }
+            }
+            state.epochs_done = epoch + 1;
+            state.tracker.clone_from(&ddpo.tracker);
+
+            let every = p.evaluation.every as u64;
+            let last = epoch + 1 == epochs;
+            if every > 0 && (epoch + 1) % every == 0 && !last {
+                let (report, images) = self.evaluate(scheduler, epoch + 1, p.evaluation.samples)?;
+                self.append_metrics(&serde_json::json!({"kind": "eval", "report": report}))?;
+                self.write_grid(&images, &format!("eval-{:04}.png", epoch + 1))?;
+                if self.verbosity != Verbosity::Quiet {
+                    eprintln!(
+                        "{}",
+                        describe_eval(&format!("epoch {}", epoch + 1), &report)
+                    );
+                }
+                if self.is_better(&report, state.best.as_ref(), state.base_eval.as_ref()) {
+                    self.model
+                        .save(&self.dir.join("best"), Some(self.scheduler.config()))?;
+                    state.best = Some(BestRecord {
+                        epoch: epoch + 1,
+                        reward_mean: report.reward_mean,
+                        vendi: report.diversity.as_ref().map(|d| d.vendi),
+                    });
+                }
+            }
+            self.update_plots();
+            let stopping = self.stop.load(std::sync::atomic::Ordering::SeqCst);
+            if (epoch + 1) % p.run.save_every as u64 == 0 || last || stopping {
+                state.metrics_len = file_len(&self.metrics_path());
+                state.wall_s = wall_now();
+                self.write_checkpoint(&ddpo, &state)?;
+            }
+            if stopping && !last {
+                return Err(RunError::Interrupted {
+                    epochs_done: state.epochs_done,
+                });
+            }
+        }
+
+        // The final evaluation, on the larger fixed-seed set.
+        let (report, images) = self.evaluate(scheduler, epochs, p.evaluation.final_samples)?;
+        self.append_metrics(&serde_json::json!({"kind": "final", "report": report}))?;
+        self.write_grid(&images, "final.png")?;
+        if self.is_better(&report, state.best.as_ref(), state.base_eval.as_ref()) {
+            self.model
+                .save(&self.dir.join("best"), Some(self.scheduler.config()))?;
+            state.best = Some(BestRecord {
+                epoch: epochs,
+                reward_mean: report.reward_mean,
+                vendi: report.diversity.as_ref().map(|d| d.vendi),
+            });
+        }
+        self.model
+            .save(&self.dir.join("final"), Some(self.scheduler.config()))?;
+        self.update_plots();
+        if self.verbosity != Verbosity::Quiet {
+            eprintln!("{}", describe_eval("final", &report));
+        }
+        let summary = RunSummary {
+            dir: self.dir.clone(),
+            epochs,
+            base: state.base_eval.clone(),
+            gain: state
+                .base_eval
+                .as_ref()
+                .and_then(|b| PairedGain::between(b, &report)),
+            last: report,
+            best: state.best.clone(),
+            wall_s: wall_now(),
+        };
+        let path = self.dir.join(SUMMARY_FILE);
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&summary).expect("summary") + "\n",
+        )
+        .map_err(io_err(&path))?;
+        Ok(summary)
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}

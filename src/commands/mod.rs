@@ -1,0 +1,11 @@
+//! One file per `hrf` command: each parses nothing itself (clap does, in main.rs), sets up what
+//! the command needs from the host crates, and returns the exit code.
+
+pub mod compare;
+pub mod doctor;
+pub mod eval;
+pub mod plugins;
+pub mod pretrain;
+pub mod run;
+pub mod sample;
+pub mod testbed;
