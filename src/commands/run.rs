@@ -448,7 +448,7 @@ fn dry_run(
     use hrf_train::sampling::{sample, SampleRequest};
     let n = p.sampling.batch_size;
     let keys: Vec<u64> = (0..n as u64).collect();
-    let labels = hrf_train::sampling::null_class(&model.unet)
+    let labels = hrf_train::policy::Policy::null_condition(&model.unet)
         .map(|c| tch::Tensor::full([n as i64], c, (tch::Kind::Int64, tch::Device::Cpu)));
     let t0 = std::time::Instant::now();
     let x = sample(

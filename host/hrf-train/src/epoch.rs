@@ -119,11 +119,10 @@ pub struct Unobserved;
 impl EpochObserver for Unobserved {}
 
 /// How the epoch's samples were made, before rewards: the trajectories in sampling batches, and
-/// per sample its group, its first trained step and its clip scale.
+/// per sample its group, its first trained step and its clip scale. The images themselves are
+/// with the reward worker, which hands them back with their scores.
 pub(crate) struct SampledEpoch {
     pub(crate) batches: Vec<Trajectories>,
-    /// Samples in the epoch (their images are with the reward worker, which hands them back).
-    pub(crate) total: usize,
     /// Anchor group per sample (each sample its own group for DDPO).
     pub(crate) groups: Vec<usize>,
     /// First trained step per sample (0 for DDPO, k for HRF and the ablations).
@@ -198,7 +197,7 @@ impl Ddpo<'_> {
         // 2. Rewards → clipped advantages.
         let reward_start = std::time::Instant::now();
         let mut scores = SetScores::default();
-        let mut samples: Vec<Sample> = Vec::with_capacity(sampled.total);
+        let mut samples: Vec<Sample> = Vec::with_capacity(sampled.train_starts.len());
         for _ in 0..sampled.batches.len() {
             match rewards.recv_batch() {
                 (batch, Ok(sc)) => {
@@ -303,7 +302,7 @@ impl Ddpo<'_> {
         observer: &mut dyn EpochObserver,
     ) -> Trained {
         let (s, t) = (&self.sampling, &self.training);
-        let total = sampled.total;
+        let total = sampled.train_starts.len();
         let cat = |f: &dyn Fn(&Trajectories) -> Tensor| {
             Tensor::cat(&sampled.batches.iter().map(f).collect::<Vec<_>>(), 0)
         };

@@ -134,7 +134,6 @@ impl Ddpo<'_> {
         }
         Ok(SampledEpoch {
             batches,
-            total,
             groups,
             train_starts,
             group_starts,

@@ -22,7 +22,8 @@ use crate::advantages::PerPromptTracker;
 use crate::epoch::{Ddpo, EpochError, EpochObserver, Prompt};
 use crate::evaluation::Evaluator;
 use crate::policy::to_images;
-use crate::sampling::{null_class, sample_observed, SampleRequest};
+use crate::policy::Policy;
+use crate::sampling::{sample_observed, SampleRequest};
 use crate::AdamW;
 use hrf_report::stats::{mean_of_scored, mean_std};
 
@@ -185,7 +186,7 @@ impl Run<'_> {
 
     fn labels_for(&self, keys: &[u64]) -> Option<Vec<i64>> {
         if self.prompts.is_empty() {
-            let null = null_class(&self.model.unet)?;
+            let null = self.model.unet.null_condition()?;
             return Some(vec![null; keys.len()]);
         }
         Some(
@@ -248,8 +249,12 @@ impl Run<'_> {
             );
             images.extend(to_images(&x));
         }
-        let samples = self.samples_of(images.clone(), &keys, epoch);
-        let scores = self.rewards.score_now(samples)?;
+        // The worker hands the samples back, so the images are not copied to be scored.
+        let (scored, scores) = self
+            .rewards
+            .score_now_batch(self.samples_of(images, &keys, epoch));
+        let scores = scores?;
+        let images: Vec<Image> = scored.into_iter().map(|s| s.image).collect();
         // Samples a reward with `on_error: skip` could not score are left out of the means.
         scores.kept_or_fail("the evaluation")?;
         for why in &scores.skip_reasons {

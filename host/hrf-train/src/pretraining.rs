@@ -12,7 +12,7 @@ use hrf_diffusion::{DdimScheduler, DiffusersModel, SchedulerConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::policy::to_images;
+use crate::policy::{to_images, Policy};
 use crate::rng::KeyedRng;
 use crate::sampling::{keyed_noise, sample, SampleRequest};
 use crate::{ema, AdamW, AdamWConfig};
@@ -248,7 +248,7 @@ impl Pretrainer<'_> {
         let s = &self.settings;
         let dev = self.device;
         let cfg = model.unet.config().clone();
-        let null = cfg.num_class_embeds.map(|k| k - 1);
+        let null = model.unet.null_condition();
         if let Some(null) = null {
             if self.data.num_classes() as i64 > null {
                 return Err(PretrainError::Data(format!(
@@ -498,7 +498,7 @@ impl Pretrainer<'_> {
         step: i64,
     ) -> Result<(), PretrainError> {
         let classes = self.data.num_classes() as i64;
-        let null = model.unet.config().num_class_embeds.map(|k| k - 1);
+        let null = model.unet.null_condition();
         let rows = 3i64;
         let mut labels: Vec<i64> = (0..rows * classes).map(|i| i % classes).collect();
         if let Some(null) = null {

@@ -30,11 +30,6 @@ pub fn keyed_noise(seed: u64, keys: &[u64], stream: u64, shape: &[i64], device: 
         .to_device(device)
 }
 
-/// The label that means "no class" for a class-conditional model (its last embedding row).
-pub fn null_class(policy: &dyn Policy) -> Option<i64> {
-    policy.null_condition()
-}
-
 /// One DDIM step i of the policy on `x` (rows keyed by `keys`): guided model output, then the
 /// scheduler's step with noise keyed by (seed, key, i + 1); no noise is drawn at η = 0.
 #[allow(clippy::too_many_arguments)]

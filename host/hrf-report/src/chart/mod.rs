@@ -28,10 +28,10 @@ use draw::{
 };
 pub use font::has_glyph;
 use font::{draw_text, fit_text, text_width};
+use hrf_data::grid::write_canvas;
 use layout::{layout, Layout, LegendKey};
 pub use panels::save_panels;
 use pixels::fill_rect;
-use hrf_data::grid::write_canvas;
 use spec::{finite, series_color, GRID, TEXT, TICK, WHITE};
 pub use spec::{
     Chart, Marker, RefLine, Series, Style, BAND_ALPHA, HEIGHT, PALETTE, REF_COLOR, WIDTH,
