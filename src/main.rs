@@ -11,7 +11,7 @@ mod commands;
 mod signals;
 mod usage;
 
-use commands::{compare, doctor, eval, plugins, pretrain, run, sample, testbed};
+use commands::{compare, diagnose, doctor, eval, plugins, pretrain, run, sample, testbed};
 pub use usage::UsageError;
 
 #[derive(Parser)]
@@ -69,6 +69,10 @@ enum Command {
     /// Finished runs side by side: a Markdown table (final reward, gain over the base model,
     /// diversity, fidelity, cost) with mean ± std over seeds, plots and sample grids.
     Compare(compare::CompareArgs),
+    /// Diagnostics of a model: `renoise` re-noises samples to each step k and measures how much
+    /// a re-run from k changes (reward, class, pixels): is the model coarse to fine?
+    #[command(subcommand)]
+    Diagnose(diagnose::DiagnoseCommand),
     /// Reward plugins: check one (info and a scored batch), list the WIT versions this hrf runs.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Diagnose(cmd) => diagnose::run(cmd),
         Command::Plugins(cmd) => plugins::run(cmd),
         Command::Testbed { models } => testbed::run(models),
     };

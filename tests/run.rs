@@ -440,11 +440,44 @@ fn hrf_and_hrf_d_runs_follow_their_starts_and_resume_exactly() {
     );
     assert!(starts[2].iter().all(|&k| k == 3 || k == 4), "{starts:?}");
 
-    sets.push("training.hrf.stride=2".into());
+    // HRF-D as the authors ran it (one optimiser step per group, f = (N − k)/N), under a
+    // warm-up and a cosine, which a resumed run must follow exactly.
+    sets.extend(
+        [
+            "training.hrf.stride=2",
+            "training.preset=authors",
+            "training.batch_size=2",
+            "training.optimizer.schedule=cosine",
+            "training.optimizer.warmup_epochs=1",
+            "training.optimizer.min_lr=1e-4",
+        ]
+        .map(String::from),
+    );
     let whole = d.join("hrf-d");
     let o = run_with("hrf-d", &whole, &[], &sets);
     assert!(o.status.success(), "{}", text(&o));
     let reference = metrics(&whole);
+    let epochs: Vec<&serde_json::Value> =
+        reference.iter().filter(|l| l["kind"] == "epoch").collect();
+    // lr 1e-3 × 0.1 in the warm-up epoch, then the cosine from 1e-3 to 1e-4 over 2 epochs.
+    let lrs: Vec<f64> = epochs.iter().map(|l| l["lr"].as_f64().unwrap()).collect();
+    for (got, want) in lrs.iter().zip([1e-4, 1e-3, 5.5e-4]) {
+        assert!((got - want).abs() < 1e-12, "lr per epoch {lrs:?}");
+    }
+    for l in &epochs {
+        assert_eq!(l["optimizer_steps"], 4, "4 groups of 2, one step each: {l}");
+        let share = l["grad_clipped_share"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&share), "{l}");
+        // f = (6 − k)/6 for k in {0, 2, 4}: the ratio clip 1e-4·f lies in [1e-4/3, 1e-4].
+        let (lo, hi) = (
+            l["ratio_clip_min"].as_f64().unwrap(),
+            l["ratio_clip_max"].as_f64().unwrap(),
+        );
+        assert!(
+            lo >= 1e-4 / 3.0 - 1e-15 && hi <= 1e-4 + 1e-15 && lo <= hi,
+            "{l}"
+        );
+    }
     for l in reference.iter().filter(|l| l["kind"] == "epoch") {
         // 8 samples + 4 anchors × 3 candidates (0, 2, 4) × 2 copies.
         assert_eq!(l["reward_calls"], 8 + 4 * 3 * 2, "{l}");
@@ -485,7 +518,10 @@ fn hrf_and_hrf_d_runs_follow_their_starts_and_resume_exactly() {
     assert!(md.contains("| base model |"), "{md}");
     assert!(md.contains("| hrf | hrf | 1 | 3 |"), "{md}");
     assert!(md.contains("| hrf-d | hrf-d | 2 | 3 |"), "{md}");
-    assert!(md.contains("Against `hrf`"), "{md}");
+    assert!(
+        md.contains("90/90 check of the final evaluation against `hrf`"),
+        "{md}"
+    );
     for f in [
         "comparison.json",
         "base-eval.json",

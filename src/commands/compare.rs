@@ -1,11 +1,13 @@
 //! `hrf compare RUN...`: finished runs side by side (hrf_report::comparison), with the base model
-//! evaluated exactly as the runs' final evaluation was, as the reference.
+//! evaluated exactly as the runs' final evaluation was, as the reference; each method's
+//! reward–diversity frontier against a reference group (plain DDPO), and its trust-region
+//! telemetry.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use hrf_report::comparison::{self, Comparison, RunRecord};
+use hrf_report::comparison::{self, Comparison, Frontier, RunRecord};
 use hrf_report::records::{EvalReport, RESOLVED_FILE};
 
 use crate::usage::UsageError;
@@ -21,8 +23,10 @@ pub struct CompareArgs {
     /// Where to write comparison.md, comparison.json, the plots and samples.png.
     #[arg(short, long, default_value = "comparison")]
     pub out: PathBuf,
-    /// The group the others are measured against (e.g. plain DDPO): the share of its reward
-    /// gain they reach, and whether it collapsed diversity at all.
+    /// The group (a `run.name`) the others are measured against, e.g. plain DDPO: its reward at
+    /// the middle of its run is the level the frontier verdicts match rewards at, and the
+    /// 90/90 check measures the share of its reward gain the others reach. Default: the one
+    /// group of plain DDPO runs (ddpo-is, kl_coef 0, no training.start), if there is one.
     #[arg(long)]
     pub reference: Option<String>,
     /// Do not evaluate the base model (no gains or ratios to the base).
@@ -104,23 +108,29 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
         )?)
     };
     let c = Comparison::new(runs, base).map_err(UsageError)?;
-    let verdicts = match &a.reference {
-        Some(r) if c.base.is_some() => Some(c.verdicts(r).map_err(UsageError)?),
-        Some(_) => {
-            return Err(
-                UsageError("--reference needs the base model (drop --no-base)".into()).into(),
-            )
-        }
-        None => None,
+    let reference = match &a.reference {
+        Some(r) => Ok(r.clone()),
+        None => comparison::default_reference(&c),
     };
-    let md = comparison::markdown(&c, verdicts.as_ref());
-    write_atomic(&a.out.join("comparison.md"), &md)?;
-    let json = serde_json::json!({"comparison": c, "verdicts": verdicts});
-    write_atomic(
-        &a.out.join("comparison.json"),
-        &(serde_json::to_string_pretty(&json)? + "\n"),
-    )?;
+    let frontier =
+        Frontier::of(&c, reference.as_deref().map_err(Clone::clone)).map_err(UsageError)?;
+    if let Some(why) = &frontier.skipped {
+        eprintln!("frontier: verdicts at matched reward skipped: {why}");
+    }
+    let verdicts = match &reference {
+        Ok(r) if c.base.is_some() => Some(c.verdicts(r).map_err(UsageError)?),
+        Ok(_) => {
+            eprintln!("90/90 check skipped: it needs the base model (drop --no-base)");
+            None
+        }
+        Err(_) => None,
+    };
     let mut written = comparison::write_plots(&c, &a.out).map_err(|e| anyhow::anyhow!(e))?;
+    for (name, chart) in comparison::frontier_charts(&frontier) {
+        let path = a.out.join(name);
+        hrf_report::chart::save_chart(&chart, &path).map_err(|e| anyhow::anyhow!(e))?;
+        written.push(path);
+    }
 
     // Side by side: the base model's samples, then the first run of each group.
     let base_grid = a.out.join("base-final.png");
@@ -136,15 +146,50 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if !panels.is_empty() {
-        let refs: Vec<(String, &Path)> = panels
-            .iter()
-            .map(|(l, p)| (l.clone(), p.as_path()))
-            .collect();
-        let path = a.out.join("samples.png");
-        hrf_report::chart::save_panels(&refs, &path).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(path) = save_panels(&panels, &a.out.join("samples.png"))? {
         written.push(path);
     }
+    // At matched reward: the base model's evaluation during training (epoch 0), then each
+    // method's evaluation closest to R_mid.
+    let mut matched: Vec<(String, PathBuf)> = Vec::new();
+    for m in &frontier.methods {
+        if let Some(g) = m.matched.as_ref().filter(|g| g.grid.exists()) {
+            let label = format!(
+                "{} (seed {}, epoch {}, reward {:.3})",
+                m.label, g.seed, g.epoch, g.reward
+            );
+            matched.push((label, g.grid.clone()));
+        }
+    }
+    let first = frontier.methods.first().and_then(|m| m.curves.first());
+    if let Some(grid) = first.map(|s| s.dir.join("samples").join("eval-0000.png")) {
+        if !matched.is_empty() && grid.exists() {
+            matched.insert(0, ("base model (epoch 0)".into(), grid));
+        }
+    }
+    let matched_name = "samples-at-matched-reward.png";
+    let matched_png = save_panels(&matched, &a.out.join(matched_name))?;
+    if let Some(path) = &matched_png {
+        written.push(path.clone());
+    }
+
+    let md = comparison::markdown_report(
+        &c,
+        verdicts.as_ref(),
+        Some(&frontier),
+        matched_png.as_ref().map(|_| matched_name),
+    );
+    write_atomic(&a.out.join("comparison.md"), &md)?;
+    let json = serde_json::json!({
+        "comparison": c,
+        "verdicts": verdicts,
+        "frontier": frontier,
+        "trust_region": comparison::trust_region(&c),
+    });
+    write_atomic(
+        &a.out.join("comparison.json"),
+        &(serde_json::to_string_pretty(&json)? + "\n"),
+    )?;
     print!("{md}");
     eprintln!(
         "wrote {} and {}",
@@ -156,4 +201,17 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
             .join(", ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lays `panels` out side by side into `path` (nothing when there are none); the path written.
+fn save_panels(panels: &[(String, PathBuf)], path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if panels.is_empty() {
+        return Ok(None);
+    }
+    let refs: Vec<(String, &Path)> = panels
+        .iter()
+        .map(|(l, p)| (l.clone(), p.as_path()))
+        .collect();
+    hrf_report::chart::save_panels(&refs, path).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Some(path.to_path_buf()))
 }

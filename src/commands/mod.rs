@@ -2,6 +2,7 @@
 //! the command needs from the host crates, and returns the exit code.
 
 pub mod compare;
+pub mod diagnose;
 pub mod doctor;
 pub mod eval;
 pub mod plugins;

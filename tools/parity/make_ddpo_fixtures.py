@@ -3,7 +3,7 @@ its per-prompt stat tracker (deque of the last `buffer_size` rewards per prompt,
 standardising, whole-batch statistics while a prompt has fewer than `min_count`), and plain
 whole-epoch standardisation.
 
-    .deps/pyref/bin/python tools/parity/make_ddpo_fixtures.py [--window-only]
+    .deps/pyref/bin/python tools/parity/make_ddpo_fixtures.py [--window-only | --authors-only]
 """
 
 import json
@@ -103,6 +103,29 @@ def ppo_fixture():
           "clipfrac", (torch.abs(ratio - 1) > clip_range).float().mean().item())
 
 
+def ddim_step_stats(sched, ratio_t, x, t, out):
+    """DDIM's step mean and sigma at eta = 1 for noise prediction `out` at x_t (ddpo-pytorch's
+    ddim_step_with_logprob; x0 clipped to [-1, 1])."""
+    import torch
+
+    a_t = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    prev_t = t - ratio_t
+    a_prev = torch.where(prev_t >= 0, sched.alphas_cumprod[prev_t.clamp(min=0)], sched.final_alpha_cumprod).view(-1, 1, 1, 1)
+    x0 = ((x - (1 - a_t) ** 0.5 * out) / a_t**0.5).clamp(-1, 1)
+    std = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+    return a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * out, std
+
+
+def log_prob(prev, mean, std):
+    """The Gaussian log-density of `prev`, averaged over the non-batch dimensions."""
+    import math
+
+    import torch
+
+    lp = -((prev - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
+    return lp.mean(dim=(1, 2, 3))
+
+
 def window_fixture():
     """HRF's window loss on one train batch (docs/ALGORITHM.md §3.4), written from the paper's
     formulas: rows start at k = 0, 4, 7 of a 10-step chain (step 9 is degenerate, so
@@ -134,16 +157,7 @@ def window_fixture():
     clip = 0.05 * f
 
     def step_stats(x, t, out):
-        a_t = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
-        prev_t = t - ratio_t
-        a_prev = torch.where(prev_t >= 0, sched.alphas_cumprod[prev_t.clamp(min=0)], sched.final_alpha_cumprod).view(-1, 1, 1, 1)
-        x0 = ((x - (1 - a_t) ** 0.5 * out) / a_t**0.5).clamp(-1, 1)
-        std = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
-        return a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * out, std
-
-    def log_prob(prev, mean, std):
-        lp = -((prev - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
-        return lp.mean(dim=(1, 2, 3))
+        return ddim_step_stats(sched, ratio_t, x, t, out)
 
     # The stored transitions: x_{i+1} drawn from the policy at x_i; old log-probs perturbed so
     # that some ratios leave their (scaled) clip range.
@@ -186,11 +200,83 @@ def window_fixture():
     save_file(out, os.path.join(OUT, "window_step.safetensors"))
 
 
+def authors_group_fixture():
+    """One optimiser step of the HRF authors' training loop (alcazar90/ddpo-celebahq, branch
+    jbarcelo_branch, `compute_loss_new_modified_cliped_ratio`), written here from its formulas:
+    one train batch is one anchor group, all members starting at the same k; every step
+    i = k..N-1 of the window is trained (timestep_fraction 1); f = len(range(k, N)) / N (every
+    step of the chain counted); advantages clipped to +-2.5*f and the ratio to 1 +- eps*f; per
+    step the loss is the batch mean of max(-A*rho, -A*clip(rho)), backpropagated step by step,
+    so the step's gradient is that of the sum over steps. The chain's last step (sigma = 0 for
+    this scheduler) has no finite log-density and is left out, as hrf leaves it out. Saves the
+    objective and its gradient on two named parameters of the ppo_unet fixture."""
+    import math
+
+    import torch
+    from diffusers import DDIMScheduler, UNet2DModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DModel.from_pretrained(os.path.join(OUT, "ppo_unet"))
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
+    n = 10
+    sched.set_timesteps(n)
+    ratio_t = sched.config.num_train_timesteps // n
+    k, members = 4, 3
+    f = len(range(k, n)) / n
+    window = [i for i in range(k, n) if sched.timesteps[i] - ratio_t >= 0]
+    g = torch.Generator().manual_seed(3)
+    latents = torch.randn(members, n + 1, 1, 8, 8, generator=g)
+    labels = torch.tensor([2, 2, 2])
+    adv_raw = torch.tensor([2.1, -0.4, -1.7])
+    adv = torch.clamp(adv_raw, -2.5 * f, 2.5 * f)
+    eps = 0.02
+    clip_lo, clip_hi = 1.0 - eps * f, 1.0 + eps * f
+
+    def step_stats(x, t, out):
+        return ddim_step_stats(sched, ratio_t, x, t, out)
+
+    # The members' stored transitions, rolled by the policy from k; old log-probs perturbed so
+    # that some ratios leave 1 +- eps*f.
+    old = torch.zeros(members, n)
+    with torch.no_grad():
+        for i in window:
+            t = sched.timesteps[i].repeat(members)
+            mean, std = step_stats(latents[:, i], t, unet(latents[:, i], t, class_labels=labels).sample)
+            latents[:, i + 1] = mean + std * torch.randn(members, 1, 8, 8, generator=g)
+        for i in window:
+            t = sched.timesteps[i].repeat(members)
+            mean, std = step_stats(latents[:, i], t, unet(latents[:, i], t, class_labels=labels).sample)
+            old[:, i] = log_prob(latents[:, i + 1], mean, std) + 0.02 * torch.tensor([1.0, -1.0, 0.5]) * (i % 2)
+
+    unet.zero_grad()
+    total = 0.0
+    for i in window:
+        t = sched.timesteps[i].repeat(members)
+        mean, std = step_stats(latents[:, i], t, unet(latents[:, i], t, class_labels=labels).sample)
+        rho = torch.exp(log_prob(latents[:, i + 1], mean, std) - old[:, i])
+        loss = torch.max(-adv * rho, -adv * torch.clip(rho, clip_lo, clip_hi)).mean()
+        loss.backward()
+        total += loss.item()
+    params = dict(unet.named_parameters())
+    out = {"latents": latents, "old_log_probs": old, "class_labels": labels,
+           "raw_advantages": adv_raw, "advantages": adv, "start": torch.tensor([k]),
+           "f": torch.tensor([f], dtype=torch.float64), "clip_range": torch.tensor([eps], dtype=torch.float64),
+           "objective": torch.tensor([total], dtype=torch.float64)}
+    for name in ["conv_in.weight", "down_blocks.1.attentions.0.to_q.weight"]:
+        out[f"grad.{name}"] = params[name].grad.clone().contiguous()
+    save_file(out, os.path.join(OUT, "authors_group_step.safetensors"))
+    print("authors group objective", total, "f", f, "window", window)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    if "--authors-only" in sys.argv:
+        authors_group_fixture()
+        return
     if "--window-only" not in sys.argv:
         ppo_fixture()
     window_fixture()
+    authors_group_fixture()
     if "--window-only" in sys.argv:
         return
     rng = np.random.default_rng(0)

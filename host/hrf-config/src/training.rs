@@ -52,6 +52,10 @@ pub struct AdvantageSettings {
     pub mode: AdvantageMode,
     pub buffer_size: usize,
     pub min_count: usize,
+    /// `group` mode for ddpo-is / ddpo-sf: samples per group (consecutive samples sharing a
+    /// prompt). HRF's groups are its anchor groups (`training.hrf.group_size`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -85,6 +89,109 @@ pub enum StartIndex {
     Uniform,
 }
 
+/// How the learning rate moves over the epochs (`training.optimizer.schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// `lr` in every epoch after the warm-up.
+    #[default]
+    Constant,
+    /// Half a cosine from `lr` down towards `min_lr` over the epochs after the warm-up
+    /// (torch's `CosineAnnealingLR` with `T_max` = epochs − warm-up).
+    Cosine,
+}
+
+/// The fine-tuning optimiser, resolved: AdamW's settings and the learning-rate schedule. The
+/// rate is set once per epoch (`lr_at`), a pure function of the epoch, so a resumed run takes
+/// exactly the rates of an uninterrupted one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OptimizerSettings {
+    /// The peak learning rate (after the warm-up).
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub schedule: LrSchedule,
+    /// Epochs of linear warm-up from `lr · warmup_start_factor` to `lr` (torch's `LinearLR`).
+    pub warmup_epochs: usize,
+    pub warmup_start_factor: f64,
+    /// The floor of the cosine (`eta_min`); None for `constant`, which has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_lr: Option<f64>,
+}
+
+impl OptimizerSettings {
+    /// The learning rate of epoch `epoch` (0-based) of a run of `epochs` epochs, as torch's
+    /// `SequentialLR([LinearLR(start_factor, 1, W), CosineAnnealingLR(epochs − W, min_lr)],
+    /// milestones=[W])` gives it (the cosine part left out for `constant`).
+    pub fn lr_at(&self, epoch: u64, epochs: usize) -> f64 {
+        let e = epoch as f64;
+        let w = self.warmup_epochs as f64;
+        if e < w {
+            let s = self.warmup_start_factor;
+            return self.lr * (s + (1.0 - s) * e / w);
+        }
+        match self.schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => {
+                let t = (epochs as f64 - w).max(1.0);
+                let phase = ((e - w) / t).min(1.0);
+                let floor = self.min_lr.unwrap_or(0.0);
+                floor + (self.lr - floor) * (1.0 + (std::f64::consts::PI * phase).cos()) / 2.0
+            }
+        }
+    }
+
+    /// AdamW's part.
+    pub fn adamw(&self) -> AdamWSettings {
+        AdamWSettings {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
+    }
+}
+
+/// `training.preset`: a named set of defaults for the fields a pipeline leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// HRF / HRF-D as the authors' code runs them (docs/ALGORITHM.md §3.5): the whole window
+    /// k..N−1 trained (timestep_fraction 1), one optimiser step per anchor group, f = (N − k)/N,
+    /// groups of 5, HRF-D candidates at every step of a 20-step chain (every N/20-th).
+    Authors,
+}
+
+/// `training.hrf.update`: how train batches are cut from the epoch's samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupUpdate {
+    /// Samples shuffled across groups into train batches of `training.batch_size` (rows of
+    /// different k share a batch).
+    #[default]
+    Shuffled,
+    /// One anchor group per train batch (one k per optimiser step), groups in shuffled order:
+    /// the authors' loop.
+    PerGroup,
+}
+
+/// `training.hrf.clip_scale`: the window fraction f that scales HRF's two clips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClipScale {
+    /// f = N_train(k) / N_train(0): the share of the chain's trainable steps (degenerate steps
+    /// not counted).
+    #[default]
+    Trainable,
+    /// f = (N − k) / N, every step of the chain counted: the authors' code.
+    Chain,
+    /// f ≡ 1: no window scaling (the ablation "HRF without f").
+    Off,
+}
+
 /// One cluster of the window schedule, resolved: its start indices and its epoch count.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct WindowCluster {
@@ -105,6 +212,10 @@ pub struct HrfSettings {
     pub copies: usize,
     /// HRF-D: weight of the diversity loss in the choice of k.
     pub beta: f64,
+    /// How train batches are cut: across groups, or one group per optimiser step.
+    pub update: GroupUpdate,
+    /// The window fraction f that scales both clips.
+    pub clip_scale: ClipScale,
 }
 
 impl HrfSettings {
@@ -125,8 +236,11 @@ impl HrfSettings {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainingSettings {
     pub method: Method,
+    /// The named defaults the pipeline chose, if any (every field below is already filled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<Preset>,
     pub epochs: usize,
-    pub optimizer: AdamWSettings,
+    pub optimizer: OptimizerSettings,
     pub max_grad_norm: f64,
     pub inner_epochs: usize,
     pub batch_size: usize,

@@ -2,12 +2,13 @@
 //! (`epoch_sampling`), score the final images, turn rewards into clipped advantages, then for
 //! each inner epoch train on shuffled samples, each with its own permutation of its trainable
 //! steps (`gradients`), taking one optimiser step per train batch (or per `grad_accum` batches;
-//! one per epoch for DDPO-SF). HRF and HRF-D differ only in how the samples start (`hrf`).
+//! one per epoch for DDPO-SF; a train batch is one anchor group with HRF's `update: per-group`)
+//! at the epoch's learning rate. HRF and HRF-D differ only in how the samples start (`hrf`).
 
 use std::collections::BTreeMap;
 
 use hrf_config::training::{
-    AdvantageMode, AdvantageSettings, Method, SamplingSettings, TrainingSettings,
+    AdvantageMode, AdvantageSettings, GroupUpdate, Method, SamplingSettings, TrainingSettings,
 };
 use hrf_core::{RewardError, Sample};
 use hrf_diffusion::DdimScheduler;
@@ -41,6 +42,21 @@ pub struct EpochStats {
     /// Mean pre-clip gradient norm over the optimiser steps.
     pub grad_norm: f64,
     pub optimizer_steps: usize,
+    /// Optimiser steps whose pre-clip gradient norm exceeded `max_grad_norm` (so were
+    /// rescaled), and their share of the epoch's steps.
+    pub grad_clipped_steps: usize,
+    pub grad_clipped_share: f64,
+    /// The learning rate of the epoch (`training.optimizer.schedule`).
+    pub lr: f64,
+    /// The effective PPO ratio clip ranges ε·f over the epoch's samples (None for DDPO-SF,
+    /// which has no ratio clip).
+    pub ratio_clip_min: Option<f64>,
+    pub ratio_clip_mean: Option<f64>,
+    pub ratio_clip_max: Option<f64>,
+    /// The effective advantage clips c_A·f over the epoch's samples.
+    pub adv_clip_min: f64,
+    pub adv_clip_mean: f64,
+    pub adv_clip_max: f64,
     /// The most steps any sample trained per inner epoch.
     pub trained_steps_per_sample: usize,
     /// Start index k → number of anchor groups that started there (HRF, HRF-D).
@@ -235,17 +251,18 @@ impl Ddpo<'_> {
             adv[i] = a;
         }
         // HRF scales both clips by the window fraction f of the sample's start.
+        let scale = self.training.hrf.as_ref().map(|h| h.clip_scale);
         let clip_scale: Vec<f64> = sampled
             .train_starts
             .iter()
-            .map(|&k| {
-                if self.training.method.is_hierarchical() {
-                    hrf::window_fraction(self.scheduler, k)
-                } else {
-                    1.0
+            .map(|&k| match scale {
+                Some(scale) if self.training.method.is_hierarchical() => {
+                    hrf::window_fraction(self.scheduler, k, scale)
                 }
+                _ => 1.0,
             })
             .collect();
+        let clips = EffectiveClips::of(&clip_scale, &self.training);
         hrf::clip_advantages(&mut adv, &clip_scale, self.training.adv_clip);
 
         // 3. Train.
@@ -270,6 +287,16 @@ impl Ddpo<'_> {
             kl_to_base: trained.kl_to_base,
             grad_norm: trained.grad_norm,
             optimizer_steps: trained.optimizer_steps,
+            grad_clipped_steps: trained.grad_clipped_steps,
+            grad_clipped_share: trained.grad_clipped_steps as f64
+                / trained.optimizer_steps.max(1) as f64,
+            lr: trained.lr,
+            ratio_clip_min: clips.ratio.map(|r| r.0),
+            ratio_clip_mean: clips.ratio.map(|r| r.1),
+            ratio_clip_max: clips.ratio.map(|r| r.2),
+            adv_clip_min: clips.advantage.0,
+            adv_clip_mean: clips.advantage.1,
+            adv_clip_max: clips.advantage.2,
             trained_steps_per_sample: trained.steps_per_sample,
             starts,
             unet_evals: sampled.unet_evals + trained.unet_evals,
@@ -291,7 +318,8 @@ impl Ddpo<'_> {
     /// its trainable steps from its first trained step (the first `timestep_fraction` of them);
     /// samples with fewer steps drop out of later slots. Gradients are weighted per sample
     /// (1/K_r for `mean`, 1 for `sum`), averaged over the train batch, and one optimiser step is
-    /// taken per train batch (per `grad_accum` batches; per epoch for DDPO-SF).
+    /// taken per train batch (per `grad_accum` batches; per epoch for DDPO-SF). With HRF's
+    /// `update: per-group`, the train batches are the anchor groups in a shuffled order.
     fn train(
         &mut self,
         epoch: u64,
@@ -341,28 +369,60 @@ impl Ddpo<'_> {
                 k.clamp(1.min(tr.len()), tr.len())
             })
             .collect();
-        let train_batches = total.div_ceil(t.batch_size);
+        let per_group = t
+            .hrf
+            .as_ref()
+            .is_some_and(|h| h.update == GroupUpdate::PerGroup && t.method.is_hierarchical());
+        // The epoch's groups, each its samples in order (HRF's one-group-per-step batches).
+        let members: Vec<Vec<usize>> = if per_group {
+            let n = sampled.groups.iter().copied().max().map_or(0, |g| g + 1);
+            let mut m = vec![Vec::new(); n];
+            for (i, &g) in sampled.groups.iter().enumerate() {
+                m[g].push(i);
+            }
+            m
+        } else {
+            Vec::new()
+        };
+        let train_batches = if per_group {
+            members.len()
+        } else {
+            total.div_ceil(t.batch_size)
+        };
         let per_update = match t.method {
             Method::DdpoSf => train_batches,
             _ => t.grad_accum,
         } as f64;
         let base = if t.kl_coef > 0.0 { self.base } else { None };
-        let lr = t.optimizer.lr;
+        let lr = t.optimizer.lr_at(epoch, t.epochs);
         let mut out = Trained {
             steps_per_sample: counts.iter().copied().max().unwrap_or(0),
+            lr,
             ..Trained::default()
         };
         let mut slots = 0usize;
 
         for inner in 0..t.inner_epochs as u64 {
             let mut rng = KeyedRng::new(&[t.seed, 0x5417, epoch, inner]);
-            let order: Vec<usize> = rng.permutation(total);
+            // Shuffled: samples across groups in batches of batch_size. Per group: the groups
+            // in shuffled order, one per batch.
+            let batches: Vec<Vec<usize>> = if per_group {
+                rng.permutation(members.len())
+                    .into_iter()
+                    .map(|g| members[g].clone())
+                    .collect()
+            } else {
+                rng.permutation(total)
+                    .chunks(t.batch_size)
+                    .map(<[usize]>::to_vec)
+                    .collect()
+            };
             let perms: Vec<Vec<usize>> = trainable
                 .iter()
                 .map(|tr| rng.permutation(tr.len()))
                 .collect();
             self.optimizer.zero_grad();
-            for (bi, rows) in order.chunks(t.batch_size).enumerate() {
+            for (bi, rows) in batches.iter().enumerate() {
                 let rows_t =
                     Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>())
                         .to_device(self.device);
@@ -407,7 +467,9 @@ impl Ddpo<'_> {
                     _ => (bi + 1) % t.grad_accum == 0 || last,
                 };
                 if update_now {
-                    out.grad_norm += self.optimizer.clip_grad_norm(t.max_grad_norm);
+                    let norm = self.optimizer.clip_grad_norm(t.max_grad_norm);
+                    out.grad_norm += norm;
+                    out.grad_clipped_steps += usize::from(norm > t.max_grad_norm);
                     self.optimizer.step_with_lr(lr);
                     self.optimizer.zero_grad();
                     out.optimizer_steps += 1;
@@ -439,13 +501,42 @@ struct Trained {
     kl_to_base: f64,
     grad_norm: f64,
     optimizer_steps: usize,
+    grad_clipped_steps: usize,
+    lr: f64,
     steps_per_sample: usize,
     unet_evals: u64,
+}
+
+/// The clip ranges an epoch's samples train under after the window scale f: (min, mean, max)
+/// of the ratio clip ε·f (none for DDPO-SF) and of the advantage clip c_A·f.
+struct EffectiveClips {
+    ratio: Option<(f64, f64, f64)>,
+    advantage: (f64, f64, f64),
+}
+
+impl EffectiveClips {
+    fn of(scales: &[f64], t: &TrainingSettings) -> Self {
+        let spread = |c: f64| {
+            let v: Vec<f64> = scales.iter().map(|f| c * f).collect();
+            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if v.is_empty() {
+                (0.0, 0.0, 0.0)
+            } else {
+                (min, v.iter().sum::<f64>() / v.len() as f64, max)
+            }
+        };
+        Self {
+            ratio: (t.method != Method::DdpoSf).then(|| spread(t.clip_range)),
+            advantage: spread(t.adv_clip),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hrf_config::training::WindowCluster;
     use hrf_core::{Reward, RewardInfo, Score};
     use hrf_diffusion::{DiffusersModel, SchedulerConfig, UNetConfig};
     use hrf_rewards::{Component, RewardSet};
@@ -475,19 +566,28 @@ mod tests {
     }
 
     fn run(method: Method, grad_accum: usize, epochs: u64) -> (Vec<EpochStats>, Tensor) {
+        run_with(epochs, |t| {
+            t.method = method;
+            t.grad_accum = grad_accum;
+        })
+    }
+
+    /// Epochs of 8 samples × 5 steps on the testbed UNet, train batches of 3, settings as
+    /// `adjust` leaves them.
+    fn run_with(epochs: u64, adjust: impl Fn(&mut TrainingSettings)) -> (Vec<EpochStats>, Tensor) {
         let model = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 1).unwrap();
-        let training = TrainingSettings {
-            method,
+        let mut training = TrainingSettings {
+            epochs: epochs as usize,
             batch_size: 3,
-            grad_accum,
             timestep_fraction: 0.5,
             clip_range: 0.2,
-            optimizer: hrf_config::pretrain_pipeline::AdamWSettings {
+            optimizer: hrf_config::training::OptimizerSettings {
                 lr: 1e-3,
-                ..Default::default()
+                ..TrainingSettings::default().optimizer
             },
             ..Default::default()
         };
+        adjust(&mut training);
         let mut params: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let sched = DdimScheduler::new(SchedulerConfig::default(), 5, 1e-4).unwrap();
@@ -500,7 +600,7 @@ mod tests {
             },
             advantages: AdvantageSettings::default(),
             scheduler: &sched,
-            optimizer: AdamW::new(params, training.optimizer.into()),
+            optimizer: AdamW::new(params, training.optimizer.adamw().into()),
             training,
             policy: &model.unet,
             base: None,
@@ -548,5 +648,72 @@ mod tests {
         );
         let (sf, _) = run(Method::DdpoSf, 1, 1);
         assert_eq!(sf[0].optimizer_steps, 1, "DDPO-SF: one step per epoch");
+        assert_eq!(sf[0].ratio_clip_mean, None, "DDPO-SF has no ratio clip");
+        // DDPO's clips are not scaled: ε and c_A for every sample.
+        let s = &stats[0];
+        assert_eq!((s.ratio_clip_min, s.ratio_clip_max), (Some(0.2), Some(0.2)));
+        assert_eq!(
+            (s.adv_clip_min, s.adv_clip_mean, s.adv_clip_max),
+            (5.0, 5.0, 5.0)
+        );
+        assert_eq!(s.lr, 1e-3, "constant schedule");
+    }
+
+    /// HRF with `update: per-group`: one optimiser step per anchor group, each batch one group;
+    /// telemetry counts a step whose gradient norm exceeds max_grad_norm as clipped, and the
+    /// clip ranges are scaled by f = (N − k)/N; the cosine schedule's rate is logged per epoch.
+    #[test]
+    fn per_group_steps_clipped_gradients_and_the_schedule_are_reported() {
+        use hrf_config::training::{ClipScale, GroupUpdate, HrfSettings, LrSchedule};
+        let hrf = |max_grad_norm: f64| {
+            move |t: &mut TrainingSettings| {
+                t.method = Method::Hrf;
+                t.timestep_fraction = 1.0;
+                t.max_grad_norm = max_grad_norm;
+                t.adv_clip = 2.5;
+                t.optimizer.schedule = LrSchedule::Cosine;
+                t.optimizer.min_lr = Some(1e-4);
+                t.hrf = Some(HrfSettings {
+                    group_size: 4,
+                    window: vec![WindowCluster {
+                        steps: vec![2],
+                        epochs: 2,
+                    }],
+                    stride: 2,
+                    copies: 4,
+                    beta: 0.5,
+                    update: GroupUpdate::PerGroup,
+                    clip_scale: ClipScale::Chain,
+                });
+            }
+        };
+        let (stats, _) = run_with(2, hrf(1e-12));
+        // 8 samples in groups of 4 → 2 groups → 2 optimiser steps, whatever batch_size says.
+        assert_eq!(stats[0].optimizer_steps, 2);
+        assert_eq!(stats[0].starts, BTreeMap::from([(2, 2)]));
+        // From k = 2 of 5 steps, steps 2 and 3 are trained (4 is degenerate).
+        assert_eq!(stats[0].trained_steps_per_sample, 2);
+        assert_eq!(
+            (stats[0].grad_clipped_steps, stats[0].grad_clipped_share),
+            (2, 1.0)
+        );
+        // f = (5 − 2)/5 = 0.6 for every sample.
+        let s = &stats[0];
+        for (got, want) in [
+            (s.ratio_clip_min.unwrap(), 0.2 * 0.6),
+            (s.ratio_clip_max.unwrap(), 0.2 * 0.6),
+            (s.adv_clip_mean, 2.5 * 0.6),
+        ] {
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        // Cosine over 2 epochs from 1e-3 to 1e-4: 1e-3, then halfway.
+        assert_eq!(stats[0].lr, 1e-3);
+        assert!((stats[1].lr - 5.5e-4).abs() < 1e-15, "{}", stats[1].lr);
+        let (loose, _) = run_with(1, hrf(1e12));
+        assert_eq!(
+            (loose[0].grad_clipped_steps, loose[0].grad_clipped_share),
+            (0, 0.0)
+        );
+        assert!(loose[0].grad_norm > 0.0);
     }
 }

@@ -30,10 +30,13 @@ impl Ddpo<'_> {
         let mut unet_evals = 0;
         let mut extra_reward_calls = 0;
         let hier = t.hrf.as_ref().filter(|_| t.method.is_hierarchical());
-        let group_size = hier.map_or(1, |h| h.group_size);
+        // HRF's anchor groups; DDPO's groups for group advantages (consecutive samples, one
+        // prompt each); else each sample its own group.
+        let group_size = hier.map_or(self.advantages.group_size.unwrap_or(1), |h| h.group_size);
         let groups: Vec<usize> = (0..total).map(|i| i / group_size).collect();
         let n_groups = total / group_size;
-        // Labels and prompts: per group for HRF (one prompt per anchor), per sample for DDPO.
+        // Labels and prompts: one per group (an HRF anchor, a DDPO advantage group); for DDPO
+        // without groups each sample is its own group.
         let lp: Vec<(Option<i64>, Option<String>)> = (0..total)
             .map(|i| self.label_and_prompt(epoch, groups[i] as u64))
             .collect();

@@ -98,6 +98,16 @@ impl Evaluator {
         Ok(ev)
     }
 
+    /// The classifier alone, without a reference set (no Fréchet distance): for classes only.
+    pub fn classifier(model_path: &Path, class_names: Vec<String>) -> Result<Self, OnnxError> {
+        Ok(Self {
+            model: OnnxModel::load(model_path)?,
+            input: ImageInput::default(),
+            reference_features: Vec::new(),
+            class_names,
+        })
+    }
+
     pub fn classify(&mut self, images: &[Image]) -> Result<Classified, OnnxError> {
         let mut probs = Vec::with_capacity(images.len());
         let mut features = Vec::with_capacity(images.len());

@@ -455,7 +455,7 @@ impl Run<'_> {
             policy: &self.model.unet,
             base: self.base.map(|b| &b.unet as &dyn crate::policy::Policy),
             scheduler,
-            optimizer: AdamW::new(params, p.training.optimizer.into()),
+            optimizer: AdamW::new(params, p.training.optimizer.adamw().into()),
             tracker: (p.advantages.mode == hrf_config::training::AdvantageMode::PerPrompt)
                 .then(|| PerPromptTracker::new(p.advantages.buffer_size, p.advantages.min_count)),
             prompts: self.prompts.clone(),
@@ -581,7 +581,7 @@ impl Run<'_> {
             if self.verbosity != Verbosity::Quiet {
                 let s = &outcome.stats;
                 eprintln!(
-                    "epoch {}/{epochs}: reward {:.4} ± {:.4}, loss {:.3e}, clipfrac {:.3}, approx-KL {:.2e}, grad norm {:.3} · sample {:.1} s, rewards {:.1} s, train {:.1} s",
+                    "epoch {}/{epochs}: reward {:.4} ± {:.4}, loss {:.3e}, clipfrac {:.3}, approx-KL {:.2e}, grad norm {:.3} ({} of {} steps clipped), lr {:.2e} · sample {:.1} s, rewards {:.1} s, train {:.1} s",
                     epoch + 1,
                     s.reward_mean,
                     s.reward_std,
@@ -589,6 +589,9 @@ impl Run<'_> {
                     s.clipfrac,
                     s.approx_kl,
                     s.grad_norm,
+                    s.grad_clipped_steps,
+                    s.optimizer_steps,
+                    s.lr,
                     s.sample_s,
                     s.reward_wait_s,
                     s.train_s

@@ -3,7 +3,7 @@
 //! fixed or uniform start for the DDPO ablations), the re-noised starts x_τk ~ q(x_τk | x₀), and
 //! the window fraction f = N_train(k) / N_train(0) that scales the clipping.
 
-use hrf_config::training::{StartIndex, TrainingSettings, WindowCluster};
+use hrf_config::training::{ClipScale, StartIndex, TrainingSettings, WindowCluster};
 use hrf_diffusion::DdimScheduler;
 use tch::{Device, Kind, Tensor};
 
@@ -93,7 +93,7 @@ pub fn relative_cost(sched: &DdimScheduler, t: &TrainingSettings) -> (f64, f64) 
         member += usable.iter().map(|&k| w * (n - k as f64) / n).sum::<f64>();
         trained += usable
             .iter()
-            .map(|&k| w * window_fraction(sched, k))
+            .map(|&k| w * trained_fraction(sched, k))
             .sum::<f64>();
     }
     let g = h.group_size as f64;
@@ -108,9 +108,23 @@ pub fn relative_cost(sched: &DdimScheduler, t: &TrainingSettings) -> (f64, f64) 
     (sampled, trained)
 }
 
-/// f = N_train(k) / N_train(0): the share of the chain's trainable steps in the window k..N−1.
-pub fn window_fraction(sched: &DdimScheduler, k: usize) -> f64 {
+/// N_train(k) / N_train(0): the share of the chain's trainable steps in the window k..N−1.
+pub fn trained_fraction(sched: &DdimScheduler, k: usize) -> f64 {
     sched.trainable_steps(k).len() as f64 / sched.trainable_steps(0).len().max(1) as f64
+}
+
+/// The window fraction f that scales HRF's clips for a start k (`training.hrf.clip_scale`):
+/// N_train(k)/N_train(0) (`trainable`), (N − k)/N as the authors' code counts it, every step
+/// of the chain included (`chain`), or 1 (`off`).
+pub fn window_fraction(sched: &DdimScheduler, k: usize, scale: ClipScale) -> f64 {
+    match scale {
+        ClipScale::Trainable => trained_fraction(sched, k),
+        ClipScale::Chain => {
+            let n = sched.num_steps();
+            n.saturating_sub(k) as f64 / n.max(1) as f64
+        }
+        ClipScale::Off => 1.0,
+    }
 }
 
 /// Clips each advantage to ±`adv_clip`·f_r, f_r being its sample's window fraction (1 for DDPO).
@@ -201,6 +215,8 @@ mod tests {
             stride: 2,
             copies: 4,
             beta: 0.5,
+            update: Default::default(),
+            clip_scale: Default::default(),
         };
         for (epoch, want) in [
             (0u64, (0..5).collect::<Vec<_>>()),
@@ -284,12 +300,21 @@ mod tests {
     }
 
     #[test]
-    fn the_window_fraction_counts_trainable_steps() {
+    fn the_window_fraction_counts_trainable_steps_or_the_chain() {
         let s = sched(10);
+        let f = |k, scale| window_fraction(&s, k, scale);
         // 9 trainable steps (0..=8); from k = 3: 3..=8 → 6.
-        assert_eq!(window_fraction(&s, 0), 1.0);
-        assert!((window_fraction(&s, 3) - 6.0 / 9.0).abs() < 1e-12);
-        assert_eq!(window_fraction(&s, 9), 0.0);
+        assert_eq!(f(0, ClipScale::Trainable), 1.0);
+        assert!((f(3, ClipScale::Trainable) - 6.0 / 9.0).abs() < 1e-12);
+        assert_eq!(f(9, ClipScale::Trainable), 0.0);
+        // The authors' count, len(range(k, N)) / N, at every k; 1 without scaling.
+        for k in 0..10 {
+            assert_eq!(f(k, ClipScale::Chain), (10 - k) as f64 / 10.0, "k = {k}");
+            assert_eq!(f(k, ClipScale::Off), 1.0);
+        }
+        let s40 = sched(40);
+        assert_eq!(window_fraction(&s40, 20, ClipScale::Chain), 0.5);
+        assert_eq!(window_fraction(&s40, 39, ClipScale::Chain), 1.0 / 40.0);
     }
 
     /// x_τk = √ᾱ·x₀ + √(1−ᾱ)·ε: over many independent ε, mean √ᾱ·anchor and variance 1−ᾱ.

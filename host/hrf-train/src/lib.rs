@@ -1,7 +1,8 @@
 //! hrf-train: the loops. DDPM pretraining of the testbed model (`pretraining`), DDIM sampling
 //! with guidance (`sampling`, `trajectory`); one DDPO / HRF / HRF-D epoch (`epoch`,
 //! `epoch_sampling`, `gradients`, `hrf`) on a `policy`; the fine-tuning run with its evaluations,
-//! checkpoints and exact resume (`finetune`). Never parses YAML: it takes validated settings.
+//! checkpoints and exact resume (`finetune`); the re-noising diagnostic (`renoise`). Never parses
+//! YAML: it takes validated settings.
 
 pub mod adamw;
 pub mod advantages;
@@ -15,6 +16,7 @@ pub mod hrf;
 pub mod policy;
 pub mod ppo;
 pub mod pretraining;
+pub mod renoise;
 pub mod sampling;
 pub mod trajectory;
 

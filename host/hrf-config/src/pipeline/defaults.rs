@@ -24,7 +24,8 @@ use super::raw::{
 };
 use crate::pretrain_pipeline::AdamWSettings;
 use crate::training::{
-    AdvantageMode, AdvantageSettings, Method, SamplingSettings, StepReduction, TrainingSettings,
+    AdvantageMode, AdvantageSettings, ClipScale, GroupUpdate, LrSchedule, Method,
+    OptimizerSettings, Preset, SamplingSettings, StepReduction, TrainingSettings,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -49,6 +50,7 @@ impl Default for AdvantageSettings {
             mode: AdvantageMode::Epoch,
             buffer_size: 32,
             min_count: 16,
+            group_size: None,
         }
     }
 }
@@ -59,11 +61,21 @@ impl Default for TrainingSettings {
     fn default() -> Self {
         Self {
             method: Method::DdpoIs,
+            preset: None,
             epochs: 10,
-            optimizer: AdamWSettings {
-                lr: 1e-4,
-                weight_decay: 1e-4,
-                ..AdamWSettings::default()
+            optimizer: {
+                let a = AdamWSettings::default();
+                OptimizerSettings {
+                    lr: 1e-4,
+                    weight_decay: 1e-4,
+                    beta1: a.beta1,
+                    beta2: a.beta2,
+                    eps: a.eps,
+                    schedule: LrSchedule::Constant,
+                    warmup_epochs: 0,
+                    warmup_start_factor: 0.1,
+                    min_lr: None,
+                }
             },
             max_grad_norm: 1.0,
             inner_epochs: 1,
@@ -86,6 +98,7 @@ impl Default for TrainingRaw {
         let d = TrainingSettings::default();
         Self {
             method: d.method,
+            preset: None,
             epochs: d.epochs,
             optimizer: OptimizerRaw {
                 lr: d.optimizer.lr,
@@ -93,14 +106,18 @@ impl Default for TrainingRaw {
                 beta1: d.optimizer.beta1,
                 beta2: d.optimizer.beta2,
                 eps: d.optimizer.eps,
+                schedule: d.optimizer.schedule,
+                warmup_epochs: d.optimizer.warmup_epochs,
+                warmup_start_factor: d.optimizer.warmup_start_factor,
+                min_lr: None,
             },
             max_grad_norm: d.max_grad_norm,
             inner_epochs: d.inner_epochs,
-            batch_size: d.batch_size,
+            batch_size: None,
             grad_accum: d.grad_accum,
             adv_clip: None,
             clip_range: d.clip_range,
-            timestep_fraction: d.timestep_fraction,
+            timestep_fraction: None,
             step_reduction: None,
             kl_coef: d.kl_coef,
             start: None,
@@ -118,11 +135,13 @@ impl Default for OptimizerRaw {
 impl Default for HrfRaw {
     fn default() -> Self {
         Self {
-            group_size: 4,
+            group_size: None,
             window: None,
-            stride: 2,
+            stride: None,
             copies: None,
             beta: 0.5,
+            update: None,
+            clip_scale: None,
         }
     }
 }
@@ -134,6 +153,7 @@ impl Default for AdvantagesRaw {
             mode: None,
             buffer_size: d.buffer_size,
             min_count: d.min_count,
+            group_size: None,
         }
     }
 }
@@ -236,6 +256,51 @@ pub(super) fn hrf_window(steps: usize) -> Vec<WindowClusterRaw> {
             epochs: 0.5,
         },
     ]
+}
+
+/// `training.batch_size`: 16 (ddpo-pytorch's train batch); with one group per optimiser step,
+/// the group size.
+pub(super) fn train_batch_size(per_group: Option<usize>) -> usize {
+    per_group.unwrap_or(16)
+}
+
+/// `training.timestep_fraction`: every trainable step (1, as ddpo-pytorch's and the authors').
+pub(super) fn timestep_fraction() -> f64 {
+    1.0
+}
+
+/// `training.hrf.group_size`: 4; 5 with `preset: authors` (the authors' batch of members per
+/// anchor).
+pub(super) fn hrf_group_size(preset: Option<Preset>) -> usize {
+    match preset {
+        Some(Preset::Authors) => 5,
+        None => 4,
+    }
+}
+
+/// `training.hrf.stride` (HRF-D's candidate spacing): 2; with `preset: authors`, N/20 (at
+/// least 1): a candidate at every step of a 20-step chain, every 2nd of 40.
+pub(super) fn hrf_stride(preset: Option<Preset>, steps: usize) -> usize {
+    match preset {
+        Some(Preset::Authors) => (steps / 20).max(1),
+        None => 2,
+    }
+}
+
+/// `training.hrf.update`: `shuffled`; `per-group` with `preset: authors`.
+pub(super) fn hrf_update(preset: Option<Preset>) -> GroupUpdate {
+    match preset {
+        Some(Preset::Authors) => GroupUpdate::PerGroup,
+        None => GroupUpdate::Shuffled,
+    }
+}
+
+/// `training.hrf.clip_scale`: `trainable`; `chain` with `preset: authors`.
+pub(super) fn hrf_clip_scale(preset: Option<Preset>) -> ClipScale {
+    match preset {
+        Some(Preset::Authors) => ClipScale::Chain,
+        None => ClipScale::Trainable,
+    }
 }
 
 /// `training.hrf.copies` (HRF-D's noise copies per anchor): the group size.

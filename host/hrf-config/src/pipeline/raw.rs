@@ -11,7 +11,10 @@ use serde_json::{Map, Value};
 
 use crate::model_spec::ModelSpecRaw;
 use crate::reward::{ImageInput, StageSpec};
-use crate::training::{AdvantageMode, Method, SamplingSettings, StartIndex, StepReduction};
+use crate::training::{
+    AdvantageMode, ClipScale, GroupUpdate, LrSchedule, Method, Preset, SamplingSettings,
+    StartIndex, StepReduction,
+};
 
 /// A run pipeline as written in YAML.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -54,6 +57,10 @@ pub struct RunFile {
 pub struct TrainingRaw {
     /// `ddpo-is`, `ddpo-sf`, `hrf` or `hrf-d`.
     pub method: Method,
+    /// Named defaults for the fields left out: `authors` (hrf / hrf-d only) runs HRF as the
+    /// authors' code does: timestep_fraction 1, `hrf.update: per-group`, `hrf.clip_scale:
+    /// chain`, `hrf.group_size` 5, `hrf.stride` N/20 (docs/ALGORITHM.md §3.5).
+    pub preset: Option<Preset>,
     /// Epochs to train (at most 1,000,000; epochs × samples per epoch at most 1,000,000,000).
     pub epochs: usize,
     /// AdamW's settings.
@@ -64,7 +71,8 @@ pub struct TrainingRaw {
     pub inner_epochs: usize,
     /// Samples per train batch (one optimiser step per `grad_accum` of them); at most 65,536,
     /// and the batch's activations must fit the memory estimate (see `sampling.batch_size`).
-    pub batch_size: usize,
+    /// Default 16; with `hrf.update: per-group` a train batch is one group (`hrf.group_size`).
+    pub batch_size: Option<usize>,
     /// Train batches whose gradients add up to one optimiser step.
     pub grad_accum: usize,
     /// Advantage clip. Default: 5 for ddpo-*, 2.5 for hrf/hrf-d (there multiplied by the
@@ -72,8 +80,8 @@ pub struct TrainingRaw {
     pub adv_clip: Option<f64>,
     /// PPO ratio clip range (hrf/hrf-d: multiplied by f).
     pub clip_range: f64,
-    /// Fraction of each sample's trainable steps trained per inner epoch.
-    pub timestep_fraction: f64,
+    /// Fraction of each sample's trainable steps trained per inner epoch, in (0, 1]. Default 1.
+    pub timestep_fraction: Option<f64>,
     /// Default: `mean` for ddpo-* (ddpo-pytorch), `sum` for hrf/hrf-d (the HRF authors).
     pub step_reduction: Option<StepReduction>,
     /// Weight of the KL-to-base regulariser (0: off).
@@ -99,24 +107,41 @@ pub struct OptimizerRaw {
     pub beta2: f64,
     /// Added to the second moment's root: positive.
     pub eps: f64,
+    /// `constant` (default) or `cosine`: the learning rate per epoch after the warm-up.
+    pub schedule: LrSchedule,
+    /// Epochs of linear warm-up from `lr · warmup_start_factor` up to `lr` (< epochs for
+    /// `cosine`, ≤ epochs for `constant`).
+    pub warmup_epochs: usize,
+    /// Where the warm-up starts, as a factor of `lr`, in (0, 1].
+    pub warmup_start_factor: f64,
+    /// `cosine` only: the rate the cosine decays towards, in [0, lr]. Default 0.
+    pub min_lr: Option<f64>,
 }
 
 /// `training.hrf:` as written.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HrfRaw {
-    /// Members per anchor group; the epoch's samples must split into whole groups.
-    pub group_size: usize,
+    /// Members per anchor group; the epoch's samples must split into whole groups. Default 4
+    /// (5 with `preset: authors`).
+    pub group_size: Option<usize>,
     /// The window schedule: clusters of start indices, each active for a fraction of the
     /// epochs (fractions summing to 1) or a number of epochs (summing to `training.epochs`).
     /// Default: [0, N/2) then [N/2, N), half the epochs each.
     pub window: Option<Vec<WindowClusterRaw>>,
-    /// HRF-D: candidate starts range(0, N, stride); at least 3 candidates.
-    pub stride: usize,
+    /// HRF-D: candidate starts range(0, N, stride); at least 3 candidates. Default 2 (N/20
+    /// with `preset: authors`).
+    pub stride: Option<usize>,
     /// HRF-D: noise copies per anchor (default: group_size).
     pub copies: Option<usize>,
     /// HRF-D: weight of the diversity loss D in the choice of k.
     pub beta: f64,
+    /// `shuffled` (default): train batches of `training.batch_size` across groups;
+    /// `per-group` (`preset: authors`): one anchor group per optimiser step.
+    pub update: Option<GroupUpdate>,
+    /// The window fraction f scaling both clips: `trainable` (default, N_train(k)/N_train(0)),
+    /// `chain` (`preset: authors`, (N − k)/N) or `off` (f ≡ 1).
+    pub clip_scale: Option<ClipScale>,
 }
 
 /// One cluster of the window schedule as written: `range: [a, b]` (half-open) or `steps: [...]`.
@@ -144,6 +169,11 @@ pub struct AdvantagesRaw {
     pub buffer_size: usize,
     /// Per-prompt tracker: below this many, the epoch's statistics are used.
     pub min_count: usize,
+    /// `group` mode with ddpo-is / ddpo-sf (GRPO-style groups, the baseline that separates
+    /// group standardisation from HRF's anchors): samples per group, ≥ 2, dividing the epoch's
+    /// samples; each group's consecutive samples share a prompt. Not for hrf / hrf-d, whose
+    /// groups are `training.hrf.group_size`.
+    pub group_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, JsonSchema)]

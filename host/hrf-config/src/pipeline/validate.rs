@@ -12,16 +12,16 @@ use serde_json::Value;
 use super::defaults;
 use super::problems::{valid_name, Base, Problems};
 use super::raw::{
-    AdvantagesRaw, BestBy, EvaluationRaw, PromptsFile, PromptsRaw, RunFile, RunSettingsRaw,
-    TrainingRaw,
+    AdvantagesRaw, BestBy, EvaluationRaw, OptimizerRaw, PromptsFile, PromptsRaw, RunFile,
+    RunSettingsRaw, TrainingRaw,
 };
 use super::resolved::{EvaluationSettings, RunPipeline, RunSettings};
 use super::{rewards, sizes, window};
 use crate::limits::{self, canonical};
 use crate::model_spec::{ModelSource, ModelSpec, ModelSpecRaw};
-use crate::pretrain_pipeline::AdamWSettings;
 use crate::training::{
-    AdvantageMode, AdvantageSettings, Method, SamplingSettings, StartIndex, TrainingSettings,
+    AdvantageMode, AdvantageSettings, GroupUpdate, LrSchedule, Method, OptimizerSettings,
+    SamplingSettings, StartIndex, TrainingSettings,
 };
 use crate::ConfigErrors;
 
@@ -46,6 +46,9 @@ impl RunFile {
             self.advantages.unwrap_or_default(),
             training.method,
             conditional,
+            self.sampling
+                .batch_size
+                .saturating_mul(self.sampling.batches_per_epoch),
         );
         let rewards = rewards::validate(&mut p, self.rewards, &base, conditional);
         let evaluation = evaluation(&mut p, &self.evaluation, self.sampling.guidance);
@@ -131,10 +134,13 @@ fn training(
 ) -> TrainingSettings {
     p.at_least("training.epochs", t.epochs, 1);
     p.at_least("training.inner_epochs", t.inner_epochs, 1);
-    p.at_least("training.batch_size", t.batch_size, 1);
+    if let Some(b) = t.batch_size {
+        p.at_least("training.batch_size", b, 1);
+    }
     p.at_least("training.grad_accum", t.grad_accum, 1);
     let o = &t.optimizer;
     p.real("training.optimizer.lr", o.lr, |v| v > 0.0, "positive");
+    let optimizer_schedule = schedule(p, o, t.epochs);
     if let Some(wd) = o.weight_decay {
         p.real("training.optimizer.weight_decay", wd, |v| v >= 0.0, "≥ 0");
     }
@@ -149,6 +155,12 @@ fn training(
         "positive",
     );
     let hier = t.method.is_hierarchical();
+    if t.preset.is_some() && !hier {
+        p.push(
+            "training.preset",
+            "`authors` is HRF as the authors ran it: only methods hrf and hrf-d take it",
+        );
+    }
     let adv_clip = t.adv_clip.unwrap_or(defaults::adv_clip(t.method));
     p.real("training.adv_clip", adv_clip, |v| v > 0.0, "positive");
     let weight_decay = o.weight_decay.unwrap_or(defaults::weight_decay(t.method));
@@ -175,6 +187,7 @@ fn training(
         (h, true) => Some(window::validate_hrf(
             p,
             h.clone().unwrap_or_default(),
+            t.preset,
             t.method,
             steps,
             t.epochs,
@@ -183,12 +196,34 @@ fn training(
         (None, false) => None,
     };
     p.real("training.clip_range", t.clip_range, |v| v > 0.0, "positive");
+    let timestep_fraction = t
+        .timestep_fraction
+        .unwrap_or_else(defaults::timestep_fraction);
     p.real(
         "training.timestep_fraction",
-        t.timestep_fraction,
+        timestep_fraction,
         |v| v > 0.0 && v <= 1.0,
         "in (0, 1]",
     );
+    // One group per optimiser step: a train batch is a group.
+    let per_group = hrf
+        .as_ref()
+        .filter(|h| h.update == GroupUpdate::PerGroup)
+        .map(|h| h.group_size);
+    if let (Some(g), Some(b)) = (per_group, t.batch_size) {
+        if b != g {
+            p.push(
+                "training.batch_size",
+                format!(
+                    "with training.hrf.update per-group a train batch is one anchor group of \
+                     {g}: leave batch_size out or make it {g}, got {b}"
+                ),
+            );
+        }
+    }
+    let batch_size = t
+        .batch_size
+        .unwrap_or_else(|| defaults::train_batch_size(per_group));
     p.real("training.kl_coef", t.kl_coef, |v| v >= 0.0, "≥ 0");
     if t.method == Method::DdpoSf && t.inner_epochs != 1 {
         p.push(
@@ -201,26 +236,81 @@ fn training(
     }
     TrainingSettings {
         method: t.method,
+        preset: t.preset,
         epochs: t.epochs,
-        optimizer: AdamWSettings {
+        optimizer: OptimizerSettings {
             lr: o.lr,
             weight_decay,
             beta1: o.beta1,
             beta2: o.beta2,
             eps: o.eps,
+            schedule: o.schedule,
+            warmup_epochs: o.warmup_epochs,
+            warmup_start_factor: o.warmup_start_factor,
+            min_lr: optimizer_schedule,
         },
         max_grad_norm: t.max_grad_norm,
         inner_epochs: t.inner_epochs,
-        batch_size: t.batch_size,
+        batch_size,
         grad_accum: t.grad_accum,
         adv_clip,
         clip_range: t.clip_range,
-        timestep_fraction: t.timestep_fraction,
+        timestep_fraction,
         step_reduction,
         kl_coef: t.kl_coef,
         start: t.start,
         hrf,
         seed,
+    }
+}
+
+/// `training.optimizer`'s learning-rate schedule: checks it and gives the resolved `min_lr`.
+fn schedule(p: &mut Problems<'_>, o: &OptimizerRaw, epochs: usize) -> Option<f64> {
+    p.real(
+        "training.optimizer.warmup_start_factor",
+        o.warmup_start_factor,
+        |v| v > 0.0 && v <= 1.0,
+        "in (0, 1]",
+    );
+    match o.schedule {
+        LrSchedule::Constant => {
+            if o.min_lr.is_some() {
+                p.push(
+                    "training.optimizer.min_lr",
+                    "used by `schedule: cosine` only; leave it out or set the schedule",
+                );
+            }
+            if o.warmup_epochs > epochs {
+                p.push(
+                    "training.optimizer.warmup_epochs",
+                    format!(
+                        "must be ≤ training.epochs ({epochs}), got {}",
+                        o.warmup_epochs
+                    ),
+                );
+            }
+            None
+        }
+        LrSchedule::Cosine => {
+            if o.warmup_epochs >= epochs {
+                p.push(
+                    "training.optimizer.warmup_epochs",
+                    format!(
+                        "the cosine needs epochs after the warm-up: must be < training.epochs \
+                         ({epochs}), got {}",
+                        o.warmup_epochs
+                    ),
+                );
+            }
+            let min_lr = o.min_lr.unwrap_or(0.0);
+            p.real(
+                "training.optimizer.min_lr",
+                min_lr,
+                |v| v >= 0.0 && v <= o.lr,
+                "in [0, training.optimizer.lr]",
+            );
+            Some(min_lr)
+        }
     }
 }
 
@@ -274,6 +364,7 @@ fn advantages(
     a: AdvantagesRaw,
     method: Method,
     conditional: bool,
+    samples_per_epoch: usize,
 ) -> AdvantageSettings {
     let hier = method.is_hierarchical();
     let mode = a
@@ -288,11 +379,30 @@ fn advantages(
     if mode == AdvantageMode::PerPrompt && !conditional {
         p.push("advantages.mode", "per-prompt advantages need `prompts`");
     }
-    if mode == AdvantageMode::Group && matches!(method, Method::DdpoIs | Method::DdpoSf) {
-        p.push(
+    match (a.group_size, mode == AdvantageMode::Group, hier) {
+        (None, true, false) => p.push(
             "advantages.mode",
-            "group advantages need method hrf or hrf-d",
-        );
+            "group advantages with ddpo-is / ddpo-sf need advantages.group_size (samples per \
+             group); hrf and hrf-d group by anchor",
+        ),
+        (Some(_), _, true) => p.push(
+            "advantages.group_size",
+            "hrf and hrf-d standardise within their anchor groups: set training.hrf.group_size",
+        ),
+        (Some(_), false, false) => p.push("advantages.group_size", "used by `mode: group` only"),
+        (Some(g), true, false) => {
+            p.at_least("advantages.group_size", g, 2);
+            if g > 0 && !samples_per_epoch.is_multiple_of(g) {
+                p.push(
+                    "advantages.group_size",
+                    format!(
+                        "the epoch's {samples_per_epoch} samples (sampling.batch_size × \
+                         batches_per_epoch) must split into whole groups of {g}"
+                    ),
+                );
+            }
+        }
+        _ => {}
     }
     p.at_least("advantages.buffer_size", a.buffer_size, 1);
     p.at_least("advantages.min_count", a.min_count, 1);
@@ -309,6 +419,9 @@ fn advantages(
         mode,
         buffer_size: a.buffer_size,
         min_count: a.min_count,
+        group_size: a
+            .group_size
+            .filter(|_| mode == AdvantageMode::Group && !hier),
     }
 }
 

@@ -5,25 +5,31 @@ use super::defaults;
 use super::problems::Problems;
 use super::raw::HrfRaw;
 use crate::limits;
-use crate::training::{HrfSettings, Method, WindowCluster};
+use crate::training::{HrfSettings, Method, Preset, WindowCluster};
 
 /// Checks `training.hrf` and resolves its window schedule into explicit steps and epoch counts.
 pub(super) fn validate_hrf(
     p: &mut Problems<'_>,
     h: HrfRaw,
+    preset: Option<Preset>,
     method: Method,
     steps: usize,
     epochs: usize,
     samples_per_epoch: usize,
 ) -> HrfSettings {
-    p.at_least("training.hrf.group_size", h.group_size, 2);
-    if h.group_size > 0 && !samples_per_epoch.is_multiple_of(h.group_size) {
+    let group_size = h
+        .group_size
+        .unwrap_or_else(|| defaults::hrf_group_size(preset));
+    let stride = h
+        .stride
+        .unwrap_or_else(|| defaults::hrf_stride(preset, steps));
+    p.at_least("training.hrf.group_size", group_size, 2);
+    if group_size > 0 && !samples_per_epoch.is_multiple_of(group_size) {
         p.push(
             "training.hrf.group_size",
             format!(
                 "the epoch's {samples_per_epoch} samples (sampling.batch_size × batches_per_epoch) \
-                 must split into whole groups of {}",
-                h.group_size
+                 must split into whole groups of {group_size}"
             ),
         );
     }
@@ -105,18 +111,17 @@ pub(super) fn validate_hrf(
         }
         vec![0; raw.len()]
     };
-    p.at_least("training.hrf.stride", h.stride, 1);
-    if method == Method::HrfD && h.stride > 0 && steps.div_ceil(h.stride) < 3 {
+    p.at_least("training.hrf.stride", stride, 1);
+    if method == Method::HrfD && stride > 0 && steps.div_ceil(stride) < 3 {
         p.push(
             "training.hrf.stride",
             format!(
-                "hrf-d needs at least 3 candidate starts: range(0, {steps}, {}) has {}",
-                h.stride,
-                steps.div_ceil(h.stride)
+                "hrf-d needs at least 3 candidate starts: range(0, {steps}, {stride}) has {}",
+                steps.div_ceil(stride)
             ),
         );
     }
-    let copies = h.copies.unwrap_or(defaults::hrf_copies(h.group_size));
+    let copies = h.copies.unwrap_or(defaults::hrf_copies(group_size));
     p.at_least("training.hrf.copies", copies, 1);
     p.at_most(
         "training.hrf.copies",
@@ -126,14 +131,18 @@ pub(super) fn validate_hrf(
     );
     p.real("training.hrf.beta", h.beta, |v| v >= 0.0, "≥ 0");
     HrfSettings {
-        group_size: h.group_size,
+        group_size,
         window: clusters
             .into_iter()
             .zip(counts)
             .map(|(steps, epochs)| WindowCluster { steps, epochs })
             .collect(),
-        stride: h.stride,
+        stride,
         copies,
         beta: h.beta,
+        update: h.update.unwrap_or_else(|| defaults::hrf_update(preset)),
+        clip_scale: h
+            .clip_scale
+            .unwrap_or_else(|| defaults::hrf_clip_scale(preset)),
     }
 }

@@ -8,7 +8,7 @@
 //! This module holds `render_chart` and `save_chart`, and the legend; `spec` the chart's types
 //! and shared colours, `layout` places the data area and its axes, `ticks` picks the axes'
 //! ticks and labels, `draw` has the drawing primitives over `pixels`, `font` the bitmap font and
-//! text, `panels` lays images side by side;
+//! text, `panels` lays images side by side, `stack` puts charts one above another;
 //! hrf-data writes the canvas as a PNG, as it writes sample grids.
 
 use std::path::Path;
@@ -21,6 +21,7 @@ mod layout;
 mod panels;
 mod pixels;
 mod spec;
+mod stack;
 mod ticks;
 
 use draw::{
@@ -36,12 +37,26 @@ use spec::{finite, series_color, GRID, TEXT, TICK, WHITE};
 pub use spec::{
     Chart, Marker, RefLine, Series, Style, BAND_ALPHA, HEIGHT, PALETTE, REF_COLOR, WIDTH,
 };
+pub use stack::save_chart_stack;
 pub use ticks::{nice_ticks, tick_labels, ticks_within};
 
 /// Renders `chart` and writes it as a PNG via a temporary file in the same folder, then renames it.
 pub fn save_chart(chart: &Chart, path: &Path) -> Result<(), String> {
     let canvas = render_chart(chart)?;
     write_canvas(&canvas, path)
+}
+
+/// Tests: every text of `chart` has glyphs in the chart font, and the chart renders.
+#[cfg(test)]
+pub(crate) fn assert_drawable(name: &str, chart: &Chart) {
+    let texts = [&chart.title, &chart.x_label, &chart.y_label]
+        .into_iter()
+        .chain(chart.series.iter().map(|s| &s.label))
+        .chain(chart.ref_lines.iter().map(|r| &r.label));
+    for t in texts {
+        assert!(t.chars().all(has_glyph), "{name}: {t:?}");
+    }
+    render_chart(chart).unwrap();
 }
 
 /// Renders `chart` as a `WIDTH`×`HEIGHT` RGB image.

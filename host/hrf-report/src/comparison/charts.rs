@@ -366,14 +366,7 @@ mod tests {
         let scatter = get("reward-vs-diversity.png");
         assert_eq!(scatter.series[1].band, Some(vec![0.05]));
         for (name, chart) in &charts {
-            let texts = [&chart.title, &chart.x_label, &chart.y_label]
-                .into_iter()
-                .chain(chart.series.iter().map(|s| &s.label))
-                .chain(chart.ref_lines.iter().map(|r| &r.label));
-            for t in texts {
-                assert!(t.chars().all(crate::chart::has_glyph), "{name}: {t:?}");
-            }
-            crate::chart::render_chart(chart).unwrap();
+            crate::chart::assert_drawable(name, chart);
         }
         let no_base = Comparison::new(vec![run("ddpo", 0, 1.0, 5.0)], None).unwrap();
         assert!(super::charts(&no_base)

@@ -1,6 +1,10 @@
-//! A comparison as Markdown: the table of groups, the base model's row, and the verdicts.
+//! A comparison as Markdown: the table of groups, the base model's row, the frontier section,
+//! the 90/90 check of the final evaluation and the trust-region table.
 
-use super::{Comparison, Finals, MeanStd, Verdicts, COLLAPSE, GAIN_SHARE, KEEP};
+use super::{
+    frontier_markdown, trust_markdown, trust_region, Comparison, Finals, Frontier, MeanStd,
+    Verdicts, COLLAPSE, GAIN_SHARE, KEEP,
+};
 
 fn thousands(v: f64) -> String {
     if !v.is_finite() {
@@ -30,9 +34,38 @@ fn ratio(m: &Option<MeanStd>) -> String {
     m.map_or(String::new(), |m| format!(" ({})", m.show(2)))
 }
 
-/// The comparison as Markdown: the table, the base model's row, and the verdicts when a
+/// The comparison as Markdown: the table, the base model's row, and the 90/90 check when a
 /// reference group is named.
 pub fn markdown(c: &Comparison, verdicts: Option<&Verdicts>) -> String {
+    let mut s = table(c);
+    if let Some(v) = verdicts {
+        s += &check_90(v);
+    }
+    s
+}
+
+/// comparison.md in full: the table, the frontier section (`matched_png`: the side-by-side
+/// samples at matched reward, if written), the 90/90 check and the trust-region table.
+pub fn markdown_report(
+    c: &Comparison,
+    verdicts: Option<&Verdicts>,
+    frontier: Option<&Frontier>,
+    matched_png: Option<&str>,
+) -> String {
+    let mut s = table(c);
+    if let Some(f) = frontier {
+        s += "\n";
+        s += &frontier_markdown(f, matched_png);
+    }
+    if let Some(v) = verdicts {
+        s += &check_90(v);
+    }
+    s += "\n";
+    s += &trust_markdown(&trust_region(c));
+    s
+}
+
+fn table(c: &Comparison) -> String {
     let mut s = String::new();
     let n_final = c.runs.first().map_or(0, |r| r.last.samples);
     s += &format!(
@@ -77,37 +110,41 @@ pub fn markdown(c: &Comparison, verdicts: Option<&Verdicts>) -> String {
             g.wall_s.show(0),
         );
     }
-    if let Some(v) = verdicts {
+    s
+}
+
+/// The 90/90 check of the final evaluation against the reference group.
+fn check_90(v: &Verdicts) -> String {
+    let mut s = String::new();
+    s += &format!(
+        "\n90/90 check of the final evaluation against `{}` (target: ≥ {:.0}% of its reward gain with Vendi and class entropy ≥ {:.0}% of the base model's):\n\n",
+        v.reference,
+        GAIN_SHARE * 100.0,
+        KEEP * 100.0
+    );
+    if !v.claim_tested {
         s += &format!(
-            "\nAgainst `{}` (target: ≥ {:.0}% of its reward gain with Vendi and class entropy ≥ {:.0}% of the base model's):\n\n",
+            "- **Claim not tested**: `{}` kept {:.0}% of the base model's Vendi (≥ {:.0}%), so it did not collapse diversity under this budget; nothing here shows that a method keeps diversity where DDPO loses it.\n",
             v.reference,
-            GAIN_SHARE * 100.0,
-            KEEP * 100.0
+            v.reference_vendi_vs_base * 100.0,
+            COLLAPSE * 100.0
         );
-        if !v.claim_tested {
-            s += &format!(
-                "- **Claim not tested**: `{}` kept {:.0}% of the base model's Vendi (≥ {:.0}%), so it did not collapse diversity under this budget; nothing here shows that a method keeps diversity where DDPO loses it.\n",
-                v.reference,
-                v.reference_vendi_vs_base * 100.0,
-                COLLAPSE * 100.0
-            );
-        } else {
-            s += &format!(
-                "- `{}` collapsed diversity: Vendi {:.0}% of the base model's.\n",
-                v.reference,
-                v.reference_vendi_vs_base * 100.0
-            );
-        }
-        for g in &v.groups {
-            s += &format!(
-                "- `{}`: {:.0}% of the gain, Vendi {:.0}%, class entropy {:.0}% of the base → target {}.\n",
-                g.label,
-                g.gain_share * 100.0,
-                g.vendi_vs_base * 100.0,
-                g.entropy_vs_base * 100.0,
-                if g.meets_target { "met" } else { "missed" }
-            );
-        }
+    } else {
+        s += &format!(
+            "- `{}` collapsed diversity: Vendi {:.0}% of the base model's.\n",
+            v.reference,
+            v.reference_vendi_vs_base * 100.0
+        );
+    }
+    for g in &v.groups {
+        s += &format!(
+            "- `{}`: {:.0}% of the gain, Vendi {:.0}%, class entropy {:.0}% of the base → target {}.\n",
+            g.label,
+            g.gain_share * 100.0,
+            g.vendi_vs_base * 100.0,
+            g.entropy_vs_base * 100.0,
+            if g.meets_target { "met" } else { "missed" }
+        );
     }
     s
 }

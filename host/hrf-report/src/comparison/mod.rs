@@ -4,7 +4,11 @@
 //! Markdown table, a JSON file, plots (reward and Vendi against epoch and against UNet
 //! evaluations, a reward–diversity scatter with the base marked). This module reads the runs
 //! back from their folders and says which runs compare alike; `summary` groups them, `markdown`
-//! writes the table and `charts` the plots.
+//! writes the table and `charts` the plots. Beyond the final numbers: each method's
+//! reward–diversity frontier over its evaluations during training, read at a matched reward
+//! and under a diversity floor (`frontier_verdicts`, with its table in `frontier_markdown` and
+//! its plots in `frontier_charts`), and each group's trust-region telemetry from the epoch
+//! records (`telemetry`).
 
 use std::path::{Path, PathBuf};
 
@@ -14,14 +18,24 @@ use serde_json::Value;
 use crate::records::{EvalReport, METRICS_FILE, RESOLVED_FILE};
 
 mod charts;
+mod frontier_charts;
+mod frontier_markdown;
+mod frontier_verdicts;
 mod markdown;
 mod summary;
+mod telemetry;
 
 pub use charts::{charts, write_plots};
-pub use markdown::markdown;
+pub use frontier_charts::frontier_charts;
+pub use frontier_markdown::frontier_markdown;
+pub use frontier_verdicts::{
+    default_reference, Frontier, FrontierPoint, MatchedGrid, MethodFrontier, SeedCurve,
+};
+pub use markdown::{markdown, markdown_report};
 pub use summary::{
     Comparison, Finals, GroupSummary, MeanStd, Verdict, Verdicts, COLLAPSE, GAIN_SHARE, KEEP,
 };
+pub use telemetry::{trust_markdown, trust_region, EpochTelemetry, TrustRegion};
 
 /// What must agree between runs (and with the base reference) for their final numbers to be
 /// comparable: the model, the evaluation's seeds, size, chain and guidance, and the rewards.
@@ -95,6 +109,12 @@ pub struct RunRecord {
     pub method: String,
     pub seed: u64,
     pub epochs: u64,
+    /// `training.kl_coef` (0: no KL-to-base regulariser).
+    pub kl_coef: f64,
+    /// `training.start` as resolved (DDPO ablations that train only the steps from a start
+    /// index on); `None`: every step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<Value>,
     /// The final evaluation (the larger fixed-seed set).
     pub last: EvalReport,
     /// The evaluations during training (the smaller set), base included, by epoch.
@@ -106,6 +126,10 @@ pub struct RunRecord {
     /// Sampling, reward, training and evaluation time summed over the epochs (a resumed run's
     /// pieces add up).
     pub wall_s: f64,
+    /// The trust-region telemetry of each epoch record, in order (fields an older run did not
+    /// write are `None`).
+    #[serde(skip)]
+    pub telemetry: Vec<EpochTelemetry>,
     #[serde(skip)]
     pub key: Value,
 }
@@ -149,9 +173,11 @@ impl RunRecord {
         let mut curve = Vec::new();
         let (mut unet_evals, mut reward_evals, mut wall_s) = (0u64, 0u64, 0f64);
         let mut cumulative_unet_evals = Vec::new();
+        let mut telemetry = Vec::new();
         for l in &lines {
             match l["kind"].as_str() {
                 Some("epoch") => {
+                    telemetry.push(EpochTelemetry::of(l));
                     unet_evals += l["unet_evals"].as_u64().unwrap_or(0);
                     reward_evals += l["reward_calls"].as_u64().unwrap_or(0);
                     cumulative_unet_evals.push(unet_evals);
@@ -186,11 +212,14 @@ impl RunRecord {
             method: str_at(&resolved["training"]["method"]),
             seed: resolved["run"]["seed"].as_u64().unwrap_or(0),
             epochs: resolved["training"]["epochs"].as_u64().unwrap_or(0),
+            kl_coef: resolved["training"]["kl_coef"].as_f64().unwrap_or(0.0),
+            start: Some(resolved["training"]["start"].clone()).filter(|v| !v.is_null()),
             last,
             curve,
             cumulative_unet_evals,
             reward_evals,
             wall_s,
+            telemetry,
             key: evaluation_key(&resolved),
         })
     }
@@ -240,6 +269,8 @@ mod tests {
             method: "ddpo-is".into(),
             seed,
             epochs: 2,
+            kl_coef: 0.0,
+            start: None,
             last: report(2, reward, vendi, 2.0, 1000),
             curve: vec![
                 report(0, 0.0, 10.0, 2.0, 128),
@@ -248,6 +279,7 @@ mod tests {
             cumulative_unet_evals: vec![100, 200],
             reward_evals: 64,
             wall_s: 10.0,
+            telemetry: vec![],
             key: serde_json::json!({"same": true}),
         }
     }

@@ -16,6 +16,7 @@ use crate::training::{
 };
 
 mod overrides;
+mod presets;
 mod problems;
 mod resolve;
 mod schema;

@@ -168,7 +168,7 @@ run: {name: 'a b', keep: 0}
     assert_eq!(e.0.len(), want.len(), "{e}");
     let msg = messages(&e);
     assert!(
-        msg.contains("group advantages need method hrf or hrf-d"),
+        msg.contains("group advantages with ddpo-is / ddpo-sf need advantages.group_size"),
         "{msg}"
     );
     assert!(msg.contains("duplicate reward name \"aesthetic\""), "{msg}");
