@@ -191,8 +191,11 @@ def execute(runs, jobs, minutes):
 
 
 def records(run_dir, kind):
+    """The run's metrics.jsonl lines of `kind`: "epoch" lines as written, "eval" (the base
+    model's and the training evaluations) and "final" as their reports."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [j for j in map(json.loads, filter(None, lines)) if j.get("kind") == kind]
+    found = [j for j in map(json.loads, filter(None, lines)) if j.get("kind") == kind]
+    return found if kind == "epoch" else [j["report"] for j in found]
 
 
 def sweep_runs(grid):
@@ -228,8 +231,11 @@ def choose(grid):
                 evals = records(run.kept, "eval")
                 kl = statistics.median(e["approx_kl"] for e in epochs)
                 clipfrac = statistics.median(e["clipfrac"] for e in epochs)
-                base, final = evals[0], evals[-1]
-                vendi = final["diversity"]["vendi"] / base["diversity"]["vendi"]
+                # The final evaluation's reward against the base model's; Vendi of the last
+                # training evaluation against the base's, on sets of one size.
+                base, last = evals[0], evals[-1]
+                final = records(run.kept, "final")[0]
+                vendi = last["diversity"]["vendi"] / base["diversity"]["vendi"]
                 kls.append(kl)
                 rises.append(final["reward_mean"] > base["reward_mean"])
                 evidence.append((run.task, kl, clipfrac, final["reward_mean"] - base["reward_mean"], vendi,
@@ -245,7 +251,7 @@ def choose(grid):
     out = RESULTS / grid
     out.mkdir(parents=True, exist_ok=True)
     (out / "choices.json").write_text(json.dumps({"lr": choices, "rule": RULE}, indent=1) + "\n")
-    table = ["| method | lr | task | median approx-KL | median clipfrac | grad-clipped share | final − base reward | Vendi ÷ base |",
+    table = ["| method | lr | task | median approx-KL | median clipfrac | grad-clipped share | final − base reward | Vendi ÷ base (last training evaluation) |",
              "|---|---|---|---|---|---|---|---|", *rows]
     (out / "sweep.md").write_text("\n".join(table) + "\n\nChosen: " +
                                   ", ".join(f"{m} {lr:g}" for m, lr in choices.items()) + "\n")
@@ -328,9 +334,11 @@ def report(grid):
             if not runs:
                 continue
             cmp_dir = out / "comparisons" / protocol / task
-            cmd = [HRF, "compare", *[str(r.kept) for r in runs], "-o", str(cmp_dir), "--reference", "ddpo"]
+            # Paths relative to the repository, so that the committed Markdown names them so.
+            rel = [str(r.kept.relative_to(REPO)) for r in runs]
+            cmd = [HRF, "compare", *rel, "-o", str(cmp_dir.relative_to(REPO)), "--reference", "ddpo"]
             log(" ".join(cmd[1:3]) + f" … → {cmp_dir}")
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
             lines += [f"## {task}, {protocol}", "", (cmp_dir / "comparison.md").read_text(), ""]
     (out / "RESULTS.md").write_text("\n".join(lines))
     log(f"wrote {out / 'RESULTS.md'}")
