@@ -48,7 +48,10 @@ METHODS = {
 # The KL coefficients share DDPO's lr (the term only adds to DDPO's loss); the other methods
 # each take the sweep's choice.
 SHARES_LR = {"ddpo-kl-0.1": "ddpo", "ddpo-kl-1": "ddpo"}
-SWEEP_LRS = [1e-5, 3e-5, 1e-4]
+# The issue's three rates and two above them: on the reduced grid's first DDPO sweep runs
+# (compressibility), 1e-4 moved the policy by a median approx-KL of only 9e-7, so the three
+# alone could not find where the trust region ends (added before any final run).
+SWEEP_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
 SWEEP_SEEDS = [100]
 # The rule, fixed before any final run: the largest swept lr whose median approx-KL over the
 # run's epochs is ≤ 0.01 and whose final reward is above the base model's; if none rises, the
@@ -134,11 +137,17 @@ KEEP = ["pipeline.yaml", "pipeline.resolved.yaml", "metrics.jsonl", "summary.jso
 
 
 def keep_results(run):
-    """Copies what `hrf compare` reads, and the evaluation grids, into experiments/."""
+    """Copies what `hrf compare` reads into experiments/, with the final sample grid; the
+    evaluation grids (for `hrf compare`'s samples at matched reward, which shows each method's
+    first seed) only for the final runs' first seed, so that the results of a whole grid stay
+    a few MiB (the device tool carries the tree in 64 MiB)."""
     for name in KEEP:
         (run.kept / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run.work / name, run.kept / name)
-    for grid in sorted((run.work / "samples").glob("eval-*.png")) + [run.work / "samples" / "final.png"]:
+    grids = [run.work / "samples" / "final.png"]
+    if run.stage != "sweep" and run.seed == GRIDS[run.grid]["seeds"][0]:
+        grids += sorted((run.work / "samples").glob("eval-*.png"))
+    for grid in grids:
         if grid.exists():
             (run.kept / "samples").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(grid, run.kept / "samples" / grid.name)
