@@ -21,7 +21,7 @@ use tch::{Device, Tensor};
 use crate::evaluation::Evaluator;
 use crate::hrf::renoise;
 use crate::policy::Policy;
-use crate::sampling::{keyed_noise, policy_step, sample, SampleRequest};
+use crate::sampling::{denoise_from, keyed_noise, sample, SampleRequest};
 
 /// The key tag of the re-noised chains ("renoise" in ASCII).
 pub const RENOISE_TAG: u64 = 0x0072_656e_6f69_7365;
@@ -78,25 +78,15 @@ pub fn rerun_from(
     (seed, keys): (u64, &[u64]),
     device: Device,
 ) -> Tensor {
-    tch::no_grad(|| {
-        let mut x = renoised_start(sched, x0, keys, k, seed, device);
-        let labels = labels.map(|y| y.to_device(device));
-        let s = start_seed(seed, k);
-        for i in k..sched.num_steps() {
-            x = policy_step(
-                policy,
-                sched,
-                &x,
-                labels.as_ref(),
-                i,
-                (eta, guidance),
-                (s, keys),
-                device,
-            )
-            .prev;
-        }
-        x
-    })
+    let x = renoised_start(sched, x0, keys, k, seed, device);
+    let req = SampleRequest {
+        labels,
+        keys,
+        seed: start_seed(seed, k),
+        eta,
+        guidance,
+    };
+    denoise_from(policy, sched, x, k, &req, device, &mut |_, _| {})
 }
 
 /// What to measure.
@@ -122,13 +112,13 @@ pub struct MeanSe {
 }
 
 impl MeanSe {
+    /// As evaluation's reward s.e.: the population std over √(n − 1), which is the sample std
+    /// over √n.
     pub fn of(v: &[f64]) -> MeanSe {
-        let n = v.len() as f64;
-        let mean = v.iter().sum::<f64>() / n.max(1.0);
-        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let (mean, std) = hrf_report::stats::mean_std(v);
         MeanSe {
             mean,
-            sem: (var / n.max(1.0)).sqrt(),
+            sem: std / (v.len().max(2) as f64 - 1.0).sqrt(),
         }
     }
 }

@@ -87,11 +87,26 @@ pub fn sample_observed(
     on_step: &mut dyn FnMut(usize, &Tensor),
 ) -> Tensor {
     let shape = policy.latent_shape();
+    // Stream 0 is x_T; stream i+1 is the noise of step i.
+    let x_t = keyed_noise(req.seed, req.keys, 0, &shape, device);
+    denoise_from(policy, sched, x_t, 0, req, device, on_step)
+}
+
+/// Denoises `x` (the chain's state before step `first`) through steps first..N−1 under no-grad,
+/// the noise of step i keyed by (req.seed, key, i + 1), calling `on_step(i, x̂₀)` at each step.
+pub fn denoise_from(
+    policy: &dyn Policy,
+    sched: &DdimScheduler,
+    x: Tensor,
+    first: usize,
+    req: &SampleRequest<'_>,
+    device: Device,
+    on_step: &mut dyn FnMut(usize, &Tensor),
+) -> Tensor {
     tch::no_grad(|| {
-        // Stream 0 is x_T; stream i+1 is the noise of step i.
-        let mut x = keyed_noise(req.seed, req.keys, 0, &shape, device);
+        let mut x = x;
         let labels = req.labels.map(|y| y.to_device(device));
-        for i in 0..sched.num_steps() {
+        for i in first..sched.num_steps() {
             let step = policy_step(
                 policy,
                 sched,
