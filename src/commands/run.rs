@@ -171,6 +171,8 @@ struct Loaded {
     chain: hrf_diffusion::DdimScheduler,
     prompts: Vec<(String, i64)>,
     rewards: RewardWorker,
+    /// `evaluation.gold`, one set each.
+    gold: Vec<hrf_rewards::RewardSet>,
     evaluator: Option<Evaluator>,
 }
 
@@ -207,13 +209,36 @@ fn load_all(p: &RunPipeline, dev: tch::Device, allow_native: bool) -> anyhow::Re
         allow_native,
     };
     let rewards = RewardWorker::spawn(hrf_plugins::build_rewards(&p.rewards, &cx)?);
+    let gold = p
+        .gold
+        .iter()
+        .map(|spec| hrf_plugins::build_rewards(std::slice::from_ref(spec), &cx))
+        .collect::<Result<Vec<_>, _>>()?;
     let evaluator = evaluator_for(&model)?;
+    if let Some(g) = &p.guard {
+        let floors = [
+            ("vendi_floor", g.vendi_floor.is_some()),
+            ("class_entropy_floor", g.class_entropy_floor.is_some()),
+        ];
+        if let Some((field, _)) = floors
+            .iter()
+            .find(|(_, set)| *set)
+            .filter(|_| evaluator.is_none())
+        {
+            return Err(UsageError(format!(
+                "{}: guard.{field}: this model's images are not ones the evaluation classifier takes, so no diversity is measured to guard",
+                p.file.display()
+            ))
+            .into());
+        }
+    }
     Ok(Loaded {
         model,
         base,
         chain,
         prompts,
         rewards,
+        gold,
         evaluator,
     })
 }
@@ -231,6 +256,7 @@ pub fn evaluate_base(
         chain,
         prompts,
         rewards,
+        gold,
         evaluator,
         ..
     } = load_all(p, dev, allow_native)?;
@@ -242,6 +268,7 @@ pub fn evaluate_base(
         scheduler: &chain,
         prompts,
         rewards,
+        gold,
         evaluator,
         dir: std::env::temp_dir(),
         device: dev,
@@ -304,6 +331,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         chain,
         prompts,
         rewards,
+        gold,
         evaluator,
     } = load_all(&p, dev, a.allow_native)?;
 
@@ -355,6 +383,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         scheduler: &chain,
         prompts,
         rewards,
+        gold,
         evaluator,
         dir: dir.clone(),
         device: dev,

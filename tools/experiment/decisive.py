@@ -48,6 +48,9 @@ METHODS = {
 # The KL coefficients share DDPO's lr (the term only adds to DDPO's loss); the other methods
 # each take the sweep's choice.
 SHARES_LR = {"ddpo-kl-0.1": "ddpo", "ddpo-kl-1": "ddpo"}
+# On a grid that sweeps only some methods (`sweep_methods`), the others take the lr of the
+# method they vary: DDPO's variants DDPO's, HRF's HRF's.
+LR_FROM = {"ddpo-group": "ddpo", "ddpo-uniform": "ddpo", "hrf-no-f": "hrf", "hrf-d": "hrf"}
 # The issue's three rates and two above them: on the reduced grid's first DDPO sweep runs
 # (compressibility), 1e-4 moved the policy by a median approx-KL of only 9e-7, so the three
 # alone could not find where the trust region ends (added before any final run).
@@ -80,6 +83,12 @@ GRIDS = {
         # One at a time: two runs side by side on 2 cores took over 10 min for 3 epochs each,
         # against about 2.5 min for a whole run alone.
         "jobs": 1,
+        # Reduced: only DDPO and HRF are swept; the variants take their parent's lr (LR_FROM).
+        "sweep_methods": ["ddpo", "hrf"],
+        # Reduced: the equal-UNet-evaluations protocol only for HRF's methods (whose budget
+        # per epoch differs most from DDPO's), on the first seed.
+        "unet_methods": ["hrf", "hrf-no-f", "hrf-d"],
+        "unet_seeds": [0],
     },
     # Seconds per run: for checking this script, never reported.
     "smoke": {
@@ -209,12 +218,17 @@ def records(run_dir, kind):
     return found if kind == "epoch" else [j["report"] for j in found]
 
 
+def swept(grid):
+    """The methods the grid sweeps; the others share an lr (SHARES_LR, LR_FROM)."""
+    only = GRIDS[grid].get("sweep_methods")
+    return [m for m in METHODS if m not in SHARES_LR and (only is None or m in only)]
+
+
 def sweep_runs(grid):
     return [
         Run(grid, "sweep", task, method, seed, [f"training.optimizer.lr={lr:g}"], tag=f"-lr{lr:g}")
         for task in TASKS
-        for method in METHODS
-        if method not in SHARES_LR
+        for method in swept(grid)
         for lr in SWEEP_LRS
         for seed in SWEEP_SEEDS
     ]
@@ -227,9 +241,7 @@ def sweep_lr(run):
 def choose(grid):
     """Applies the rule to the finished sweep: the lr per method, with the evidence."""
     rows, choices = [], {}
-    for method in METHODS:
-        if method in SHARES_LR:
-            continue
+    for method in swept(grid):
         candidates = []
         for lr in SWEEP_LRS:
             kls, rises, evidence = [], [], []
@@ -257,8 +269,9 @@ def choose(grid):
                 rows.append(f"| {method} | {lr:g} | {task} | {kl:.2e} | {clipfrac:.3f} | {clipped:.2f} | {gain:+.4f} | {vendi:.2f} |")
         good = [lr for lr, ok in candidates if ok]
         choices[method] = max(good) if good else min(SWEEP_LRS)
-    for method, shared in SHARES_LR.items():
-        choices[method] = choices[shared]
+    for method in METHODS:
+        if method not in choices:
+            choices[method] = choices[SHARES_LR.get(method) or LR_FROM[method]]
     out = RESULTS / grid
     out.mkdir(parents=True, exist_ok=True)
     (out / "choices.json").write_text(json.dumps({"lr": choices, "rule": RULE}, indent=1) + "\n")
@@ -299,12 +312,22 @@ def final_runs(grid, protocol):
     for task in TASKS:
         for method in METHODS:
             sets = [f"training.optimizer.lr={lrs[method]:g}"]
+            seeds = g["seeds"]
             if protocol == "equal-unet-evals":
-                if method == "ddpo":
-                    continue  # DDPO's equal-epochs runs serve both protocols
+                if serves_both(grid, task, method):
+                    continue  # its equal-epochs runs serve both protocols
+                if method not in g.get("unet_methods", METHODS):
+                    continue
+                seeds = g.get("unet_seeds", seeds)
                 sets.append(f"training.epochs={equal_eval_epochs(grid, task, method)}")
-            runs += [Run(grid, protocol, task, method, seed, sets) for seed in g["seeds"]]
+            runs += [Run(grid, protocol, task, method, seed, sets) for seed in seeds]
     return runs
+
+
+def serves_both(grid, task, method):
+    """DDPO, and a method whose equal-UNet-evaluation budget is the equal-epochs one (DDPO with
+    group advantages spends what DDPO spends): their equal-epochs runs serve both protocols."""
+    return method == "ddpo" or equal_eval_epochs(grid, task, method) == epochs_of(grid)
 
 
 def unet_evals_per_epoch(run_dir):
@@ -341,7 +364,8 @@ def report(grid):
         for task in TASKS:
             runs = [r for r in final_runs(grid, protocol) if r.task == task and r.done()]
             if protocol == "equal-unet-evals":
-                runs += [r for r in final_runs(grid, "equal-epochs") if r.task == task and r.method == "ddpo" and r.done()]
+                runs += [r for r in final_runs(grid, "equal-epochs")
+                         if r.task == task and r.done() and serves_both(grid, task, r.method)]
             if not runs:
                 continue
             cmp_dir = out / "comparisons" / protocol / task

@@ -179,7 +179,7 @@ pub enum GroupUpdate {
 }
 
 /// `training.hrf.clip_scale`: the window fraction f that scales HRF's two clips.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClipScale {
     /// f = N_train(k) / N_train(0): the share of the chain's trainable steps (degenerate steps
@@ -190,6 +190,36 @@ pub enum ClipScale {
     Chain,
     /// f ≡ 1: no window scaling (the ablation "HRF without f").
     Off,
+}
+
+// By hand: YAML 1.1 reads a plain `off` as the boolean false (`--set
+// training.hrf.clip_scale=off` does), which here means `off`.
+impl<'de> Deserialize<'de> for ClipScale {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ClipScale;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("one of trainable, chain, off")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ClipScale, E> {
+                if v {
+                    Err(E::invalid_value(serde::de::Unexpected::Bool(v), &self))
+                } else {
+                    Ok(ClipScale::Off)
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ClipScale, E> {
+                match v {
+                    "trainable" => Ok(ClipScale::Trainable),
+                    "chain" => Ok(ClipScale::Chain),
+                    "off" | "false" => Ok(ClipScale::Off),
+                    _ => Err(E::unknown_variant(v, &["trainable", "chain", "off"])),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One cluster of the window schedule, resolved: its start indices and its epoch count.

@@ -41,6 +41,10 @@ pub struct EvalReport {
     /// reward). Evaluations share their seeds, so two of them compare sample by sample.
     #[serde(default)]
     pub sample_rewards: Vec<Option<f64>>,
+    /// `evaluation.gold`: each gold reward's mean on the set (its score turned so that higher
+    /// is better, times its weight), never trained on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gold: BTreeMap<String, f64>,
     pub eval_s: f64,
 }
 
@@ -88,6 +92,132 @@ pub struct BestRecord {
     pub vendi: Option<f64>,
 }
 
+/// One guard's check at one evaluation (docs/GUARDS.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardCheck {
+    /// `vendi_floor`, `class_entropy_floor` or `gold_drop`.
+    pub guard: String,
+    /// `gold_drop`: the gold reward watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gold: Option<String>,
+    /// The evaluation's value: Vendi, class entropy, or the gold reward's drop below its best.
+    pub value: f64,
+    /// The floor (a diversity guard's, in the measure's units) or the largest drop allowed.
+    pub limit: f64,
+    pub failed: bool,
+}
+
+impl GuardCheck {
+    /// One line: `vendi_floor: 7.91 < 8.00`.
+    pub fn describe(&self) -> String {
+        let what = match &self.gold {
+            Some(g) => format!("{} ({g})", self.guard),
+            None => self.guard.clone(),
+        };
+        let (op, ok_op) = if self.guard == "gold_drop" {
+            (">", "≤")
+        } else {
+            ("<", "≥")
+        };
+        let op = if self.failed { op } else { ok_op };
+        format!("{what}: {:.4} {op} {:.4}", self.value, self.limit)
+    }
+}
+
+/// A `kind: "guard"` line of metrics.jsonl: the guards' checks at one evaluation and what the
+/// run did. A rollback supersedes the epoch and evaluation lines after `to_epoch` that came
+/// before it ([`current_lines`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardEvent {
+    /// The evaluation's epoch (epochs trained before it).
+    pub epoch: u64,
+    pub checks: Vec<GuardCheck>,
+    /// Failing evaluations in a row, this one included.
+    pub failing: usize,
+    /// `ok`, `wait` (failing, within `patience`), `stop`, `rollback`, or `final` (the final
+    /// evaluation: checked for best/, nothing done).
+    pub action: String,
+    /// `rollback`: the epoch of the checkpoint the run went back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_epoch: Option<u64>,
+    /// `rollback`: the factor on the learning rate from here on (all rollbacks so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_scale: Option<f64>,
+}
+
+impl GuardEvent {
+    pub fn failed(&self) -> bool {
+        self.checks.iter().any(|c| c.failed)
+    }
+
+    /// One line for the terminal and `hrf compare`: `stop at epoch 6: vendi_floor: 7.9 < 8.0`.
+    pub fn describe(&self) -> String {
+        let failed: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| c.failed)
+            .map(GuardCheck::describe)
+            .collect();
+        let mut s = format!(
+            "{} at epoch {}: {}",
+            self.action,
+            self.epoch,
+            failed.join(", ")
+        );
+        if let Some(to) = self.to_epoch {
+            s += &format!(" → back to epoch {to}");
+        }
+        if let Some(f) = self.lr_scale {
+            s += &format!(", lr × {f}");
+        }
+        s
+    }
+}
+
+/// What the guards did over a run, for summary.json.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GuardSummary {
+    /// The epoch training stopped at, when a guard stopped it.
+    pub stopped_at: Option<u64>,
+    pub rollbacks: usize,
+    /// The evaluations where a guard acted (`stop` or `rollback`), in order.
+    pub fired: Vec<GuardEvent>,
+}
+
+/// The lines of a metrics.jsonl (as read, in order) without those a rollback superseded: a
+/// `guard` line with `to_epoch: E` drops the epoch lines of epochs ≥ E (0-based: the epoch
+/// line `e` is the (e + 1)-th epoch) and the evaluations after epoch E written before it. The
+/// guard lines themselves are kept.
+pub fn current_lines(lines: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let keep = current(&lines);
+    lines
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(l, k)| k.then_some(l))
+        .collect()
+}
+
+/// Per line of [`current_lines`]'s input: whether it is kept.
+pub fn current(lines: &[serde_json::Value]) -> Vec<bool> {
+    let mut keep = vec![true; lines.len()];
+    for (i, l) in lines.iter().enumerate() {
+        let Some(to) = l["to_epoch"].as_u64().filter(|_| l["kind"] == "guard") else {
+            continue;
+        };
+        for (o, k) in lines[..i].iter().zip(&mut keep) {
+            let superseded = match o["kind"].as_str() {
+                Some("epoch") => o["epoch"].as_u64().is_some_and(|e| e >= to),
+                Some("eval") | Some("final") => {
+                    o["report"]["epoch"].as_u64().is_some_and(|e| e > to)
+                }
+                _ => false,
+            };
+            *k &= !superseded;
+        }
+    }
+    keep
+}
+
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -101,6 +231,9 @@ pub struct RunSummary {
     /// Wall seconds summed over the run's processes (a killed process's work after its last
     /// checkpoint is redone by the next, and counted once).
     pub wall_s: f64,
+    /// With a `guard:` section: where it stopped the run, its rollbacks, what fired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardSummary>,
 }
 
 /// One line about an evaluation, for the terminal.
@@ -140,6 +273,7 @@ mod tests {
             per_prompt_vendi: None,
             class_accuracy: None,
             sample_rewards,
+            gold: BTreeMap::new(),
             eval_s: 0.0,
         }
     }

@@ -22,6 +22,7 @@ const TRAIN_COLOR: [u8; 3] = [150, 170, 200];
 const EVAL_COLOR: [u8; 3] = [31, 119, 180];
 const FINAL_COLOR: [u8; 3] = [214, 39, 40];
 const UNIFORM_COLOR: [u8; 3] = [150, 150, 150];
+const GUARD_COLOR: [u8; 3] = [230, 120, 20];
 
 /// A diversity plot's y axis spans at least this fraction of the base model's value, so that
 /// a change of a few per cent is drawn as a few per cent of the plot.
@@ -31,10 +32,11 @@ pub const DIVERSITY_MIN_SPAN: f64 = 0.25;
 pub fn write_run_plots(dir: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(dir.join(crate::records::METRICS_FILE))
         .map_err(|e| format!("metrics.jsonl: {e}"))?;
-    let lines: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let lines: Vec<Value> = crate::records::current_lines(
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+    );
     for (name, chart) in run_charts(&lines) {
         save_chart(&chart, &dir.join("plots").join(name))?;
     }
@@ -184,9 +186,42 @@ pub fn run_charts(lines: &[Value]) -> Vec<(&'static str, Chart)> {
         y_min_span,
         ..Chart::default()
     };
-    let titled = |what: &str| match n_final {
-        Some(n) => format!("{what}; final evaluation: {n} samples"),
-        None => what.to_string(),
+    // The guards' floors (the limit of the newest check of each) and what they did.
+    let guards: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "guard").collect();
+    let floor = |guard: &str| -> Vec<RefLine> {
+        guards
+            .iter()
+            .rev()
+            .flat_map(|l| l["checks"].as_array().into_iter().flatten())
+            .find(|c| c["guard"] == guard)
+            .and_then(|c| c["limit"].as_f64())
+            .map(|y| RefLine {
+                color: Some(GUARD_COLOR),
+                ..RefLine::new(format!("guard: {guard}"), y)
+            })
+            .into_iter()
+            .collect()
+    };
+    let acted: Vec<String> = guards
+        .iter()
+        .filter_map(|l| {
+            let epoch = l["epoch"].as_u64()?;
+            match (l["action"].as_str()?, l["to_epoch"].as_u64()) {
+                ("stop", _) => Some(format!("guard stopped training at epoch {epoch}")),
+                ("rollback", Some(to)) => Some(format!("rolled back at {epoch} to {to}")),
+                _ => None,
+            }
+        })
+        .collect();
+    let titled = |what: &str| {
+        let mut t = match n_final {
+            Some(n) => format!("{what}; final evaluation: {n} samples"),
+            None => what.to_string(),
+        };
+        if !acted.is_empty() {
+            t += &format!("; {}", acted.join(", "));
+        }
+        t
     };
 
     let (mut series, base) = eval_series(&evals, |e| e.reward, |e| e.reward_sem, "evaluation");
@@ -222,14 +257,14 @@ pub fn run_charts(lines: &[Value]) -> Vec<(&'static str, Chart)> {
             titled("Diversity (Vendi score of classifier features)"),
             "Vendi score",
             series.clone(),
-            base_line(base),
+            [base_line(base), floor("vendi_floor")].concat(),
             span(base, &series),
         ),
     ));
 
     let (series, base) = eval_series(&evals, |e| e.entropy, |e| e.entropy_se, "evaluation");
     if !series.is_empty() {
-        let mut ref_lines = base_line(base);
+        let mut ref_lines = [base_line(base), floor("class_entropy_floor")].concat();
         if let Some(k) = evals.iter().find_map(|e| e.classes) {
             ref_lines.push(RefLine {
                 color: Some(UNIFORM_COLOR),

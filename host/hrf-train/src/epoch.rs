@@ -117,6 +117,8 @@ pub struct Ddpo<'a> {
     /// Empty for unconditional training (a class-conditional model then gets its null class).
     pub prompts: Vec<Prompt>,
     pub device: Device,
+    /// A factor on the scheduled learning rate (1; a guard's rollbacks lower it).
+    pub lr_scale: f64,
 }
 
 /// Observes an epoch: progress and the stop request (Ctrl-C).
@@ -394,7 +396,7 @@ impl Ddpo<'_> {
             _ => t.grad_accum,
         } as f64;
         let base = if t.kl_coef > 0.0 { self.base } else { None };
-        let lr = t.optimizer.lr_at(epoch, t.epochs);
+        let lr = t.optimizer.lr_at(epoch, t.epochs) * self.lr_scale;
         let mut out = Trained {
             steps_per_sample: counts.iter().copied().max().unwrap_or(0),
             lr,
@@ -607,6 +609,7 @@ mod tests {
             tracker: None,
             prompts: vec![],
             device: Device::Cpu,
+            lr_scale: 1.0,
         };
         let mut worker = RewardWorker::spawn(RewardSet::new(vec![Component {
             name: "brightness".into(),

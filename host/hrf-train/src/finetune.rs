@@ -14,17 +14,19 @@ use hrf_report::diversity;
 use hrf_report::records::{
     describe_eval, BestRecord, EvalReport, PairedGain, RunSummary, METRICS_FILE, SUMMARY_FILE,
 };
-use hrf_rewards::RewardWorker;
+use hrf_rewards::{RewardSet, RewardWorker};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::advantages::PerPromptTracker;
-use crate::epoch::{Ddpo, EpochError, EpochObserver, Prompt};
+use crate::epoch::{Ddpo, EpochError, EpochObserver, EpochStats, Prompt};
 use crate::evaluation::Evaluator;
+use crate::guard::{branch_seed, GuardState};
 use crate::policy::to_images;
 use crate::policy::Policy;
 use crate::sampling::{sample_observed, SampleRequest};
 use crate::AdamW;
+use hrf_config::guard::GuardAction;
 use hrf_report::stats::{mean_of_scored, mean_std};
 
 const STATE_FILE: &str = "state.json";
@@ -111,6 +113,9 @@ struct RunState {
     /// summary counts all of them (checkpoints from before this field read as 0).
     #[serde(default)]
     wall_s: f64,
+    /// The guards' state (docs/GUARDS.md); default for runs without a `guard:` section.
+    #[serde(default)]
+    guard: GuardState,
 }
 
 pub struct Run<'a> {
@@ -122,6 +127,9 @@ pub struct Run<'a> {
     /// (text, class label); empty for unconditional runs.
     pub prompts: Vec<Prompt>,
     pub rewards: RewardWorker,
+    /// `evaluation.gold`, one set per gold reward: scored at every evaluation, never trained
+    /// on.
+    pub gold: Vec<RewardSet>,
     /// The independent evaluation classifier and the real reference set; `None` skips the
     /// diversity metrics (a model whose images it cannot take).
     pub evaluator: Option<Evaluator>,
@@ -220,6 +228,19 @@ impl Run<'_> {
         epoch: u64,
         n: usize,
     ) -> Result<(EvalReport, Vec<Image>), RunError> {
+        self.evaluate_with_gold(scheduler, epoch, n)
+            .map(|(report, images, _)| (report, images))
+    }
+
+    /// [`evaluate`](Self::evaluate), with each gold reward's value per sample (NaN where an
+    /// `on_error: skip` gold reward could not score it).
+    #[allow(clippy::type_complexity)]
+    fn evaluate_with_gold(
+        &mut self,
+        scheduler: &DdimScheduler,
+        epoch: u64,
+        n: usize,
+    ) -> Result<(EvalReport, Vec<Image>, BTreeMap<String, Vec<f64>>), RunError> {
         let started = Instant::now();
         let ev = &self.pipeline.evaluation;
         let guidance = ev.guidance;
@@ -254,6 +275,14 @@ impl Run<'_> {
             .rewards
             .score_now_batch(self.samples_of(images, &keys, epoch));
         let scores = scores?;
+        let mut gold_values = BTreeMap::new();
+        for set in &mut self.gold {
+            let g = set.score(&scored)?;
+            for why in &g.skip_reasons {
+                eprintln!("warning: evaluation: gold reward: {why}");
+            }
+            gold_values.insert(set.names().concat(), g.total);
+        }
         let images: Vec<Image> = scored.into_iter().map(|s| s.image).collect();
         // Samples a reward with `on_error: skip` could not score are left out of the means.
         scores.kept_or_fail("the evaluation")?;
@@ -318,9 +347,13 @@ impl Run<'_> {
                 .zip(&scores.skipped)
                 .map(|(&r, &skipped)| (!skipped).then_some(r))
                 .collect(),
+            gold: gold_values
+                .iter()
+                .map(|(name, v)| (name.clone(), mean_of_scored(v)))
+                .collect(),
             eval_s: started.elapsed().as_secs_f64(),
         };
-        Ok((report, images))
+        Ok((report, images, gold_values))
     }
 
     fn is_better(
@@ -385,7 +418,9 @@ impl Run<'_> {
                 path: opt.clone(),
                 message: e.to_string(),
             })?;
-        if self.kill_at == Some(KillPoint::Checkpoint(state.epochs_done.saturating_sub(1))) {
+        if state.epochs_done > 0
+            && self.kill_at == Some(KillPoint::Checkpoint(state.epochs_done - 1))
+        {
             kill_now();
         }
         let json = serde_json::to_string_pretty(state).expect("state serialises");
@@ -394,11 +429,13 @@ impl Run<'_> {
             std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
         std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
-        // Keep the newest `keep`.
+        // Keep the newest `keep`, and the one a guard would roll back to.
         let all = self.checkpoints();
         let keep = self.pipeline.run.keep.max(1);
-        for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
-            std::fs::remove_dir_all(old).map_err(io_err(old))?;
+        for (e, old) in all.iter().take(all.len().saturating_sub(keep)) {
+            if Some(*e) != state.guard.last_good {
+                std::fs::remove_dir_all(old).map_err(io_err(old))?;
+            }
         }
         Ok(())
     }
@@ -437,7 +474,9 @@ impl Run<'_> {
         }
     }
 
-    /// Trains (or resumes) the run to its last epoch and evaluates the final model.
+    /// Trains (or resumes) the run to its last epoch and evaluates the final model. With a
+    /// `guard:` section, every evaluation is checked and the run may stop early or go back to
+    /// an earlier checkpoint (docs/GUARDS.md).
     pub fn train(mut self, resume: bool) -> Result<RunSummary, RunError> {
         let started = Instant::now();
         let p = self.pipeline;
@@ -460,6 +499,7 @@ impl Run<'_> {
                 .then(|| PerPromptTracker::new(p.advantages.buffer_size, p.advantages.min_count)),
             prompts: self.prompts.clone(),
             device: self.device,
+            lr_scale: 1.0,
         };
 
         let resumed = if resume {
@@ -491,16 +531,30 @@ impl Run<'_> {
                 if self.verbosity != Verbosity::Quiet {
                     eprintln!("{}", describe_eval("base model", &report));
                 }
-                RunState {
+                let mut state = RunState {
                     epochs_done: 0,
                     tracker: ddpo.tracker.clone(),
                     best: None,
+                    guard: GuardState::after_base(&report),
                     base_eval: Some(report),
                     metrics_len: 0,
                     wall_s: 0.0,
+                };
+                // A rollback can go back as far as the base model.
+                if p.guard
+                    .as_ref()
+                    .is_some_and(|g| g.action == GuardAction::Rollback)
+                {
+                    state.guard.last_good = Some(0);
+                    state.metrics_len = file_len(&self.metrics_path());
+                    self.write_checkpoint(&ddpo, &state)?;
                 }
+                state
             }
         };
+        // A rolled-back run trains on with its own noise and its lower rate.
+        ddpo.training.seed = branch_seed(p.training.seed, state.guard.rollbacks);
+        ddpo.lr_scale = state.guard.lr_scale;
         self.update_plots();
         // This process's time counts from its start, on top of what earlier processes spent.
         let wall_before = state.wall_s;
@@ -511,8 +565,9 @@ impl Run<'_> {
             + p.training.inner_epochs
                 * (p.sampling.batch_size * p.sampling.batches_per_epoch)
                     .div_ceil(p.training.batch_size)) as u64;
-        let (loop_start, first_epoch) = (std::time::Instant::now(), state.epochs_done);
-        for epoch in state.epochs_done..epochs {
+        let (mut loop_start, mut first_epoch) = (std::time::Instant::now(), state.epochs_done);
+        let mut epoch = state.epochs_done;
+        while epoch < epochs && state.guard.stopped_at.is_none() {
             let later_epochs = (epoch > first_epoch).then(|| {
                 loop_start.elapsed().div_f64((epoch - first_epoch) as f64)
                     * (epochs - epoch - 1) as u32
@@ -579,43 +634,14 @@ impl Run<'_> {
                 );
             }
             if self.verbosity != Verbosity::Quiet {
-                let s = &outcome.stats;
-                eprintln!(
-                    "epoch {}/{epochs}: reward {:.4} ± {:.4}, loss {:.3e}, clipfrac {:.3}, approx-KL {:.2e}, grad norm {:.3} ({} of {} steps clipped), lr {:.2e} · sample {:.1} s, rewards {:.1} s, train {:.1} s",
-                    epoch + 1,
-                    s.reward_mean,
-                    s.reward_std,
-                    s.loss,
-                    s.clipfrac,
-                    s.approx_kl,
-                    s.grad_norm,
-                    s.grad_clipped_steps,
-                    s.optimizer_steps,
-                    s.lr,
-                    s.sample_s,
-                    s.reward_wait_s,
-                    s.train_s
-                );
-                if self.verbosity == Verbosity::Verbose {
-                    let parts: Vec<String> = s
-                        .reward_components
-                        .iter()
-                        .map(|(name, m)| format!("{name} {m:.4}"))
-                        .collect();
-                    eprintln!(
-                        "  components: {} · KL to base {:.3e} · optimiser steps {} · classes {:?}",
-                        parts.join(", "),
-                        s.kl_to_base,
-                        s.optimizer_steps,
-                        histogram.as_deref().unwrap_or(&[])
-                    );
-                }
+                self.describe_epoch(epoch, &outcome.stats, histogram.as_deref());
             }
             state.epochs_done = epoch + 1;
             state.tracker.clone_from(&ddpo.tracker);
 
             let every = p.evaluation.every as u64;
             let last = epoch + 1 == epochs;
+            let mut verdict = Verdict::Ok;
             if every > 0 && (epoch + 1) % every == 0 && !last {
                 let (report, images) = self.evaluate(scheduler, epoch + 1, p.evaluation.samples)?;
                 self.append_metrics(&serde_json::json!({"kind": "eval", "report": report}))?;
@@ -626,24 +652,35 @@ impl Run<'_> {
                         describe_eval(&format!("epoch {}", epoch + 1), &report)
                     );
                 }
-                if self.is_better(&report, state.best.as_ref(), state.base_eval.as_ref()) {
-                    self.model
-                        .save(&self.dir.join("best"), Some(self.scheduler.config()))?;
-                    state.best = Some(BestRecord {
-                        epoch: epoch + 1,
-                        reward_mean: report.reward_mean,
-                        vendi: report.diversity.as_ref().map(|d| d.vendi),
-                    });
+                verdict = self.guard_check(&mut state, &report, epoch + 1, false)?;
+                if verdict.passed() {
+                    self.keep_if_best(&report, &mut state)?;
                 }
             }
             self.update_plots();
             let stopping = self.stop.load(std::sync::atomic::Ordering::SeqCst);
-            if (epoch + 1) % p.run.save_every as u64 == 0 || last || stopping {
-                state.metrics_len = file_len(&self.metrics_path());
-                state.wall_s = wall_now();
-                self.write_checkpoint(&ddpo, &state)?;
+            if let Verdict::Rollback(to) = verdict {
+                self.roll_back(&mut ddpo, &mut state, to, wall_now())?;
+                (loop_start, first_epoch, epoch) = (std::time::Instant::now(), to, to);
+            } else {
+                // With rollbacks on, every passing evaluation leaves a checkpoint to go back to.
+                let good = verdict == Verdict::Passed
+                    && p.guard
+                        .as_ref()
+                        .is_some_and(|g| g.action == GuardAction::Rollback);
+                if good {
+                    state.guard.last_good = Some(epoch + 1);
+                }
+                let stopped = verdict == Verdict::Stop;
+                if (epoch + 1) % p.run.save_every as u64 == 0 || last || stopping || good || stopped
+                {
+                    state.metrics_len = file_len(&self.metrics_path());
+                    state.wall_s = wall_now();
+                    self.write_checkpoint(&ddpo, &state)?;
+                }
+                epoch += 1;
             }
-            if stopping && !last {
+            if stopping && epoch < epochs {
                 return Err(RunError::Interrupted {
                     epochs_done: state.epochs_done,
                 });
@@ -651,17 +688,29 @@ impl Run<'_> {
         }
 
         // The final evaluation, on the larger fixed-seed set.
-        let (report, images) = self.evaluate(scheduler, epochs, p.evaluation.final_samples)?;
+        let done = state.epochs_done;
+        let (report, images, gold_values) =
+            self.evaluate_with_gold(scheduler, done, p.evaluation.final_samples)?;
         self.append_metrics(&serde_json::json!({"kind": "final", "report": report}))?;
         self.write_grid(&images, "final.png")?;
-        if self.is_better(&report, state.best.as_ref(), state.base_eval.as_ref()) {
-            self.model
-                .save(&self.dir.join("best"), Some(self.scheduler.config()))?;
-            state.best = Some(BestRecord {
-                epoch: epochs,
-                reward_mean: report.reward_mean,
-                vendi: report.diversity.as_ref().map(|d| d.vendi),
-            });
+        // The guards judge the final model on the seeds of the evaluations during training.
+        let passed = match p.guard {
+            Some(_) => {
+                let n = p.evaluation.samples.min(images.len());
+                let mut head = report.clone();
+                if let Some(ev) = self.evaluator.as_mut() {
+                    head.diversity = Some(ev.diversity(&images[..n])?.0);
+                }
+                head.gold = gold_values
+                    .iter()
+                    .map(|(name, v)| (name.clone(), mean_of_scored(&v[..n.min(v.len())])))
+                    .collect();
+                self.guard_check(&mut state, &head, done, true)?.passed()
+            }
+            None => true,
+        };
+        if passed {
+            self.keep_if_best(&report, &mut state)?;
         }
         self.model
             .save(&self.dir.join("final"), Some(self.scheduler.config()))?;
@@ -671,7 +720,7 @@ impl Run<'_> {
         }
         let summary = RunSummary {
             dir: self.dir.clone(),
-            epochs,
+            epochs: done,
             base: state.base_eval.clone(),
             gain: state
                 .base_eval
@@ -680,6 +729,7 @@ impl Run<'_> {
             last: report,
             best: state.best.clone(),
             wall_s: wall_now(),
+            guard: p.guard.as_ref().map(|_| state.guard.summary()),
         };
         let path = self.dir.join(SUMMARY_FILE);
         std::fs::write(
@@ -688,6 +738,159 @@ impl Run<'_> {
         )
         .map_err(io_err(&path))?;
         Ok(summary)
+    }
+
+    /// The epoch's line on the terminal (and its components, verbose).
+    fn describe_epoch(&self, epoch: u64, s: &EpochStats, histogram: Option<&[usize]>) {
+        let epochs = self.pipeline.training.epochs;
+        eprintln!(
+            "epoch {}/{epochs}: reward {:.4} ± {:.4}, loss {:.3e}, clipfrac {:.3}, approx-KL {:.2e}, grad norm {:.3} ({} of {} steps clipped), lr {:.2e} · sample {:.1} s, rewards {:.1} s, train {:.1} s",
+            epoch + 1,
+            s.reward_mean,
+            s.reward_std,
+            s.loss,
+            s.clipfrac,
+            s.approx_kl,
+            s.grad_norm,
+            s.grad_clipped_steps,
+            s.optimizer_steps,
+            s.lr,
+            s.sample_s,
+            s.reward_wait_s,
+            s.train_s
+        );
+        if self.verbosity == Verbosity::Verbose {
+            let parts: Vec<String> = s
+                .reward_components
+                .iter()
+                .map(|(name, m)| format!("{name} {m:.4}"))
+                .collect();
+            eprintln!(
+                "  components: {} · KL to base {:.3e} · optimiser steps {} · classes {:?}",
+                parts.join(", "),
+                s.kl_to_base,
+                s.optimizer_steps,
+                histogram.unwrap_or(&[])
+            );
+        }
+    }
+
+    /// Saves best/ when `report` beats the best so far by the pipeline's rule.
+    fn keep_if_best(&self, report: &EvalReport, state: &mut RunState) -> Result<(), RunError> {
+        if self.is_better(report, state.best.as_ref(), state.base_eval.as_ref()) {
+            self.model
+                .save(&self.dir.join("best"), Some(self.scheduler.config()))?;
+            state.best = Some(BestRecord {
+                epoch: report.epoch,
+                reward_mean: report.reward_mean,
+                vendi: report.diversity.as_ref().map(|d| d.vendi),
+            });
+        }
+        Ok(())
+    }
+
+    /// The guards' verdict on an evaluation, logged as a `guard` line (and on the terminal when
+    /// something fails); `Verdict::Ok` without a `guard:` section. The final evaluation
+    /// (`at_final`) is only judged, for best/.
+    fn guard_check(
+        &self,
+        state: &mut RunState,
+        report: &EvalReport,
+        epoch: u64,
+        at_final: bool,
+    ) -> Result<Verdict, RunError> {
+        let (Some(g), Some(base)) = (&self.pipeline.guard, state.base_eval.as_ref()) else {
+            return Ok(Verdict::Ok);
+        };
+        let event = if at_final {
+            state.guard.at_final(g, base, report)
+        } else {
+            state.guard.decide(g, base, report, epoch)
+        };
+        let mut line = serde_json::to_value(&event).expect("guard event");
+        line["kind"] = "guard".into();
+        self.append_metrics(&line)?;
+        let verdict = match (event.action.as_str(), event.to_epoch) {
+            ("stop", _) => Verdict::Stop,
+            ("rollback", Some(to)) => Verdict::Rollback(to),
+            _ if event.failed() => Verdict::Failed,
+            _ => Verdict::Passed,
+        };
+        if event.failed() && (self.verbosity != Verbosity::Quiet || verdict.acts()) {
+            eprintln!("guard: {}", event.describe());
+        }
+        Ok(verdict)
+    }
+
+    /// Goes back to the checkpoint of epoch `to` (a guard's rollback): the checkpoints after it
+    /// are removed, its weights, optimiser moments and tracker loaded, and it is written again
+    /// with the guards' state as it is now (the rollback counted, the guard line in
+    /// metrics.jsonl), so that a resume goes on from the rollback.
+    fn roll_back(
+        &self,
+        ddpo: &mut Ddpo<'_>,
+        state: &mut RunState,
+        to: u64,
+        wall_s: f64,
+    ) -> Result<(), RunError> {
+        for (e, dir) in self.checkpoints() {
+            if e > to {
+                std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+            }
+        }
+        let restored = self
+            .load_checkpoint(ddpo)?
+            .ok_or_else(|| RunError::Checkpoint {
+                path: self.dir.join("checkpoints"),
+                message: format!("no checkpoint of epoch {to} to roll back to"),
+            })?;
+        if restored.epochs_done != to {
+            return Err(RunError::Checkpoint {
+                path: self.dir.join("checkpoints"),
+                message: format!(
+                    "rolling back to epoch {to}, found the checkpoint of epoch {}",
+                    restored.epochs_done
+                ),
+            });
+        }
+        state.epochs_done = to;
+        state.tracker = restored.tracker;
+        state.metrics_len = file_len(&self.metrics_path());
+        state.wall_s = wall_s;
+        ddpo.training.seed = branch_seed(self.pipeline.training.seed, state.guard.rollbacks);
+        ddpo.lr_scale = state.guard.lr_scale;
+        self.write_checkpoint(ddpo, state)?;
+        if self.verbosity != Verbosity::Quiet {
+            eprintln!(
+                "guard: rolled back to epoch {to} (lr × {}), rollback {}",
+                state.guard.lr_scale, state.guard.rollbacks
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The guards' verdict on one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// No guard.
+    Ok,
+    /// Every guard passed.
+    Passed,
+    /// A guard failed, within its patience (or at the final evaluation).
+    Failed,
+    Stop,
+    Rollback(u64),
+}
+
+impl Verdict {
+    /// The evaluation may become best/.
+    fn passed(self) -> bool {
+        matches!(self, Verdict::Ok | Verdict::Passed)
+    }
+
+    fn acts(self) -> bool {
+        matches!(self, Verdict::Stop | Verdict::Rollback(_))
     }
 }
 

@@ -12,6 +12,7 @@ mod epoch_sampling;
 pub mod evaluation;
 pub mod finetune;
 pub mod gradients;
+pub mod guard;
 pub mod hrf;
 pub mod policy;
 pub mod ppo;

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::guard::GuardSettings;
 use crate::model_spec::ModelSpecRaw;
 use crate::reward::{ImageInput, StageSpec};
 use crate::training::{
@@ -47,6 +48,10 @@ pub struct RunFile {
     /// chosen.
     #[serde(default)]
     pub evaluation: EvaluationRaw,
+    /// Floors on diversity and on gold rewards, checked at every evaluation, and what the run
+    /// does when they fail (docs/GUARDS.md). Omitted: no guard.
+    #[serde(default)]
+    pub guard: Option<GuardSettings>,
     /// The run's name, output folder, seed and checkpoints.
     pub run: RunSettingsRaw,
 }
@@ -381,6 +386,10 @@ pub struct EvaluationRaw {
     pub guidance: Option<f64>,
     /// How the best checkpoint is chosen.
     pub best_by: BestBy,
+    /// Gold rewards: scored on every evaluation's samples and logged beside the training
+    /// reward, never trained on. Entries as in `rewards:`, names unique among them.
+    #[serde(skip_serializing)]
+    pub gold: Vec<RewardRaw>,
 }
 
 /// The rule that picks the best checkpoint.

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::raw::{BestBy, OnError, ScoreRaw, Transform};
+use crate::guard::GuardSettings;
 use crate::model_spec::{ModelSource, ModelSpec};
 use crate::reward::{ImageInput, StageSpec};
 use crate::training::{AdvantageSettings, SamplingSettings, TrainingSettings};
@@ -32,6 +33,10 @@ pub struct RunPipeline {
     pub prompts: Vec<String>,
     pub rewards: Vec<RewardSpec>,
     pub evaluation: EvaluationSettings,
+    /// `evaluation.gold`: scored at every evaluation, never trained on.
+    pub gold: Vec<RewardSpec>,
+    /// `guard:`, when the pipeline has one.
+    pub guard: Option<GuardSettings>,
     pub run: RunSettings,
 }
 
@@ -164,8 +169,18 @@ struct Resolved<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     prompts: &'a [String],
     rewards: Vec<ResolvedReward<'a>>,
-    evaluation: &'a EvaluationSettings,
+    evaluation: ResolvedEvaluation<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guard: Option<&'a GuardSettings>,
     run: &'a RunSettings,
+}
+
+#[derive(Serialize)]
+struct ResolvedEvaluation<'a> {
+    #[serde(flatten)]
+    settings: &'a EvaluationSettings,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gold: Vec<ResolvedReward<'a>>,
 }
 
 #[derive(Serialize)]
@@ -183,6 +198,8 @@ struct ResolvedReward<'a> {
     name: &'a str,
     weight: f64,
     batch_size: usize,
+    on_error: OnError,
+    transform: Transform,
     #[serde(skip_serializing_if = "Option::is_none")]
     stages: Option<&'a [StageSpec]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,56 +222,6 @@ impl Serialize for RunPipeline {
             ModelSource::Folder(p) => (Some(p.as_path()), None),
             ModelSource::Named(n) => (None, Some(n.as_str())),
         };
-        let rewards = self
-            .rewards
-            .iter()
-            .map(|r| {
-                let mut out = ResolvedReward {
-                    kind: "onnx",
-                    name: &r.name,
-                    weight: r.weight,
-                    batch_size: r.batch_size,
-                    stages: None,
-                    input: None,
-                    score: None,
-                    classes: None,
-                    wasm: None,
-                    native: None,
-                    process: None,
-                };
-                match &r.kind {
-                    RewardKind::Builtin(kind) => out.kind = kind,
-                    RewardKind::Wasm(w) => {
-                        out.kind = "wasm";
-                        out.wasm = Some(w);
-                    }
-                    RewardKind::Native(n) => {
-                        out.kind = "native";
-                        out.native = Some(n);
-                    }
-                    RewardKind::Process(pr) => {
-                        out.kind = "process";
-                        out.process = Some(pr);
-                    }
-                    RewardKind::Onnx {
-                        stages,
-                        input,
-                        score,
-                    } => {
-                        out.stages = Some(stages);
-                        out.input = Some(input);
-                        match score {
-                            ScoreSpec::Column(c) => out.score = Some(ScoreRaw::Column(*c)),
-                            ScoreSpec::PromptedClass(classes) => {
-                                out.score = Some(ScoreRaw::PromptedClass);
-                                out.classes = classes.as_deref();
-                            }
-                        }
-                    }
-                }
-                out
-            })
-            .collect();
         Resolved {
             model: ResolvedModel {
                 weights,
@@ -266,10 +233,64 @@ impl Serialize for RunPipeline {
             training: &self.training,
             advantages: &self.advantages,
             prompts: &self.prompts,
-            rewards,
-            evaluation: &self.evaluation,
+            rewards: self.rewards.iter().map(resolved_reward).collect(),
+            evaluation: ResolvedEvaluation {
+                settings: &self.evaluation,
+                gold: self.gold.iter().map(resolved_reward).collect(),
+            },
+            guard: self.guard.as_ref(),
             run: &self.run,
         }
         .serialize(s)
     }
+}
+
+/// A reward entry in the file's shape.
+fn resolved_reward(r: &RewardSpec) -> ResolvedReward<'_> {
+    let mut out = ResolvedReward {
+        kind: "onnx",
+        name: &r.name,
+        weight: r.weight,
+        batch_size: r.batch_size,
+        on_error: r.on_error,
+        transform: r.transform,
+        stages: None,
+        input: None,
+        score: None,
+        classes: None,
+        wasm: None,
+        native: None,
+        process: None,
+    };
+    match &r.kind {
+        RewardKind::Builtin(kind) => out.kind = kind,
+        RewardKind::Wasm(w) => {
+            out.kind = "wasm";
+            out.wasm = Some(w);
+        }
+        RewardKind::Native(n) => {
+            out.kind = "native";
+            out.native = Some(n);
+        }
+        RewardKind::Process(pr) => {
+            out.kind = "process";
+            out.process = Some(pr);
+        }
+        RewardKind::Onnx {
+            stages,
+            input,
+            score,
+        } => {
+            out.stages = Some(stages);
+            out.input = Some(input);
+            match score {
+                ScoreSpec::Column(c) => out.score = Some(ScoreRaw::Column(*c)),
+                ScoreSpec::PromptedClass(classes) => {
+                    out.score = Some(ScoreRaw::PromptedClass);
+                    out.classes = classes.as_deref();
+                }
+            }
+        }
+    }
+    out
 }

@@ -12,13 +12,13 @@ use super::raw::{RewardKindName, RewardRaw, ScoreRaw};
 use super::resolved::{NativeSpec, ProcessSpec, RewardKind, RewardSpec, ScoreSpec, WasmSpec};
 use crate::reward::StageSpec;
 
-/// The place of entry `i`'s fields: `rewards[i].field`.
+/// The place of entry `i`'s fields in its list: `rewards[i].field`, `evaluation.gold[i].field`.
 #[derive(Clone, Copy)]
-struct At(usize);
+struct At(&'static str, usize);
 
 impl At {
     fn field(self, field: &str) -> String {
-        format!("rewards[{}].{field}", self.0)
+        format!("{}[{}].{field}", self.0, self.1)
     }
 }
 
@@ -32,10 +32,31 @@ pub(super) fn validate(
     if rewards.is_empty() {
         p.push("rewards", "give at least one reward");
     }
+    list(p, "rewards", rewards, base, conditional)
+}
+
+/// Checks every entry of `evaluation.gold` (names unique among them; none is trained on, so
+/// a name may also be a training reward's) and resolves it.
+pub(super) fn validate_gold(
+    p: &mut Problems<'_>,
+    gold: Vec<RewardRaw>,
+    base: &Base,
+    conditional: bool,
+) -> Vec<RewardSpec> {
+    list(p, "evaluation.gold", gold, base, conditional)
+}
+
+fn list(
+    p: &mut Problems<'_>,
+    section: &'static str,
+    rewards: Vec<RewardRaw>,
+    base: &Base,
+    conditional: bool,
+) -> Vec<RewardSpec> {
     let mut names = BTreeSet::new();
     let mut out = Vec::new();
     for (i, r) in rewards.into_iter().enumerate() {
-        out.push(entry(p, At(i), r, base, conditional, &mut names));
+        out.push(entry(p, At(section, i), r, base, conditional, &mut names));
     }
     out
 }

@@ -15,8 +15,9 @@ use super::raw::{
     AdvantagesRaw, BestBy, EvaluationRaw, OptimizerRaw, PromptsFile, PromptsRaw, RunFile,
     RunSettingsRaw, TrainingRaw,
 };
-use super::resolved::{EvaluationSettings, RunPipeline, RunSettings};
+use super::resolved::{EvaluationSettings, RewardSpec, RunPipeline, RunSettings};
 use super::{rewards, sizes, window};
+use crate::guard::{Floor, GuardAction, GuardSettings};
 use crate::limits::{self, canonical};
 use crate::model_spec::{ModelSource, ModelSpec, ModelSpecRaw};
 use crate::training::{
@@ -52,6 +53,10 @@ impl RunFile {
         );
         let rewards = rewards::validate(&mut p, self.rewards, &base, conditional);
         let evaluation = evaluation(&mut p, &self.evaluation, self.sampling.guidance);
+        let gold = rewards::validate_gold(&mut p, self.evaluation.gold, &base, conditional);
+        if let Some(g) = &self.guard {
+            guard(&mut p, g, &evaluation, &gold);
+        }
         let run = run(&mut p, self.run, &base);
         sizes::check(
             &mut p,
@@ -76,6 +81,8 @@ impl RunFile {
                 prompts,
                 rewards,
                 evaluation,
+                gold,
+                guard: self.guard,
                 run,
             }),
             _ => Err(ConfigErrors(p.list)),
@@ -463,6 +470,73 @@ fn evaluation(
         eta: e.eta,
         guidance,
         best_by: e.best_by,
+    }
+}
+
+/// `guard:`: at least one check; floors, the drop, patience and the rollback's settings in
+/// range; what the checks need (evaluations during training, gold rewards) given.
+fn guard(
+    p: &mut Problems<'_>,
+    g: &GuardSettings,
+    evaluation: &EvaluationSettings,
+    gold: &[RewardSpec],
+) {
+    if g.vendi_floor.is_none() && g.class_entropy_floor.is_none() && g.gold_drop.is_none() {
+        p.push(
+            "guard",
+            "give at least one check: vendi_floor, class_entropy_floor or gold_drop",
+        );
+    }
+    for (field, floor) in [
+        ("guard.vendi_floor", g.vendi_floor),
+        ("guard.class_entropy_floor", g.class_entropy_floor),
+    ] {
+        match floor.map(Floor::parts) {
+            Some((x, true)) => p.real(field, x, |v| v > 0.0 && v <= 1.0, "a fraction in (0, 1]"),
+            Some((x, false)) => p.real(field, x, |v| v > 0.0, "> 0"),
+            None => {}
+        }
+    }
+    if let Some(d) = g.gold_drop {
+        p.real("guard.gold_drop", d, |v| v > 0.0, "> 0");
+        if gold.is_empty() {
+            p.push(
+                "guard.gold_drop",
+                "needs gold rewards to watch: give evaluation.gold",
+            );
+        }
+    }
+    if evaluation.every == 0 {
+        p.push(
+            "guard",
+            "checked at the evaluations during training: set evaluation.every > 0",
+        );
+    }
+    p.at_least("guard.patience", g.patience, 1);
+    let defaults = GuardSettings::default();
+    match g.action {
+        GuardAction::Rollback => {
+            p.real(
+                "guard.lr_factor",
+                g.lr_factor,
+                |v| v > 0.0 && v <= 1.0,
+                "in (0, 1]",
+            );
+            p.at_least("guard.max_rollbacks", g.max_rollbacks, 1);
+        }
+        GuardAction::Stop => {
+            for (field, differs) in [
+                ("guard.lr_factor", g.lr_factor != defaults.lr_factor),
+                (
+                    "guard.max_rollbacks",
+                    g.max_rollbacks != defaults.max_rollbacks,
+                ),
+            ] {
+                if differs {
+                    p.push(field, "only `action: rollback` takes it");
+                }
+            }
+        }
     }
 }
 

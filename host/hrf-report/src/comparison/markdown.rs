@@ -38,6 +38,7 @@ fn ratio(m: &Option<MeanStd>) -> String {
 /// reference group is named.
 pub fn markdown(c: &Comparison, verdicts: Option<&Verdicts>) -> String {
     let mut s = table(c);
+    s += &guards(c);
     if let Some(v) = verdicts {
         s += &check_90(v);
     }
@@ -53,6 +54,7 @@ pub fn markdown_report(
     matched_png: Option<&str>,
 ) -> String {
     let mut s = table(c);
+    s += &guards(c);
     if let Some(f) = frontier {
         s += "\n";
         s += &frontier_markdown(f, matched_png);
@@ -108,6 +110,26 @@ fn table(c: &Comparison) -> String {
             counts(&g.unet_evals),
             counts(&g.reward_evals),
             g.wall_s.show(0),
+        );
+    }
+    s
+}
+
+/// The runs whose guards acted (docs/GUARDS.md), one line per stop or rollback; empty when
+/// none did.
+fn guards(c: &Comparison) -> String {
+    let acted: Vec<_> = c.runs.iter().filter(|r| !r.guard.is_empty()).collect();
+    if acted.is_empty() {
+        return String::new();
+    }
+    let mut s = "\nGuards that acted (the run's metrics.jsonl has every check):\n\n| run | folder | what fired |\n|---|---|---|\n".to_string();
+    for r in acted {
+        let what: Vec<String> = r.guard.iter().map(|e| e.describe()).collect();
+        s += &format!(
+            "| {} | {} | {} |\n",
+            r.label,
+            r.dir.display(),
+            what.join("; ")
         );
     }
     s

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::records::{EvalReport, METRICS_FILE, RESOLVED_FILE};
+use crate::records::{current, EvalReport, GuardEvent, METRICS_FILE, RESOLVED_FILE};
 
 mod charts;
 mod frontier_charts;
@@ -130,6 +130,9 @@ pub struct RunRecord {
     /// write are `None`).
     #[serde(skip)]
     pub telemetry: Vec<EpochTelemetry>,
+    /// The evaluations where a guard acted (stop or rollback), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guard: Vec<GuardEvent>,
     #[serde(skip)]
     pub key: Value,
 }
@@ -164,7 +167,11 @@ impl RunRecord {
         // YAML (JSON in older run folders, which YAML reads too).
         let resolved: Value =
             hrf_config::parse_yaml(&resolved_path, &text).map_err(|e| e.to_string())?;
-        let lines = read_json_lines(&dir.join(METRICS_FILE))?;
+        let all = read_json_lines(&dir.join(METRICS_FILE))?;
+        // Compute is counted on every line, the abandoned branches of rollbacks included; the
+        // curve and the telemetry are the branch the run ended on.
+        let kept = current(&all);
+        let mut guard = Vec::new();
         let report = |l: &Value| -> Result<EvalReport, String> {
             serde_json::from_value(l["report"].clone())
                 .map_err(|e| format!("{}: {METRICS_FILE}: evaluation: {e}", dir.display()))
@@ -174,27 +181,38 @@ impl RunRecord {
         let (mut unet_evals, mut reward_evals, mut wall_s) = (0u64, 0u64, 0f64);
         let mut cumulative_unet_evals = Vec::new();
         let mut telemetry = Vec::new();
-        for l in &lines {
+        for (l, &current) in all.iter().zip(&kept) {
             match l["kind"].as_str() {
                 Some("epoch") => {
-                    telemetry.push(EpochTelemetry::of(l));
                     unet_evals += l["unet_evals"].as_u64().unwrap_or(0);
                     reward_evals += l["reward_calls"].as_u64().unwrap_or(0);
-                    cumulative_unet_evals.push(unet_evals);
                     wall_s += ["sample_s", "reward_wait_s", "train_s"]
                         .iter()
                         .filter_map(|k| l[*k].as_f64())
                         .sum::<f64>();
+                    if current {
+                        telemetry.push(EpochTelemetry::of(l));
+                        cumulative_unet_evals.push(unet_evals);
+                    }
                 }
                 Some("eval") => {
                     let r = report(l)?;
                     wall_s += r.eval_s;
-                    curve.push(r);
+                    if current {
+                        curve.push(r);
+                    }
                 }
                 Some("final") => {
                     let r = report(l)?;
                     wall_s += r.eval_s;
                     last = Some(r);
+                }
+                Some("guard") => {
+                    let e: GuardEvent = serde_json::from_value(l.clone())
+                        .map_err(|e| format!("{}: {METRICS_FILE}: guard: {e}", dir.display()))?;
+                    if e.action == "stop" || e.action == "rollback" {
+                        guard.push(e);
+                    }
                 }
                 _ => {}
             }
@@ -220,6 +238,7 @@ impl RunRecord {
             reward_evals,
             wall_s,
             telemetry,
+            guard,
             key: evaluation_key(&resolved),
         })
     }
@@ -258,6 +277,7 @@ mod tests {
             per_prompt_vendi: None,
             class_accuracy: None,
             sample_rewards: vec![],
+            gold: BTreeMap::new(),
             eval_s: 1.0,
         }
     }

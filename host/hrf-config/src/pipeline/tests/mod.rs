@@ -15,6 +15,7 @@ use crate::training::{
     AdvantageMode, AdvantageSettings, SamplingSettings, StartIndex, StepReduction, TrainingSettings,
 };
 
+mod guard;
 mod overrides;
 mod presets;
 mod problems;

@@ -68,6 +68,30 @@ fn the_authors_preset_fills_what_the_pipeline_leaves_out() {
     );
     assert_eq!(p.training.batch_size, 16);
     assert_eq!(p.training.optimizer.schedule, LrSchedule::Constant);
+
+    // `--set …clip_scale=off` (which YAML 1.1 reads as false) is `off` too; the other names
+    // and a wrong value as they are written.
+    let base = hrf(40, "{method: hrf, epochs: 4, preset: authors}");
+    for (value, want) in [
+        ("off", ClipScale::Off),
+        ("chain", ClipScale::Chain),
+        ("trainable", ClipScale::Trainable),
+    ] {
+        let p = fx
+            .load(&base, &[&format!("training.hrf.clip_scale={value}")])
+            .unwrap();
+        assert_eq!(p.training.hrf.unwrap().clip_scale, want, "{value}");
+    }
+    for bad in ["on", "whole"] {
+        let e = fx
+            .load(&base, &[&format!("training.hrf.clip_scale={bad}")])
+            .unwrap_err();
+        let m = messages(&e);
+        assert!(
+            m.contains("training.hrf.clip_scale") && m.contains("trainable, chain, off"),
+            "{bad}: {m}"
+        );
+    }
 }
 
 #[test]
