@@ -68,6 +68,17 @@ pub fn in_one_spelling(mut key: Value) -> Value {
             .to_string_lossy()
             .into_owned();
     };
+    // Resolved pipelines from before on_error and transform were written lack them: their
+    // defaults are left out of the key.
+    if let Some(Value::Array(rewards)) = key.get_mut("rewards") {
+        for r in rewards.iter_mut().filter_map(Value::as_object_mut) {
+            for (field, default) in [("on_error", "fail"), ("transform", "identity")] {
+                if r.get(field).and_then(Value::as_str) == Some(default) {
+                    r.remove(field);
+                }
+            }
+        }
+    }
     if let Some(Value::String(m)) = key.get_mut("model") {
         if Path::new(m.as_str()).is_absolute() {
             one_spelling(m);
