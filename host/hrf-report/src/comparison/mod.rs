@@ -311,6 +311,7 @@ mod tests {
             reward_evals: 64,
             wall_s: 10.0,
             telemetry: vec![],
+            guard: vec![],
             key: serde_json::json!({"same": true}),
         }
     }
