@@ -2,13 +2,12 @@
 //! samples, metrics.jsonl, sample grids, plots, atomic checkpoints with everything an exact resume
 //! needs, and the `best/` and `final/` model folders.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use hrf_config::pipeline::{BestBy, RunPipeline};
-use hrf_core::{Image, Sample};
+use hrf_config::pipeline::RunPipeline;
+use hrf_core::Image;
 use hrf_diffusion::{DdimScheduler, DiffusersModel};
 use hrf_report::diversity;
 use hrf_report::records::{
@@ -22,12 +21,12 @@ use crate::advantages::PerPromptTracker;
 use crate::epoch::{Ddpo, EpochError, EpochObserver, EpochStats, Prompt};
 use crate::evaluation::Evaluator;
 use crate::guard::{branch_seed, GuardState};
-use crate::policy::to_images;
-use crate::policy::Policy;
-use crate::sampling::{sample_observed, SampleRequest};
 use crate::AdamW;
 use hrf_config::guard::GuardAction;
-use hrf_report::stats::{mean_of_scored, mean_std};
+use hrf_report::stats::mean_of_scored;
+
+mod checkpoints;
+mod evaluate;
 
 const STATE_FILE: &str = "state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -192,190 +191,6 @@ impl Run<'_> {
         f.sync_data().map_err(io_err(&path))
     }
 
-    fn labels_for(&self, keys: &[u64]) -> Option<Vec<i64>> {
-        if self.prompts.is_empty() {
-            let null = self.model.unet.null_condition()?;
-            return Some(vec![null; keys.len()]);
-        }
-        Some(
-            keys.iter()
-                .map(|&k| self.prompts[k as usize % self.prompts.len()].1)
-                .collect(),
-        )
-    }
-
-    fn prompt_for(&self, key: u64) -> Option<String> {
-        (!self.prompts.is_empty())
-            .then(|| self.prompts[key as usize % self.prompts.len()].0.clone())
-    }
-
-    fn samples_of(&self, images: Vec<Image>, keys: &[u64], epoch: u64) -> Vec<Sample> {
-        images
-            .into_iter()
-            .zip(keys)
-            .map(|(image, &k)| Sample {
-                image,
-                prompt: self.prompt_for(k),
-                metadata: serde_json::json!({"epoch": epoch, "evaluation": true}),
-            })
-            .collect()
-    }
-
-    /// Evaluates the current weights on `n` fixed-seed samples.
-    pub fn evaluate(
-        &mut self,
-        scheduler: &DdimScheduler,
-        epoch: u64,
-        n: usize,
-    ) -> Result<(EvalReport, Vec<Image>), RunError> {
-        self.evaluate_with_gold(scheduler, epoch, n)
-            .map(|(report, images, _)| (report, images))
-    }
-
-    /// [`evaluate`](Self::evaluate), with each gold reward's value per sample (NaN where an
-    /// `on_error: skip` gold reward could not score it).
-    #[allow(clippy::type_complexity)]
-    fn evaluate_with_gold(
-        &mut self,
-        scheduler: &DdimScheduler,
-        epoch: u64,
-        n: usize,
-    ) -> Result<(EvalReport, Vec<Image>, BTreeMap<String, Vec<f64>>), RunError> {
-        let started = Instant::now();
-        let ev = &self.pipeline.evaluation;
-        let guidance = ev.guidance;
-        let keys: Vec<u64> = (0..n as u64).collect();
-        let mut images = Vec::with_capacity(n);
-        // x̂₀ at every step for the first batch, for the reward trajectory.
-        let trajectory_n = n.min(ev.batch_size).min(32);
-        let mut predictions: Vec<Tensor> = Vec::new();
-        for (ci, chunk) in keys.chunks(ev.batch_size.max(1)).enumerate() {
-            let labels = self.labels_for(chunk).map(|l| Tensor::from_slice(&l));
-            let x = sample_observed(
-                &self.model.unet,
-                scheduler,
-                &SampleRequest {
-                    labels: labels.as_ref(),
-                    keys: chunk,
-                    seed: ev.seed,
-                    eta: ev.eta,
-                    guidance,
-                },
-                self.device,
-                &mut |_, x0| {
-                    if ci == 0 {
-                        predictions.push(x0.narrow(0, 0, trajectory_n as i64));
-                    }
-                },
-            );
-            images.extend(to_images(&x));
-        }
-        // The worker hands the samples back, so the images are not copied to be scored.
-        let (scored, scores) = self
-            .rewards
-            .score_now_batch(self.samples_of(images, &keys, epoch));
-        let scores = scores?;
-        let mut gold_values = BTreeMap::new();
-        for set in &mut self.gold {
-            let g = set.score(&scored)?;
-            for why in &g.skip_reasons {
-                eprintln!("warning: evaluation: gold reward: {why}");
-            }
-            gold_values.insert(set.names().concat(), g.total);
-        }
-        let images: Vec<Image> = scored.into_iter().map(|s| s.image).collect();
-        // Samples a reward with `on_error: skip` could not score are left out of the means.
-        scores.kept_or_fail("the evaluation")?;
-        for why in &scores.skip_reasons {
-            eprintln!("warning: evaluation: {why}");
-        }
-        let (reward_mean, reward_std) = mean_std(&scores.kept_values(&scores.total));
-        let reward_components = scores
-            .components
-            .iter()
-            .map(|(name, v)| (name.clone(), mean_std(&scores.kept_values(v)).0))
-            .collect();
-        // Every step's predictions in one reward call, then a mean per step.
-        let mut along: Vec<Sample> = Vec::with_capacity(predictions.len() * trajectory_n);
-        for x0 in &predictions {
-            along.extend(self.samples_of(to_images(x0), &keys[..trajectory_n], epoch));
-        }
-        let reward_trajectory: Vec<f64> = if along.is_empty() {
-            Vec::new()
-        } else {
-            self.rewards
-                .score_now(along)?
-                .total
-                .chunks(trajectory_n)
-                .map(mean_of_scored)
-                .collect()
-        };
-        let (mut diversity, mut per_prompt_vendi, mut class_accuracy) = (None, None, None);
-        if let Some(evaluator) = self.evaluator.as_mut() {
-            let (d, classified) = evaluator.diversity(&images)?;
-            if !self.prompts.is_empty() {
-                let predicted = classified.predicted();
-                let mut by_prompt: BTreeMap<usize, Vec<Vec<f32>>> = BTreeMap::new();
-                let mut hits = 0usize;
-                for (i, f) in classified.features.iter().enumerate() {
-                    let p = i % self.prompts.len();
-                    by_prompt.entry(p).or_default().push(f.clone());
-                    hits += (predicted[i] as i64 == self.prompts[p].1) as usize;
-                }
-                let vendis: Vec<f64> = by_prompt
-                    .values()
-                    .map(|f| diversity::vendi_score(f))
-                    .collect();
-                per_prompt_vendi = Some(vendis.iter().sum::<f64>() / vendis.len().max(1) as f64);
-                class_accuracy = Some(hits as f64 / n.max(1) as f64);
-            }
-            diversity = Some(d);
-        }
-        let report = EvalReport {
-            epoch,
-            samples: n,
-            reward_mean,
-            reward_sem: reward_std / (n.max(2) as f64 - 1.0).sqrt(),
-            reward_components,
-            reward_trajectory,
-            diversity,
-            per_prompt_vendi,
-            class_accuracy,
-            sample_rewards: scores
-                .total
-                .iter()
-                .zip(&scores.skipped)
-                .map(|(&r, &skipped)| (!skipped).then_some(r))
-                .collect(),
-            gold: gold_values
-                .iter()
-                .map(|(name, v)| (name.clone(), mean_of_scored(v)))
-                .collect(),
-            eval_s: started.elapsed().as_secs_f64(),
-        };
-        Ok((report, images, gold_values))
-    }
-
-    fn is_better(
-        &self,
-        report: &EvalReport,
-        best: Option<&BestRecord>,
-        base: Option<&EvalReport>,
-    ) -> bool {
-        let eligible = match &self.pipeline.evaluation.best_by {
-            BestBy::Reward => true,
-            BestBy::RewardAndDiversity { min_vendi_ratio } => {
-                let base_vendi = base.and_then(|b| b.diversity.as_ref()).map(|d| d.vendi);
-                let vendi = report.diversity.as_ref().map(|d| d.vendi);
-                match (vendi, base_vendi) {
-                    (Some(v), Some(b)) => v >= min_vendi_ratio * b,
-                    _ => true,
-                }
-            }
-        };
-        eligible && best.is_none_or(|b| report.reward_mean > b.reward_mean)
-    }
-
     fn write_grid(&self, images: &[Image], name: &str) -> Result<(), RunError> {
         let path = self.dir.join("samples").join(name);
         let n = images.len().min(64);
@@ -383,89 +198,6 @@ impl Run<'_> {
             path: path.clone(),
             message,
         })
-    }
-
-    fn checkpoints(&self) -> Vec<(u64, PathBuf)> {
-        let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(self.dir.join("checkpoints"))
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().parse::<u64>().ok()?;
-                Some((n, e.path()))
-            })
-            .filter(|(_, p)| p.join(STATE_FILE).exists())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn write_checkpoint(&self, ddpo: &Ddpo<'_>, state: &RunState) -> Result<(), RunError> {
-        let root = self.dir.join("checkpoints");
-        let name = format!("{:04}", state.epochs_done);
-        let dir = root.join(&name);
-        let tmp = root.join(format!(".{name}.tmp"));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        self.model
-            .save(&tmp.join(MODEL_DIR), Some(self.scheduler.config()))?;
-        let opt = tmp.join(OPTIMIZER_FILE);
-        ddpo.optimizer
-            .save(&opt)
-            .map_err(|e| RunError::Checkpoint {
-                path: opt.clone(),
-                message: e.to_string(),
-            })?;
-        if state.epochs_done > 0
-            && self.kill_at == Some(KillPoint::Checkpoint(state.epochs_done - 1))
-        {
-            kill_now();
-        }
-        let json = serde_json::to_string_pretty(state).expect("state serialises");
-        std::fs::write(tmp.join(STATE_FILE), json).map_err(io_err(&tmp))?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
-        }
-        std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
-        // Keep the newest `keep`, and the one a guard would roll back to.
-        let all = self.checkpoints();
-        let keep = self.pipeline.run.keep.max(1);
-        for (e, old) in all.iter().take(all.len().saturating_sub(keep)) {
-            if Some(*e) != state.guard.last_good {
-                std::fs::remove_dir_all(old).map_err(io_err(old))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn load_checkpoint(&self, ddpo: &mut Ddpo<'_>) -> Result<Option<RunState>, RunError> {
-        let Some((_, dir)) = self.checkpoints().pop() else {
-            return Ok(None);
-        };
-        let bad = |message: String| RunError::Checkpoint {
-            path: dir.clone(),
-            message,
-        };
-        let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(io_err(&dir))?;
-        let state: RunState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let weights = DiffusersModel::load(&dir.join(MODEL_DIR), Device::Cpu)?;
-        tch::no_grad(|| {
-            let src = weights.vs.variables();
-            for (name, mut dst) in self.model.vs.variables() {
-                let v = src
-                    .get(&name)
-                    .ok_or_else(|| bad(format!("weights lack {name}")))?;
-                dst.copy_(&v.to_device(dst.device()));
-            }
-            Ok::<(), RunError>(())
-        })?;
-        ddpo.optimizer
-            .load(&dir.join(OPTIMIZER_FILE))
-            .map_err(bad)?;
-        ddpo.tracker.clone_from(&state.tracker);
-        Ok(Some(state))
     }
 
     fn update_plots(&self) {
@@ -775,20 +507,6 @@ impl Run<'_> {
         }
     }
 
-    /// Saves best/ when `report` beats the best so far by the pipeline's rule.
-    fn keep_if_best(&self, report: &EvalReport, state: &mut RunState) -> Result<(), RunError> {
-        if self.is_better(report, state.best.as_ref(), state.base_eval.as_ref()) {
-            self.model
-                .save(&self.dir.join("best"), Some(self.scheduler.config()))?;
-            state.best = Some(BestRecord {
-                epoch: report.epoch,
-                reward_mean: report.reward_mean,
-                vendi: report.diversity.as_ref().map(|d| d.vendi),
-            });
-        }
-        Ok(())
-    }
-
     /// The guards' verdict on an evaluation, logged as a `guard` line (and on the terminal when
     /// something fails); `Verdict::Ok` without a `guard:` section. The final evaluation
     /// (`at_final`) is only judged, for best/.
@@ -822,52 +540,6 @@ impl Run<'_> {
         Ok(verdict)
     }
 
-    /// Goes back to the checkpoint of epoch `to` (a guard's rollback): the checkpoints after it
-    /// are removed, its weights, optimiser moments and tracker loaded, and it is written again
-    /// with the guards' state as it is now (the rollback counted, the guard line in
-    /// metrics.jsonl), so that a resume goes on from the rollback.
-    fn roll_back(
-        &self,
-        ddpo: &mut Ddpo<'_>,
-        state: &mut RunState,
-        to: u64,
-        wall_s: f64,
-    ) -> Result<(), RunError> {
-        for (e, dir) in self.checkpoints() {
-            if e > to {
-                std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
-            }
-        }
-        let restored = self
-            .load_checkpoint(ddpo)?
-            .ok_or_else(|| RunError::Checkpoint {
-                path: self.dir.join("checkpoints"),
-                message: format!("no checkpoint of epoch {to} to roll back to"),
-            })?;
-        if restored.epochs_done != to {
-            return Err(RunError::Checkpoint {
-                path: self.dir.join("checkpoints"),
-                message: format!(
-                    "rolling back to epoch {to}, found the checkpoint of epoch {}",
-                    restored.epochs_done
-                ),
-            });
-        }
-        state.epochs_done = to;
-        state.tracker = restored.tracker;
-        state.metrics_len = file_len(&self.metrics_path());
-        state.wall_s = wall_s;
-        ddpo.training.seed = branch_seed(self.pipeline.training.seed, state.guard.rollbacks);
-        ddpo.lr_scale = state.guard.lr_scale;
-        self.write_checkpoint(ddpo, state)?;
-        if self.verbosity != Verbosity::Quiet {
-            eprintln!(
-                "guard: rolled back to epoch {to} (lr × {}), rollback {}",
-                state.guard.lr_scale, state.guard.rollbacks
-            );
-        }
-        Ok(())
-    }
 }
 
 /// The guards' verdict on one evaluation.
