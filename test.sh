@@ -6,9 +6,11 @@ cd "$(dirname "$0")"
 t0=$SECONDS
 ./setup.sh --no-run
 tools/parity/env.sh >/dev/null
+# Seldon MLServer, which tests/servers.rs starts on 127.0.0.1 (kind: http rewards).
+tools/servers/env.sh >/dev/null
 
 echo "[test] crates without tch build and test without libtorch"
-no_torch=(hrf-core hrf-config hrf-report hrf-rewards)
+no_torch=(hrf-core hrf-config hrf-report hrf-rewards hrf-remote)
 if cargo tree "${no_torch[@]/#/-p=}" -e normal,build --prefix none | grep -qE '^(tch|torch-sys) '; then
   echo "${no_torch[*]} must not depend on tch" >&2
   exit 1

@@ -115,6 +115,40 @@ pub struct StageSpec {
     pub l2_normalize: bool,
 }
 
+/// How a `kind: http` reward sends images to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageEncoding {
+    /// One UINT8 tensor [B, H, W, C] (every image of a request the same size).
+    #[default]
+    Uint8,
+    /// A BYTES tensor [B] of PNG files, base64 in the JSON (tensor parameter
+    /// `content_type: base64`, which MLServer decodes).
+    Png,
+}
+
+/// The input tensors a `kind: http` reward sends, by name; `null` leaves one out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpInputs {
+    /// The images (see `encoding`).
+    pub images: String,
+    /// The prompts, a BYTES tensor [B] of UTF-8 text; sent only when the run has prompts.
+    pub prompts: Option<String>,
+    /// Each sample's metadata as JSON text, a BYTES tensor [B].
+    pub metadata: Option<String>,
+}
+
+impl Default for HttpInputs {
+    fn default() -> Self {
+        Self {
+            images: "images".into(),
+            prompts: Some("prompts".into()),
+            metadata: Some("metadata".into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -210,6 +210,37 @@ pub trait Reward: Send {
 
     /// One score per sample, in order.
     fn score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, RewardError>;
+
+    /// What the calls since the last time this was asked cost, for metrics.jsonl (a network
+    /// reward's requests, retries and latency); `None` for rewards that keep no such record.
+    fn take_call_stats(&mut self) -> Option<CallStats> {
+        None
+    }
+}
+
+/// What a network reward's requests cost over some calls: logged per epoch
+/// (`reward_requests` in metrics.jsonl).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallStats {
+    /// Requests that got an answer or failed for good (retries not counted).
+    pub requests: u64,
+    /// Attempts after the first, over every request.
+    pub retries: u64,
+    /// Requests that failed after their retries.
+    pub failures: u64,
+    /// Wall seconds of every request, retries and back-off included.
+    pub latency_s_sum: f64,
+    pub latency_s_max: f64,
+}
+
+impl CallStats {
+    pub fn add(&mut self, other: &CallStats) {
+        self.requests += other.requests;
+        self.retries += other.retries;
+        self.failures += other.failures;
+        self.latency_s_sum += other.latency_s_sum;
+        self.latency_s_max = self.latency_s_max.max(other.latency_s_max);
+    }
 }
 
 /// Checks what a reward returned: one finite value per sample. Every reward's output passes here

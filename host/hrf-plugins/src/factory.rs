@@ -1,6 +1,6 @@
 //! The reward factory: a pipeline's validated `rewards:` entries (hrf-config) built into the
 //! [`RewardSet`] a run scores with, whatever their kind: built-in, ONNX chain, WASM component,
-//! native library or child process. The binary only wires: it passes the entries and a
+//! native library, child process or inference server. The binary only wires: it passes the entries and a
 //! [`RewardContext`].
 
 use std::path::Path;
@@ -46,6 +46,10 @@ pub enum FactoryError {
     /// A plugin (WASM, native or process) that could not be loaded; it names itself.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// An inference server that is not ready or does not serve the model; names the entry
+    /// and the URL.
+    #[error(transparent)]
+    Server(#[from] hrf_remote::LoadError),
 }
 
 /// Every entry of `rewards:` built, transformed and weighted, in the pipeline's order.
@@ -109,6 +113,7 @@ pub fn build_reward(
             p,
             cx.allow_native,
         ))?),
+        RewardKind::Http(h) => Box::new(hrf_remote::InferenceReward::load(&spec.name, h)?),
     };
     Ok(match spec.transform {
         Transform::Identity => reward,

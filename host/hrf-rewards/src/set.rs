@@ -7,7 +7,9 @@
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
-use hrf_core::{check_scores, text, Reward, RewardError, Sample};
+use std::collections::BTreeMap;
+
+use hrf_core::{check_scores, text, CallStats, Reward, RewardError, Sample};
 
 /// Skip reasons kept per batch, and per epoch across its batches; the others are only counted
 /// (the last line says how many), so that a failing reward cannot flood the log or the metrics.
@@ -41,6 +43,8 @@ pub struct SetScores {
     pub skip_reasons: Vec<String>,
     /// Skip reasons not kept in `skip_reasons` (past [`MAX_SKIP_REASONS`]).
     pub skip_reasons_dropped: usize,
+    /// Per network reward (by name): what its requests cost.
+    pub requests: BTreeMap<String, CallStats>,
 }
 
 impl SetScores {
@@ -78,6 +82,9 @@ impl SetScores {
             self.push_skip_reason(why);
         }
         self.count_dropped_reasons(other.skip_reasons_dropped);
+        for (name, calls) in &other.requests {
+            self.requests.entry(name.clone()).or_default().add(calls);
+        }
         if self.components.is_empty() {
             self.components = other.components;
         } else {
@@ -145,10 +152,14 @@ impl RewardSet {
             skipped: vec![false; n],
             skip_reasons: Vec::new(),
             skip_reasons_dropped: 0,
+            requests: BTreeMap::new(),
         };
         for c in &mut self.components {
             let info = c.reward.info();
             let scored = c.reward.score(samples);
+            if let Some(calls) = c.reward.take_call_stats() {
+                out.requests.entry(c.name.clone()).or_default().add(&calls);
+            }
             let checked = match &scored {
                 Ok(scores) => check_scores(&info, n, scores),
                 Err(_) => Ok(()),

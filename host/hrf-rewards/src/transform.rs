@@ -23,6 +23,10 @@ impl Reward for LogScore {
         self.inner.info()
     }
 
+    fn take_call_stats(&mut self) -> Option<hrf_core::CallStats> {
+        self.inner.take_call_stats()
+    }
+
     fn score(&mut self, samples: &[Sample]) -> Result<Vec<Score>, RewardError> {
         let mut scores = self.inner.score(samples)?;
         for (i, s) in scores.iter_mut().enumerate() {

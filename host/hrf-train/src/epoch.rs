@@ -77,6 +77,9 @@ pub struct EpochStats {
     /// Why, one line per failure.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skip_reasons: Vec<String>,
+    /// Per network reward (`kind: http`): its requests, retries, failures and latency.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reward_requests: BTreeMap<String, hrf_core::CallStats>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -308,6 +311,7 @@ impl Ddpo<'_> {
             train_s: train_start.elapsed().as_secs_f64(),
             skipped: samples.len() - kept.len(),
             skip_reasons: scores.skip_reasons.clone(),
+            reward_requests: scores.requests.clone(),
         };
         Ok(EpochOutcome {
             stats,

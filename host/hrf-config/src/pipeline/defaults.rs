@@ -315,33 +315,38 @@ pub(super) fn evaluation_guidance(sampling_guidance: f64) -> f64 {
 }
 
 /// `rewards[i].name`: the kind for built-ins; for `wasm` and `native` the plugin file's stem,
-/// for `process` the stem of the command's last word (else the kind). None for `onnx`, which
-/// needs a name.
-pub(super) fn reward_name(
-    kind: RewardKindName,
-    command: Option<&[String]>,
-    path: Option<&Path>,
-) -> Option<String> {
+/// for `process` the stem of the command's last word (else the kind), for `http` the model's
+/// name. None for `onnx`, which needs a name.
+pub(super) fn reward_name(r: &crate::pipeline::RewardRaw) -> Option<String> {
     let stem = |f: &Path| f.file_stem().map(|f| f.to_string_lossy().into_owned());
+    let kind = r.kind;
     Some(match kind {
         RewardKindName::Onnx => return None,
-        RewardKindName::Process => command
+        RewardKindName::Process => r
+            .command
+            .as_deref()
             .and_then(|c| c.last())
             .and_then(|f| stem(Path::new(f)))
             .unwrap_or_else(|| kind.as_str().to_string()),
-        RewardKindName::Wasm | RewardKindName::Native => path
+        RewardKindName::Wasm | RewardKindName::Native => r
+            .path
+            .as_deref()
             .and_then(stem)
+            .unwrap_or_else(|| kind.as_str().to_string()),
+        RewardKindName::Http => r
+            .model
+            .clone()
             .unwrap_or_else(|| kind.as_str().to_string()),
         _ => kind.as_str().to_string(),
     })
 }
 
-/// `rewards[i].timeout_s`: 60 seconds a call for `process` rewards, 5 for `wasm`.
+/// `rewards[i].timeout_s`: 60 s for a process, 30 s per request for http, 5 s otherwise.
 pub(super) fn reward_timeout_s(kind: RewardKindName) -> f64 {
-    if kind == RewardKindName::Process {
-        60.0
-    } else {
-        5.0
+    match kind {
+        RewardKindName::Process => 60.0,
+        RewardKindName::Http => 30.0,
+        _ => 5.0,
     }
 }
 

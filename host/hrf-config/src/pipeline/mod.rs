@@ -40,7 +40,7 @@ pub use raw::{
     WindowClusterRaw,
 };
 pub use resolved::{
-    read_resolved, EvaluationSettings, NativeSpec, ProcessSpec, RewardKind, RewardSpec,
+    read_resolved, EvaluationSettings, HttpSpec, NativeSpec, ProcessSpec, RewardKind, RewardSpec,
     RunPipeline, RunSettings, ScoreSpec, WasmSpec,
 };
 pub use schema::{run_schema, run_schema_text};

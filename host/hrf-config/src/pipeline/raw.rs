@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::guard::GuardSettings;
 use crate::model_spec::ModelSpecRaw;
-use crate::reward::{ImageInput, StageSpec};
+use crate::reward::{HttpInputs, ImageEncoding, ImageInput, StageSpec};
 use crate::training::{
     AdvantageMode, ClipScale, GroupUpdate, LrSchedule, Method, Preset, SamplingSettings,
     StartIndex, StepReduction,
@@ -247,6 +247,9 @@ pub enum RewardKindName {
     /// A long-lived child process speaking hrf's framing over stdin/stdout (e.g. Python with
     /// torch); the same two opt-ins as `native`.
     Process,
+    /// A model behind an inference server speaking the Open Inference Protocol (KServe v2 REST:
+    /// Triton, KServe, Seldon MLServer): `POST {url}/v2/models/{model}/infer`.
+    Http,
 }
 
 impl RewardKindName {
@@ -260,6 +263,7 @@ impl RewardKindName {
             Self::Wasm => "wasm",
             Self::Native => "native",
             Self::Process => "process",
+            Self::Http => "http",
         }
     }
 }
@@ -268,7 +272,7 @@ impl RewardKindName {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewardRaw {
-    /// A built-in reward, or `onnx`, `wasm`, `native`, `process`.
+    /// A built-in reward, or `onnx`, `wasm`, `native`, `process`, `http`.
     pub kind: RewardKindName,
     /// Required for `onnx`; built-ins default to their kind. Unique, [A-Za-z0-9._-]+.
     #[serde(default)]
@@ -299,7 +303,8 @@ pub struct RewardRaw {
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Value>")]
     pub config: Option<serde_json::Value>,
-    /// `wasm` only: seconds one call may take before it is stopped (default 5).
+    /// `wasm`, `process` and `http`: seconds one call (`http`: one request) may take before it
+    /// is stopped (defaults 5, 60 and 30).
     #[serde(default)]
     pub timeout_s: Option<f64>,
     /// `wasm` only: the plugin's memory cap in MiB (default 256); growing past it traps.
@@ -321,6 +326,45 @@ pub struct RewardRaw {
     /// `process` only: the program and its arguments, run in the YAML file's folder.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// `http` only: the server's base URL, `http://` or `https://` (TLS through rustls).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `http` only: the model's name on the server.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `http` only: `uint8` (a UINT8 [B, H, W, C] tensor, default) or `png` (PNG bytes in a
+    /// BYTES tensor).
+    #[serde(default)]
+    pub encoding: Option<ImageEncoding>,
+    /// `http` only: the input tensors' names (`images`, `prompts`, `metadata`; `null` leaves
+    /// one out).
+    #[serde(default)]
+    pub inputs: Option<HttpInputs>,
+    /// `http` only: the output tensor the scores are read from, one number per image (default
+    /// `score`).
+    #[serde(default)]
+    pub output: Option<String>,
+    /// `http` only: images per request (default 64); a call of `batch_size` images is split
+    /// into requests of at most this many.
+    #[serde(default)]
+    pub max_batch: Option<usize>,
+    /// `http` only: requests in flight at once (1..=64, default 4).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// `http` only: retries of a request after a connection error, a timeout, 429 or 5xx,
+    /// never after another 4xx (0..=10, default 3).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// `http` only: seconds before the first retry, doubled for each next one (default 0.5).
+    #[serde(default)]
+    pub backoff_s: Option<f64>,
+    /// `http` only: the environment variable holding a token sent as `Authorization: Bearer
+    /// …`; the token itself is never written anywhere.
+    #[serde(default)]
+    pub auth_env: Option<String>,
+    /// `http` only: the largest reply read, in MiB (1..=1024, default 16).
+    #[serde(default)]
+    pub max_reply_mb: Option<u64>,
     /// What a failure of this reward does: `fail` (default) stops the run with the error;
     /// `skip` leaves out of training the samples it could not score (a failed call skips the
     /// call's samples, a NaN or infinite value its sample) and logs why.

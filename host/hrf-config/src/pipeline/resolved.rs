@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::raw::{BestBy, OnError, ScoreRaw, Transform};
 use crate::guard::GuardSettings;
 use crate::model_spec::{ModelSource, ModelSpec};
-use crate::reward::{ImageInput, StageSpec};
+use crate::reward::{HttpInputs, ImageEncoding, ImageInput, StageSpec};
 use crate::training::{AdvantageSettings, SamplingSettings, TrainingSettings};
 use crate::ConfigErrors;
 
@@ -63,6 +63,27 @@ pub enum RewardKind {
     Wasm(WasmSpec),
     Native(NativeSpec),
     Process(ProcessSpec),
+    Http(HttpSpec),
+}
+
+/// A `kind: http` reward (Open Inference Protocol, KServe v2 REST), validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpSpec {
+    /// The base URL, without a trailing `/`.
+    pub url: String,
+    pub model: String,
+    pub encoding: ImageEncoding,
+    pub inputs: HttpInputs,
+    pub output: String,
+    pub max_batch: usize,
+    pub concurrency: usize,
+    pub timeout_s: f64,
+    pub retries: u32,
+    pub backoff_s: f64,
+    /// The variable's name; the token is read from it when the reward is built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_env: Option<String>,
+    pub max_reply_mb: u64,
 }
 
 /// A `kind: process` reward, validated.
@@ -214,6 +235,8 @@ struct ResolvedReward<'a> {
     native: Option<&'a NativeSpec>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     process: Option<&'a ProcessSpec>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    http: Option<&'a HttpSpec>,
 }
 
 impl Serialize for RunPipeline {
@@ -261,6 +284,7 @@ fn resolved_reward(r: &RewardSpec) -> ResolvedReward<'_> {
         wasm: None,
         native: None,
         process: None,
+        http: None,
     };
     match &r.kind {
         RewardKind::Builtin(kind) => out.kind = kind,
@@ -275,6 +299,10 @@ fn resolved_reward(r: &RewardSpec) -> ResolvedReward<'_> {
         RewardKind::Process(pr) => {
             out.kind = "process";
             out.process = Some(pr);
+        }
+        RewardKind::Http(h) => {
+            out.kind = "http";
+            out.http = Some(h);
         }
         RewardKind::Onnx {
             stages,

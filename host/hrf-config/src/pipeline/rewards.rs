@@ -1,6 +1,6 @@
 //! The `rewards:` section. `validate` checks what every entry shares (its name, weight, batch
 //! size, the fields its kind takes and refuses, `trust`, `timeout_s`), then hands the entry to
-//! the function of its kind: `builtin`, `onnx`, `wasm`, `native` or `process`. Every problem
+//! the function of its kind: `builtin`, `onnx`, `wasm`, `native`, `process` or `http`. Every problem
 //! goes into the pipeline's one list, named `rewards[i].field`.
 
 use std::collections::BTreeSet;
@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use super::defaults;
 use super::problems::{valid_name, Base, Problems};
 use super::raw::{RewardKindName, RewardRaw, ScoreRaw};
-use super::resolved::{NativeSpec, ProcessSpec, RewardKind, RewardSpec, ScoreSpec, WasmSpec};
+use super::resolved::{
+    HttpSpec, NativeSpec, ProcessSpec, RewardKind, RewardSpec, ScoreSpec, WasmSpec,
+};
 use crate::reward::StageSpec;
 
 /// The place of entry `i`'s fields in its list: `rewards[i].field`, `evaluation.gold[i].field`.
@@ -73,7 +75,7 @@ fn entry(
     let kind = r.kind.as_str();
     let name = match (&r.name, r.kind) {
         (Some(n), _) => n.clone(),
-        (None, _) => defaults::reward_name(r.kind, r.command.as_deref(), r.path.as_deref())
+        (None, _) => defaults::reward_name(&r)
             .unwrap_or_else(|| {
                 p.push(at.field("name"), "an onnx reward needs a name");
                 String::new()
@@ -108,6 +110,19 @@ fn entry(
         ("score", r.score.is_some()),
         ("classes", r.classes.is_some()),
     ];
+    let http_fields = [
+        ("url", r.url.is_some()),
+        ("model", r.model.is_some()),
+        ("encoding", r.encoding.is_some()),
+        ("inputs", r.inputs.is_some()),
+        ("output", r.output.is_some()),
+        ("max_batch", r.max_batch.is_some()),
+        ("concurrency", r.concurrency.is_some()),
+        ("retries", r.retries.is_some()),
+        ("backoff_s", r.backoff_s.is_some()),
+        ("auth_env", r.auth_env.is_some()),
+        ("max_reply_mb", r.max_reply_mb.is_some()),
+    ];
     let refuse = |p: &mut Problems<'_>, fields: &[(&str, bool)], who: &str| {
         for (field, given) in fields {
             if *given {
@@ -118,19 +133,22 @@ fn entry(
             }
         }
     };
-    use RewardKindName::{Native, Onnx, Process, Wasm};
+    use RewardKindName::{Http, Native, Onnx, Process, Wasm};
     if !matches!(r.kind, Wasm | Native) {
         refuse(p, &[("path", r.path.is_some())], "wasm and native");
     }
     if !matches!(r.kind, Wasm | Native | Process) {
         refuse(p, &[("config", r.config.is_some())], "plugin");
     }
-    if !matches!(r.kind, Wasm | Process) {
+    if !matches!(r.kind, Wasm | Process | Http) {
         refuse(
             p,
             &[("timeout_s", r.timeout_s.is_some())],
-            "wasm and process",
+            "wasm, process and http",
         );
+    }
+    if r.kind != Http {
+        refuse(p, &http_fields, "http");
     }
     if r.kind != Wasm {
         refuse(p, &wasm_fields, "wasm");
@@ -164,6 +182,7 @@ fn entry(
         Native => native(p, at, r, base),
         Wasm => wasm(p, at, r, base, timeout_s),
         Onnx => onnx(p, at, r, base, conditional),
+        Http => http(p, at, r, timeout_s),
         builtin_kind => builtin(p, at, builtin_kind, conditional),
     };
     RewardSpec {
@@ -333,5 +352,104 @@ fn process(p: &mut Problems<'_>, at: At, r: RewardRaw, base: &Base, timeout_s: f
         config: r.config.unwrap_or_else(defaults::plugin_config),
         timeout_s,
         trust: r.trust,
+    })
+}
+
+/// `kind: http`: the server's URL and model, what is sent and read, and the bounds on batches,
+/// requests in flight, retries and replies.
+fn http(p: &mut Problems<'_>, at: At, r: RewardRaw, timeout_s: f64) -> RewardKind {
+    let url = r.url.unwrap_or_default().trim_end_matches('/').to_string();
+    let scheme_ok = ["http://", "https://"]
+        .iter()
+        .any(|s| url.len() > s.len() && url.to_ascii_lowercase().starts_with(s));
+    if !scheme_ok {
+        p.push(
+            at.field("url"),
+            format!("{url:?}: give the server's base URL, http://host:port or https://…"),
+        );
+    } else if url.contains(['?', '#', ' ']) {
+        p.push(
+            at.field("url"),
+            format!("{url:?}: the base URL takes no query, fragment or spaces"),
+        );
+    }
+    let model = r.model.unwrap_or_default();
+    if !valid_name(&model) {
+        p.push(
+            at.field("model"),
+            format!("{model:?}: give the model's name on the server (letters, digits, '.', '_', '-')"),
+        );
+    }
+    let inputs = r.inputs.unwrap_or_default();
+    let names = [
+        ("inputs.images", Some(&inputs.images)),
+        ("inputs.prompts", inputs.prompts.as_ref()),
+        ("inputs.metadata", inputs.metadata.as_ref()),
+    ];
+    let mut seen = BTreeSet::new();
+    for (field, name) in names {
+        if let Some(name) = name {
+            if name.is_empty() {
+                p.push(at.field(field), "empty: give the tensor's name or null");
+            } else if !seen.insert(name.as_str()) {
+                p.push(at.field(field), format!("{name:?} names two inputs"));
+            }
+        }
+    }
+    let output = r.output.unwrap_or_else(|| "score".into());
+    if output.is_empty() {
+        p.push(at.field("output"), "empty: give the output tensor's name");
+    }
+    let max_batch = r.max_batch.unwrap_or(64);
+    p.at_least(at.field("max_batch"), max_batch, 1);
+    let concurrency = r.concurrency.unwrap_or(4);
+    if !(1..=64).contains(&concurrency) {
+        p.push(
+            at.field("concurrency"),
+            format!("must be in 1..=64, got {concurrency}"),
+        );
+    }
+    let retries = r.retries.unwrap_or(3);
+    if retries > 10 {
+        p.push(at.field("retries"), format!("must be in 0..=10, got {retries}"));
+    }
+    let backoff_s = r.backoff_s.unwrap_or(0.5);
+    p.real(
+        at.field("backoff_s"),
+        backoff_s,
+        |v| (0.0..=60.0).contains(&v),
+        "in [0, 60]",
+    );
+    if let Some(var) = &r.auth_env {
+        let ok = !var.is_empty()
+            && !var.starts_with(|c: char| c.is_ascii_digit())
+            && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            p.push(
+                at.field("auth_env"),
+                format!("{var:?}: give an environment variable's name (letters, digits, '_'), not the token"),
+            );
+        }
+    }
+    let max_reply_mb = r.max_reply_mb.unwrap_or(16);
+    if !(1..=1024).contains(&max_reply_mb) {
+        p.push(
+            at.field("max_reply_mb"),
+            format!("must be in 1..=1024, got {max_reply_mb}"),
+        );
+    }
+    RewardKind::Http(HttpSpec {
+        url,
+        model,
+        encoding: r.encoding.unwrap_or_default(),
+        inputs,
+        output,
+        max_batch,
+        concurrency,
+        timeout_s,
+        retries,
+        backoff_s,
+        auth_env: r.auth_env,
+        max_reply_mb,
     })
 }

@@ -16,6 +16,7 @@ use crate::training::{
 };
 
 mod guard;
+mod http;
 mod overrides;
 mod presets;
 mod problems;

@@ -1,0 +1,87 @@
+//! `kind: http` entries: their defaults, that the resolved pipeline loads back with them, and
+//! their errors named with their field.
+
+use super::*;
+use crate::reward::ImageEncoding;
+
+fn with_reward(entry: &str) -> String {
+    MINIMAL.replace("  - {kind: jpeg-compressibility}", &format!("  - {entry}"))
+}
+
+#[test]
+fn http_rewards_resolve_with_their_defaults_and_load_back() {
+    let fx = Fixture::new("http");
+    let p = fx
+        .load(
+            &with_reward("{kind: http, url: 'http://127.0.0.1:8080/', model: contrast}"),
+            &[],
+        )
+        .unwrap();
+    let RewardKind::Http(h) = &p.rewards[0].kind else {
+        panic!("{:?}", p.rewards[0].kind)
+    };
+    assert_eq!(p.rewards[0].name, "contrast", "named after the model");
+    assert_eq!(h.url, "http://127.0.0.1:8080", "no trailing /");
+    assert_eq!(h.encoding, ImageEncoding::Uint8);
+    assert_eq!(
+        (h.inputs.images.as_str(), h.inputs.prompts.as_deref(), h.inputs.metadata.as_deref()),
+        ("images", Some("prompts"), Some("metadata"))
+    );
+    assert_eq!(
+        (h.output.as_str(), h.max_batch, h.concurrency, h.timeout_s, h.retries, h.backoff_s),
+        ("score", 64, 4, 30.0, 3, 0.5)
+    );
+    assert_eq!((h.auth_env.as_deref(), h.max_reply_mb), (None, 16));
+
+    let p = fx
+        .load(
+            &with_reward(
+                "{kind: http, name: judge, url: 'https://rewards.example:443', model: pick, encoding: png,
+     inputs: {images: pixels, metadata: null}, output: logits, max_batch: 8, concurrency: 2,
+     timeout_s: 5, retries: 0, backoff_s: 1, auth_env: REWARD_TOKEN, max_reply_mb: 4, on_error: skip}",
+            ),
+            &[],
+        )
+        .unwrap();
+    let text = serde_yaml_text(&p);
+    assert!(text.contains("REWARD_TOKEN"), "{text}");
+    let back = fx.load(&text, &[]).unwrap();
+    assert_eq!(back.rewards, p.rewards);
+    let RewardKind::Http(h) = &back.rewards[0].kind else {
+        panic!()
+    };
+    assert_eq!((h.inputs.images.as_str(), h.inputs.metadata.as_deref()), ("pixels", None));
+    assert_eq!((h.encoding, h.retries, h.auth_env.as_deref()), (ImageEncoding::Png, 0, Some("REWARD_TOKEN")));
+}
+
+#[test]
+fn bad_http_rewards_are_named_with_their_field() {
+    let fx = Fixture::new("http-bad");
+    let ok = "url: 'http://127.0.0.1:1', model: m";
+    let cases = [
+        ("{kind: http, model: m}".to_string(), "rewards[0].url"),
+        ("{kind: http, url: 'ftp://x', model: m}".into(), "rewards[0].url: \"ftp://x\""),
+        ("{kind: http, url: 'http://x?a=1', model: m}".into(), "no query"),
+        ("{kind: http, url: 'http://x'}".into(), "rewards[0].model"),
+        ("{kind: http, url: 'http://x', model: 'a/b'}".into(), "rewards[0].model"),
+        (format!("{{kind: http, {ok}, max_batch: 0}}"), "rewards[0].max_batch"),
+        (format!("{{kind: http, {ok}, concurrency: 65}}"), "rewards[0].concurrency: must be in 1..=64"),
+        (format!("{{kind: http, {ok}, retries: 11}}"), "rewards[0].retries: must be in 0..=10"),
+        (format!("{{kind: http, {ok}, backoff_s: -1}}"), "rewards[0].backoff_s"),
+        (format!("{{kind: http, {ok}, timeout_s: 0}}"), "rewards[0].timeout_s"),
+        (format!("{{kind: http, {ok}, max_reply_mb: 0}}"), "rewards[0].max_reply_mb"),
+        (format!("{{kind: http, {ok}, auth_env: 'Bearer abc'}}"), "rewards[0].auth_env"),
+        (format!("{{kind: http, {ok}, output: ''}}"), "rewards[0].output"),
+        (format!("{{kind: http, {ok}, inputs: {{images: x, prompts: x}}}}"), "rewards[0].inputs.prompts: \"x\" names two inputs"),
+        (format!("{{kind: http, {ok}, inputs: {{imgs: x}}}}"), "imgs"),
+        (format!("{{kind: http, {ok}, encoding: jpeg}}"), "jpeg"),
+        (format!("{{kind: http, {ok}, memory_mb: 5}}"), "rewards[0].memory_mb: only wasm rewards"),
+        ("{kind: aesthetic, url: 'http://x'}".into(), "rewards[0].url: only http rewards take `url`"),
+        ("{kind: aesthetic, timeout_s: 3}".into(), "rewards[0].timeout_s: only wasm, process and http"),
+    ];
+    for (entry, words) in cases {
+        let e = fx.load(&with_reward(&entry), &[]).unwrap_err();
+        let m = messages(&e);
+        assert!(m.contains(words), "{entry}: {m}");
+    }
+}

@@ -1,0 +1,323 @@
+//! `kind: http` rewards against a real inference server started by each test on 127.0.0.1:
+//! Seldon MLServer (installed by tools/servers/env.sh, which test.sh runs) serving the contrast
+//! example of plugins/servers/mlserver. The server's scores equal the same Python function
+//! packaged as a WASM component; a server down at start is named before anything is written;
+//! a server killed mid-run fails the run (retried first, the checkpoint intact, resumable) or,
+//! with `on_error: skip`, costs only the samples it could not score; the token never reaches a
+//! file the run writes.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{pipeline_run, repo, text, tmp};
+
+/// A free port on 127.0.0.1 (free a moment ago).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An MLServer process serving the model folder `models`; killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(models: &Path, port: u16, log: &Path, envs: &[(&str, &str)]) -> Server {
+        let bin = repo().join(".deps/servers/bin/mlserver");
+        assert!(
+            bin.exists(),
+            "{} missing: run tools/servers/env.sh (test.sh does)",
+            bin.display()
+        );
+        let out = std::fs::File::create(log).unwrap();
+        let mut c = Command::new(bin);
+        c.arg("start")
+            .arg(models)
+            .env("MLSERVER_HOST", "127.0.0.1")
+            .env("MLSERVER_HTTP_PORT", port.to_string())
+            .env("MLSERVER_GRPC_PORT", free_port().to_string())
+            .env("MLSERVER_METRICS_PORT", free_port().to_string())
+            .env("MLSERVER_PARALLEL_WORKERS", "0")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let mut s = Server {
+            child: c.spawn().expect("mlserver starts"),
+            port,
+            log: log.to_path_buf(),
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&mut self) {
+        let t = Instant::now();
+        let ready = format!("127.0.0.1:{}", self.port);
+        while t.elapsed() < Duration::from_secs(120) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("mlserver exited ({status}): {}", self.log_text());
+            }
+            if http_get_ok(&ready, "/v2/models/contrast/ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("mlserver not ready in 120 s: {}", self.log_text());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bare HTTP/1.1 GET: whether it answered 200.
+fn http_get_ok(addr: &str, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+}
+
+fn contrast_models() -> PathBuf {
+    repo().join("plugins/servers/mlserver/contrast")
+}
+
+fn lines(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn of_kind(lines: &[Value], kind: &str) -> Vec<Value> {
+    lines.iter().filter(|l| l["kind"] == kind).cloned().collect()
+}
+
+fn component(line: &Value) -> f64 {
+    line["reward_components"]["contrast"].as_f64().unwrap()
+}
+
+/// `hrf run tests/pipelines/tiny-http.yaml` against `url`, with `sets`.
+fn run_tiny(run: &Path, url: &str, sets: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let url = format!("rewards[0].url={url}");
+    let mut all = vec![url.as_str()];
+    all.extend(sets);
+    let mut c = pipeline_run("tiny-http.yaml", run, &all, &[]);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("hrf runs")
+}
+
+#[test]
+fn mlserver_scores_equal_the_same_python_in_wasm() {
+    let d = tmp("hrf-servers", "equal");
+    let server = Server::start(&contrast_models(), free_port(), &d.join("mlserver.log"), &[]);
+    let token = "tok-5e1f9a0c77d2";
+    let http = d.join("http");
+    let o = run_tiny(
+        &http,
+        &server.url(),
+        &["rewards[0].auth_env=HRF_TEST_REWARD_TOKEN"],
+        &[("HRF_TEST_REWARD_TOKEN", token)],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let png = d.join("png");
+    let o = run_tiny(&png, &server.url(), &["rewards[0].encoding=png"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let wasm = repo().join("plugins/target/python/contrast.wasm");
+    assert!(wasm.exists(), "{} missing: run ./setup.sh", wasm.display());
+    let local = d.join("wasm");
+    let o = run_tiny(
+        &local,
+        "http://unused:1",
+        &[&format!(
+            "rewards[0]={{kind: wasm, name: contrast, path: {}, timeout_s: 60}}",
+            wasm.display()
+        )],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    let (h, p, w) = (lines(&http), lines(&png), lines(&local));
+    let (he, pe, we) = (of_kind(&h, "epoch"), of_kind(&p, "epoch"), of_kind(&w, "epoch"));
+    assert_eq!(he.len(), 2);
+    for ((a, b), c) in he.iter().zip(&pe).zip(&we) {
+        // The same samples (same seed), the same function: the same f32 scores.
+        assert_eq!(component(a), component(c), "uint8 vs wasm");
+        assert_eq!(component(b), component(c), "png vs wasm");
+        assert_eq!(a["reward_mean"], c["reward_mean"]);
+        let calls = &a["reward_requests"]["contrast"];
+        assert_eq!(calls["requests"], 2, "8 samples in requests of 4: {calls}");
+        assert_eq!((calls["retries"].as_u64(), calls["failures"].as_u64()), (Some(0), Some(0)));
+        assert!(calls["latency_s_max"].as_f64().unwrap() > 0.0);
+        assert!(c.get("reward_requests").is_none(), "no requests for a wasm reward");
+    }
+    let finals = |l: &[Value]| of_kind(l, "final")[0]["report"]["sample_rewards"].clone();
+    assert_eq!(finals(&h), finals(&w));
+    assert_eq!(finals(&p), finals(&w));
+    // The token is read from the environment and written nowhere.
+    for f in walk(&http) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{} holds the token",
+            f.display()
+        );
+    }
+    let resolved = std::fs::read_to_string(http.join("pipeline.resolved.yaml")).unwrap();
+    assert!(resolved.contains("HRF_TEST_REWARD_TOKEN"), "{resolved}");
+    drop(server);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_server_down_at_start_is_named_before_anything_is_written() {
+    let d = tmp("hrf-servers", "down");
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let run = d.join("run");
+    let o = run_tiny(&run, &url, &[], &[]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("reward contrast") && t.contains(&format!("GET {url}/v2/health/ready")),
+        "{t}"
+    );
+    assert!(!run.exists(), "nothing written: {}", run.display());
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A server that SIGKILLs itself on the second request of epoch 1 (the second of its two
+/// sampling batches), once: `tests/fixtures/servers/dying-contrast`.
+fn dying_server(d: &Path, port: u16, log: &str) -> Server {
+    let marker = d.join("killed");
+    Server::start(
+        &repo().join("tests/fixtures/servers/dying-contrast"),
+        port,
+        &d.join(log),
+        &[
+            ("HRF_TEST_DIE_AT", "1:2"),
+            ("HRF_TEST_DIE_MARKER", marker.to_str().unwrap()),
+        ],
+    )
+}
+
+#[test]
+fn a_server_killed_mid_run_fails_it_after_retries_and_the_run_resumes() {
+    let d = tmp("hrf-servers", "killed");
+    let port = free_port();
+    let server = dying_server(&d, port, "first.log");
+    let run = d.join("run");
+    let o = run_tiny(&run, &server.url(), &["training.epochs=3"], &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("reward contrast") && t.contains(&format!("{}/v2/models/contrast/infer", server.url())),
+        "{t}"
+    );
+    assert!(t.contains("after 3 attempts"), "retried twice: {t}");
+    // The checkpoint of epoch 1 is intact; with the server back the run resumes to its end.
+    assert!(run.join("checkpoints/0001/state.json").exists());
+    assert!(!run.join("summary.json").exists());
+    drop(server);
+    let _server = dying_server(&d, port, "second.log");
+    let o = pipeline_run("tiny-http.yaml", &run, &[], &[])
+        .args(["--resume", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(of_kind(&lines(&run), "epoch").len(), 3);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn with_on_error_skip_a_server_killed_mid_run_costs_only_what_it_could_not_score() {
+    let d = tmp("hrf-servers", "skip");
+    let port = free_port();
+    let mut server = dying_server(&d, port, "first.log");
+    let run = d.join("run");
+    let mut hrf = pipeline_run(
+        "tiny-http.yaml",
+        &run,
+        &[
+            &format!("rewards[0].url={}", server.url()),
+            "rewards[0].on_error=skip",
+            "rewards[0].retries=0",
+            "training.epochs=3",
+        ],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The server dies answering epoch 1's second batch; hrf, training that epoch, is paused
+    // while the server is started again, so that only that batch goes unscored.
+    let t = Instant::now();
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(300), "the server never died");
+        if let Some(s) = hrf.try_wait().unwrap() {
+            panic!("hrf ended first ({s}): {}", server.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = hrf.id() as libc::pid_t;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    drop(server);
+    server = dying_server(&d, port, "second.log");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let o = hrf.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let epochs = of_kind(&lines(&run), "epoch");
+    let skipped: Vec<u64> = epochs.iter().map(|e| e["skipped"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(skipped, [0, 4, 0], "{epochs:?}");
+    assert_eq!(epochs[1]["reward_requests"]["contrast"]["failures"], 1);
+    assert!(text(&o).contains("4 of 8 samples skipped"), "{}", text(&o));
+    drop(server);
+    std::fs::remove_dir_all(d).unwrap();
+}
