@@ -1,7 +1,8 @@
-//! `kind: http` rewards against a real inference server started by each test on 127.0.0.1:
-//! Seldon MLServer (installed by tools/servers/env.sh, which test.sh runs) serving the contrast
-//! example of plugins/servers/mlserver. The server's scores equal the same Python function
-//! packaged as a WASM component; a server down at start is named before anything is written;
+//! Rewards behind real servers started by each test on 127.0.0.1 (installed by
+//! tools/servers/env.sh, which test.sh runs): `kind: http` against Seldon MLServer serving the
+//! contrast example of plugins/servers/mlserver, `kind: openai-judge` against a FastAPI app of
+//! the chat-completions route (tests/fixtures/servers/judge_app.py). Their scores equal the
+//! same Python function packaged as a WASM component; a server down at start is named before anything is written;
 //! a server killed mid-run fails the run (retried first, the checkpoint intact, resumable) or,
 //! with `on_error: skip`, costs only the samples it could not score; the token never reaches a
 //! file the run writes.
@@ -25,40 +26,73 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// An MLServer process serving the model folder `models`; killed on drop.
+/// A server process on 127.0.0.1:`port`, ready when `ready_path` answers 200; killed on drop.
 struct Server {
     child: Child,
     port: u16,
     log: PathBuf,
+    ready_path: &'static str,
+}
+
+/// A program of the servers' environment (tools/servers/env.sh).
+fn server_bin(name: &str) -> PathBuf {
+    let bin = repo().join(".deps/servers/bin").join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: run tools/servers/env.sh (test.sh does)",
+        bin.display()
+    );
+    bin
 }
 
 impl Server {
+    /// MLServer serving the model folder `models`.
     fn start(models: &Path, port: u16, log: &Path, envs: &[(&str, &str)]) -> Server {
-        let bin = repo().join(".deps/servers/bin/mlserver");
-        assert!(
-            bin.exists(),
-            "{} missing: run tools/servers/env.sh (test.sh does)",
-            bin.display()
-        );
-        let out = std::fs::File::create(log).unwrap();
-        let mut c = Command::new(bin);
+        let mut c = Command::new(server_bin("mlserver"));
         c.arg("start")
             .arg(models)
             .env("MLSERVER_HOST", "127.0.0.1")
             .env("MLSERVER_HTTP_PORT", port.to_string())
             .env("MLSERVER_GRPC_PORT", free_port().to_string())
             .env("MLSERVER_METRICS_PORT", free_port().to_string())
-            .env("MLSERVER_PARALLEL_WORKERS", "0")
-            .stdin(Stdio::null())
+            .env("MLSERVER_PARALLEL_WORKERS", "0");
+        Self::spawn(c, port, log, envs, "/v2/models/contrast/ready")
+    }
+
+    /// The OpenAI-compatible test judge (tests/fixtures/servers/judge_app.py) on uvicorn.
+    fn judge(port: u16, log: &Path, envs: &[(&str, &str)]) -> Server {
+        let mut c = Command::new(server_bin("uvicorn"));
+        c.args([
+            "judge_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--app-dir")
+        .arg(repo().join("tests/fixtures/servers"));
+        Self::spawn(c, port, log, envs, "/v1/models")
+    }
+
+    fn spawn(
+        mut c: Command,
+        port: u16,
+        log: &Path,
+        envs: &[(&str, &str)],
+        ready_path: &'static str,
+    ) -> Server {
+        let out = std::fs::File::create(log).unwrap();
+        c.stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
         for (k, v) in envs {
             c.env(k, v);
         }
         let mut s = Server {
-            child: c.spawn().expect("mlserver starts"),
+            child: c.spawn().expect("the server starts"),
             port,
             log: log.to_path_buf(),
+            ready_path,
         };
         s.wait_ready();
         s
@@ -73,14 +107,14 @@ impl Server {
         let ready = format!("127.0.0.1:{}", self.port);
         while t.elapsed() < Duration::from_secs(120) {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("mlserver exited ({status}): {}", self.log_text());
+                panic!("the server exited ({status}): {}", self.log_text());
             }
-            if http_get_ok(&ready, "/v2/models/contrast/ready") {
+            if http_get_ok(&ready, self.ready_path) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("mlserver not ready in 120 s: {}", self.log_text());
+        panic!("the server was not ready in 120 s: {}", self.log_text());
     }
 
     fn log_text(&self) -> String {
@@ -95,18 +129,23 @@ impl Drop for Server {
     }
 }
 
-/// A bare HTTP/1.1 GET: whether it answered 200.
+/// A bare HTTP/1.1 GET: whether it answered 200 (or 401: up, but wanting a token).
 fn http_get_ok(addr: &str, path: &str) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").is_err() {
+    if write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
         return false;
     }
     let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+    s.read_exact(&mut head).is_ok() && matches!(&head[9..12], b"200" | b"401")
 }
 
 fn contrast_models() -> PathBuf {
@@ -122,7 +161,11 @@ fn lines(run: &Path) -> Vec<Value> {
 }
 
 fn of_kind(lines: &[Value], kind: &str) -> Vec<Value> {
-    lines.iter().filter(|l| l["kind"] == kind).cloned().collect()
+    lines
+        .iter()
+        .filter(|l| l["kind"] == kind)
+        .cloned()
+        .collect()
 }
 
 fn component(line: &Value) -> f64 {
@@ -142,9 +185,14 @@ fn run_tiny(run: &Path, url: &str, sets: &[&str], envs: &[(&str, &str)]) -> std:
 }
 
 #[test]
-fn mlserver_scores_equal_the_same_python_in_wasm() {
+fn servers_score_like_the_same_python_in_wasm() {
     let d = tmp("hrf-servers", "equal");
-    let server = Server::start(&contrast_models(), free_port(), &d.join("mlserver.log"), &[]);
+    let server = Server::start(
+        &contrast_models(),
+        free_port(),
+        &d.join("mlserver.log"),
+        &[],
+    );
     let token = "tok-5e1f9a0c77d2";
     let http = d.join("http");
     let o = run_tiny(
@@ -171,8 +219,50 @@ fn mlserver_scores_equal_the_same_python_in_wasm() {
     );
     assert!(o.status.success(), "{}", text(&o));
 
-    let (h, p, w) = (lines(&http), lines(&png), lines(&local));
-    let (he, pe, we) = (of_kind(&h, "epoch"), of_kind(&p, "epoch"), of_kind(&w, "epoch"));
+    let judge_token = "judge-tok-93b0c4";
+    let judge = Server::judge(
+        free_port(),
+        &d.join("judge.log"),
+        &[("HRF_TEST_JUDGE_TOKEN", judge_token)],
+    );
+    let judged = d.join("judge");
+    let o = run_tiny(
+        &judged,
+        "http://unused:1",
+        &[&format!(
+            "rewards[0]={{kind: openai-judge, name: contrast, url: '{}', model: test/contrast-judge, \
+             template: 'Rate the contrast of this image.', score_field: verdict.score, \
+             concurrency: 4, auth_env: HRF_TEST_JUDGE_TOKEN}}",
+            judge.url()
+        )],
+        &[("HRF_TEST_JUDGE_TOKEN", judge_token)],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (j, w) = (lines(&judged), lines(&local));
+    for (a, c) in of_kind(&j, "epoch").iter().zip(of_kind(&w, "epoch")) {
+        assert_eq!(component(a), component(&c), "judge vs wasm");
+        assert_eq!(
+            a["reward_requests"]["contrast"]["requests"], 8,
+            "one request per image"
+        );
+    }
+    assert_eq!(
+        of_kind(&j, "final")[0]["report"]["sample_rewards"],
+        of_kind(&w, "final")[0]["report"]["sample_rewards"]
+    );
+    assert!(!walk(&judged).iter().any(|f| {
+        let b = std::fs::read(f).unwrap();
+        b.windows(judge_token.len())
+            .any(|w| w == judge_token.as_bytes())
+    }));
+    drop(judge);
+
+    let (h, p) = (lines(&http), lines(&png));
+    let (he, pe, we) = (
+        of_kind(&h, "epoch"),
+        of_kind(&p, "epoch"),
+        of_kind(&w, "epoch"),
+    );
     assert_eq!(he.len(), 2);
     for ((a, b), c) in he.iter().zip(&pe).zip(&we) {
         // The same samples (same seed), the same function: the same f32 scores.
@@ -181,9 +271,15 @@ fn mlserver_scores_equal_the_same_python_in_wasm() {
         assert_eq!(a["reward_mean"], c["reward_mean"]);
         let calls = &a["reward_requests"]["contrast"];
         assert_eq!(calls["requests"], 2, "8 samples in requests of 4: {calls}");
-        assert_eq!((calls["retries"].as_u64(), calls["failures"].as_u64()), (Some(0), Some(0)));
+        assert_eq!(
+            (calls["retries"].as_u64(), calls["failures"].as_u64()),
+            (Some(0), Some(0))
+        );
         assert!(calls["latency_s_max"].as_f64().unwrap() > 0.0);
-        assert!(c.get("reward_requests").is_none(), "no requests for a wasm reward");
+        assert!(
+            c.get("reward_requests").is_none(),
+            "no requests for a wasm reward"
+        );
     }
     let finals = |l: &[Value]| of_kind(l, "final")[0]["report"]["sample_rewards"].clone();
     assert_eq!(finals(&h), finals(&w));
@@ -257,7 +353,8 @@ fn a_server_killed_mid_run_fails_it_after_retries_and_the_run_resumes() {
     assert!(!o.status.success(), "{}", text(&o));
     let t = text(&o);
     assert!(
-        t.contains("reward contrast") && t.contains(&format!("{}/v2/models/contrast/infer", server.url())),
+        t.contains("reward contrast")
+            && t.contains(&format!("{}/v2/models/contrast/infer", server.url())),
         "{t}"
     );
     assert!(t.contains("after 3 attempts"), "retried twice: {t}");
@@ -300,7 +397,10 @@ fn with_on_error_skip_a_server_killed_mid_run_costs_only_what_it_could_not_score
     // while the server is started again, so that only that batch goes unscored.
     let t = Instant::now();
     while server.child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(300), "the server never died");
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the server never died"
+        );
         if let Some(s) = hrf.try_wait().unwrap() {
             panic!("hrf ended first ({s}): {}", server.log_text());
         }
@@ -314,7 +414,10 @@ fn with_on_error_skip_a_server_killed_mid_run_costs_only_what_it_could_not_score
     let o = hrf.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let epochs = of_kind(&lines(&run), "epoch");
-    let skipped: Vec<u64> = epochs.iter().map(|e| e["skipped"].as_u64().unwrap_or(0)).collect();
+    let skipped: Vec<u64> = epochs
+        .iter()
+        .map(|e| e["skipped"].as_u64().unwrap_or(0))
+        .collect();
     assert_eq!(skipped, [0, 4, 0], "{epochs:?}");
     assert_eq!(epochs[1]["reward_requests"]["contrast"]["failures"], 1);
     assert!(text(&o).contains("4 of 8 samples skipped"), "{}", text(&o));

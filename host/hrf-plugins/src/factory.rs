@@ -114,6 +114,7 @@ pub fn build_reward(
             cx.allow_native,
         ))?),
         RewardKind::Http(h) => Box::new(hrf_remote::InferenceReward::load(&spec.name, h)?),
+        RewardKind::OpenAiJudge(j) => Box::new(hrf_remote::JudgeReward::load(&spec.name, j)?),
     };
     Ok(match spec.transform {
         Transform::Identity => reward,

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use hrf_config::pipeline::ServerSpec;
 use hrf_core::{text, CallStats};
 
 /// The most bytes of an error reply's body kept for the message.
@@ -44,12 +45,47 @@ enum Attempt {
     Fail(Option<u16>, String),
 }
 
+/// Why a reward behind a server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reward {name}: auth_env: the environment variable {var} is not set")]
+    NoToken { name: String, var: String },
+    #[error("reward {name}: the server is not ready: {source}")]
+    NotReady {
+        name: String,
+        #[source]
+        source: RequestError,
+    },
+    #[error("reward {name}: {message}")]
+    Model { name: String, message: String },
+}
+
 pub struct ServerClient {
     agent: ureq::Agent,
     settings: ServerSettings,
 }
 
 impl ServerClient {
+    /// The client of reward `name`'s validated server settings; the token is read from the
+    /// environment variable they name.
+    pub fn for_reward(name: &str, spec: &ServerSpec) -> Result<Self, LoadError> {
+        let token = match &spec.auth_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| LoadError::NoToken {
+                name: name.into(),
+                var: var.clone(),
+            })?),
+            None => None,
+        };
+        Ok(Self::new(ServerSettings {
+            url: spec.url.clone(),
+            timeout: Duration::from_secs_f64(spec.timeout_s),
+            retries: spec.retries,
+            backoff: Duration::from_secs_f64(spec.backoff_s),
+            max_reply_bytes: spec.max_reply_mb << 20,
+            token,
+        }))
+    }
+
     pub fn new(settings: ServerSettings) -> Self {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(settings.timeout))
@@ -84,20 +120,31 @@ impl ServerClient {
     }
 
     /// POSTs a JSON body, retrying as the settings allow; the 2xx reply's body.
-    pub fn post_json(&self, path: &str, body: &[u8], stats: &mut CallStats) -> Result<Vec<u8>, RequestError> {
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: &[u8],
+        stats: &mut CallStats,
+    ) -> Result<Vec<u8>, RequestError> {
         let url = self.url(path);
         let started = Instant::now();
         let mut attempts = 0u32;
         let outcome = loop {
             if attempts > 0 {
-                let wait = self.settings.backoff.saturating_mul(1 << (attempts - 1).min(16));
+                let wait = self
+                    .settings
+                    .backoff
+                    .saturating_mul(1 << (attempts - 1).min(16));
                 if !sleep_unless_stopped(wait) {
                     break Err((None, "stopped on request".to_string()));
                 }
                 stats.retries += 1;
             }
             attempts += 1;
-            let mut req = self.agent.post(&url).header("Content-Type", "application/json");
+            let mut req = self
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/json");
             if let Some(t) = &self.settings.token {
                 req = req.header("Authorization", &format!("Bearer {t}"));
             }
@@ -105,7 +152,11 @@ impl ServerClient {
                 Attempt::Done(reply) => break Ok(reply),
                 Attempt::Fail(status, m) => break Err((status, m)),
                 Attempt::Retry(status, m) if attempts > self.settings.retries => {
-                    let tries = if attempts == 1 { "1 attempt".into() } else { format!("{attempts} attempts") };
+                    let tries = if attempts == 1 {
+                        "1 attempt".into()
+                    } else {
+                        format!("{attempts} attempts")
+                    };
                     break Err((status, format!("{m} (after {tries})")));
                 }
                 Attempt::Retry(..) => continue,
@@ -134,7 +185,11 @@ impl ServerClient {
         };
         let status = resp.status().as_u16();
         let ok = (200..300).contains(&status);
-        let limit = if ok { self.settings.max_reply_bytes } else { ERROR_BODY };
+        let limit = if ok {
+            self.settings.max_reply_bytes
+        } else {
+            ERROR_BODY
+        };
         let body = match resp.body_mut().with_config().limit(limit).read_to_vec() {
             Ok(b) => b,
             Err(ureq::Error::BodyExceedsLimit(_)) if ok => {
@@ -170,7 +225,9 @@ impl ServerClient {
 fn transport(e: ureq::Error) -> Attempt {
     let message = text::message(&e.to_string());
     match e {
-        ureq::Error::Timeout(_) => Attempt::Retry(None, format!("no complete answer in time ({message})")),
+        ureq::Error::Timeout(_) => {
+            Attempt::Retry(None, format!("no complete answer in time ({message})"))
+        }
         ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
             Attempt::Retry(None, message)
         }

@@ -87,14 +87,18 @@ mod tests {
 
     #[test]
     fn python_non_finite_words_read_as_nan_and_strings_are_left_alone() {
-        let v = parse_reply(br#"{"outputs":[{"name":"NaN","data":[1.5, NaN, -Infinity, Infinity]}]}"#)
-            .unwrap();
+        let v =
+            parse_reply(br#"{"outputs":[{"name":"NaN","data":[1.5, NaN, -Infinity, Infinity]}]}"#)
+                .unwrap();
         assert_eq!(v["outputs"][0]["name"], "NaN");
         let x = numbers(&v["outputs"][0]["data"]).unwrap();
         assert_eq!(x[0], 1.5);
         assert!(x[1..].iter().all(|v| v.is_nan()));
         assert!(parse_reply(b"{not json").is_err());
-        assert_eq!(numbers(&serde_json::json!([[1], [2.5]])).unwrap(), vec![1.0, 2.5]);
+        assert_eq!(
+            numbers(&serde_json::json!([[1], [2.5]])).unwrap(),
+            vec![1.0, 2.5]
+        );
         assert!(numbers(&serde_json::json!(["a"])).is_err());
         assert!(numbers(&serde_json::json!(3)).is_err());
     }

@@ -8,18 +8,16 @@
 //! (UINT8 [B, H, W, C], or PNG files in a BYTES [B] tensor, base64), the prompts and the
 //! metadata (BYTES [B], UTF-8 / JSON text), asking for one output: one number per image.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
-
 use base64::Engine;
 use hrf_config::pipeline::HttpSpec;
 use hrf_config::reward::ImageEncoding;
-use hrf_core::{CallStats, Image, Reward, RewardError, RewardInfo, Sample, Score};
+use hrf_core::{CallStats, Reward, RewardError, RewardInfo, Sample, Score};
 use serde_json::{json, Value};
 
-use crate::client::{RequestError, ServerClient, ServerSettings};
+use crate::client::{LoadError, ServerClient};
+use crate::image::png_bytes;
 use crate::json::{numbers, parse_reply};
+use crate::pool::{gathered, in_flight};
 
 pub struct InferenceReward {
     name: String,
@@ -30,45 +28,16 @@ pub struct InferenceReward {
     stats: CallStats,
 }
 
-/// Why a `kind: http` reward could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("reward {name}: auth_env: the environment variable {var} is not set")]
-    NoToken { name: String, var: String },
-    #[error("reward {name}: the server is not ready: {source}")]
-    NotReady {
-        name: String,
-        #[source]
-        source: RequestError,
-    },
-    #[error("reward {name}: {message}")]
-    Model { name: String, message: String },
-}
-
 impl InferenceReward {
     /// Connects to the server named in `spec` and checks that it serves the model.
     pub fn load(name: &str, spec: &HttpSpec) -> Result<Self, LoadError> {
-        let token = match &spec.auth_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| LoadError::NoToken {
-                name: name.into(),
-                var: var.clone(),
-            })?),
-            None => None,
-        };
-        let client = ServerClient::new(ServerSettings {
-            url: spec.url.clone(),
-            timeout: Duration::from_secs_f64(spec.timeout_s),
-            retries: spec.retries,
-            backoff: Duration::from_secs_f64(spec.backoff_s),
-            max_reply_bytes: spec.max_reply_mb << 20,
-            token,
-        });
+        let client = ServerClient::for_reward(name, &spec.server)?;
         let not_ready = |source| LoadError::NotReady {
             name: name.into(),
             source,
         };
         client.get("/v2/health/ready").map_err(not_ready)?;
-        let model = &spec.model;
+        let model = &spec.server.model;
         client
             .get(&format!("/v2/models/{model}/ready"))
             .map_err(not_ready)?;
@@ -87,7 +56,7 @@ impl InferenceReward {
                 name: name.into(),
                 message: format!(
                     "output: model {model} at {} has no output {:?}; it has {}",
-                    spec.url,
+                    spec.server.url,
                     spec.output,
                     outputs.join(", ")
                 ),
@@ -128,13 +97,20 @@ impl InferenceReward {
                         samples[i].image.height()
                     ));
                 }
-                let data: Vec<u8> = samples.iter().flat_map(|s| s.image.data()).copied().collect();
+                let data: Vec<u8> = samples
+                    .iter()
+                    .flat_map(|s| s.image.data())
+                    .copied()
+                    .collect();
                 json!({"name": inputs.images, "shape": [b, h, w, c.count()], "datatype": "UINT8", "data": data})
             }
             ImageEncoding::Png => {
                 let data = samples
                     .iter()
-                    .map(|s| png_bytes(&s.image).map(|p| base64::engine::general_purpose::STANDARD.encode(p)))
+                    .map(|s| {
+                        png_bytes(&s.image)
+                            .map(|p| base64::engine::general_purpose::STANDARD.encode(p))
+                    })
                     .collect::<Result<Vec<String>, String>>()?;
                 json!({"name": inputs.images, "shape": [b], "datatype": "BYTES",
                        "parameters": {"content_type": "base64"}, "data": data})
@@ -142,7 +118,10 @@ impl InferenceReward {
         }];
         if let Some(name) = &inputs.prompts {
             if samples.iter().all(|s| s.prompt.is_some()) {
-                let data: Vec<&str> = samples.iter().map(|s| s.prompt.as_deref().unwrap_or("")).collect();
+                let data: Vec<&str> = samples
+                    .iter()
+                    .map(|s| s.prompt.as_deref().unwrap_or(""))
+                    .collect();
                 tensors.push(json!({"name": name, "shape": [b], "datatype": "BYTES",
                                     "parameters": {"content_type": "str"}, "data": data}));
             }
@@ -159,40 +138,33 @@ impl InferenceReward {
     /// One request: its samples' scores, in order.
     fn infer(&self, samples: &[Sample], stats: &mut CallStats) -> Result<Vec<f32>, String> {
         let body = self.request(samples)?;
-        let path = format!("/v2/models/{}/infer", self.spec.model);
+        let path = format!("/v2/models/{}/infer", self.spec.server.model);
         let reply = self
             .client
             .post_json(&path, &body, stats)
-            .map_err(|e| format!("model {}: {e}", self.spec.model))?;
+            .map_err(|e| format!("model {}: {e}", self.spec.server.model))?;
         let url = self.client.url(&path);
-        let reply = parse_reply(&reply).map_err(|e| format!("{url}: the reply is not JSON: {e}"))?;
+        let reply =
+            parse_reply(&reply).map_err(|e| format!("{url}: the reply is not JSON: {e}"))?;
         let outputs = reply["outputs"].as_array().ok_or_else(|| {
-            format!("{url}: the reply has no outputs: {}", hrf_core::text::message(&reply.to_string()))
+            format!(
+                "{url}: the reply has no outputs: {}",
+                hrf_core::text::message(&reply.to_string())
+            )
         })?;
         let out = outputs
             .iter()
             .find(|o| o["name"].as_str() == Some(self.spec.output.as_str()))
             .ok_or_else(|| {
                 let names: Vec<&str> = outputs.iter().filter_map(|o| o["name"].as_str()).collect();
-                format!("{url}: the reply has no output {:?} (it has {})", self.spec.output, names.join(", "))
+                format!(
+                    "{url}: the reply has no output {:?} (it has {})",
+                    self.spec.output,
+                    names.join(", ")
+                )
             })?;
         numbers(&out["data"]).map_err(|e| format!("{url}: output {:?}: {e}", self.spec.output))
     }
-}
-
-/// An image as a PNG file.
-fn png_bytes(image: &Image) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    let mut enc = png::Encoder::new(&mut out, image.width(), image.height());
-    enc.set_color(match image.channels() {
-        hrf_core::Channels::L8 => png::ColorType::Grayscale,
-        hrf_core::Channels::Rgb8 => png::ColorType::Rgb,
-    });
-    enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().map_err(|e| e.to_string())?;
-    w.write_image_data(image.data()).map_err(|e| e.to_string())?;
-    w.finish().map_err(|e| e.to_string())?;
-    Ok(out)
 }
 
 impl Reward for InferenceReward {
@@ -210,57 +182,26 @@ impl Reward for InferenceReward {
             return Ok(Vec::new());
         }
         let chunks: Vec<&[Sample]> = samples.chunks(self.spec.max_batch.max(1)).collect();
-        let results: Vec<Mutex<Option<Result<Vec<f32>, String>>>> =
-            chunks.iter().map(|_| Mutex::new(None)).collect();
-        let next = AtomicUsize::new(0);
-        let total = Mutex::new(CallStats::default());
-        let workers = self.spec.concurrency.clamp(1, chunks.len());
         let this = &*self;
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    let mut stats = CallStats::default();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        let Some(chunk) = chunks.get(i) else { break };
-                        let r = this.infer(chunk, &mut stats).and_then(|v| {
-                            if v.len() == chunk.len() {
-                                Ok(v)
-                            } else {
-                                Err(format!(
-                                    "model {}: {} scores for the {} images of a request",
-                                    this.spec.model,
-                                    v.len(),
-                                    chunk.len()
-                                ))
-                            }
-                        });
-                        let failed = r.is_err();
-                        *results[i].lock().expect("results") = Some(r);
-                        if failed {
-                            break;
-                        }
-                    }
-                    total.lock().expect("stats").add(&stats);
-                });
+        let (results, stats) = in_flight(chunks.len(), self.spec.server.concurrency, |i, stats| {
+            let chunk = chunks[i];
+            let v = this.infer(chunk, stats)?;
+            if v.len() != chunk.len() {
+                return Err(format!(
+                    "model {}: {} scores for the {} images of a request",
+                    this.spec.server.model,
+                    v.len(),
+                    chunk.len()
+                ));
             }
+            Ok(v)
         });
-        self.stats.add(&total.into_inner().expect("stats"));
-        let mut scores = Vec::with_capacity(samples.len());
-        for r in results {
-            match r.into_inner().expect("results") {
-                Some(Ok(v)) => scores.extend(v.into_iter().map(Score::new)),
-                Some(Err(message)) => {
-                    return Err(RewardError::Failed {
-                        reward: self.label(),
-                        message,
-                    })
-                }
-                // Not sent: an earlier request of this worker failed (its error is returned).
-                None => continue,
-            }
-        }
-        Ok(scores)
+        self.stats.add(&stats);
+        let scores = gathered(results).map_err(|message| RewardError::Failed {
+            reward: self.label(),
+            message,
+        })?;
+        Ok(scores.into_iter().map(Score::new).collect())
     }
 
     fn take_call_stats(&mut self) -> Option<CallStats> {

@@ -10,10 +10,10 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hrf_config::pipeline::HttpSpec;
+use hrf_config::pipeline::{HttpSpec, JudgeSpec, ScoreFrom, ServerSpec};
 use hrf_config::reward::{HttpInputs, ImageEncoding};
 use hrf_core::{Channels, Image, Reward, Sample};
-use hrf_remote::{InferenceReward, LoadError};
+use hrf_remote::{InferenceReward, JudgeReward, LoadError};
 use serde_json::{json, Value};
 
 /// What the server does with the next infer request.
@@ -96,7 +96,11 @@ fn handle(mut conn: TcpStream, log: &Mutex<Vec<Seen>>, script: &Mutex<VecDeque<R
             text.len()
         );
     };
-    if !path.ends_with("/infer") {
+    if path == "/v1/models" {
+        let models = json!({"object": "list", "data": [{"id": "org/judge-vl", "object": "model"}]});
+        return respond(&mut conn, 200, &models.to_string());
+    }
+    if !path.ends_with("/infer") && !path.ends_with("/chat/completions") {
         let meta = json!({"name": "m", "versions": ["7"], "platform": "test",
                           "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]}]});
         return respond(&mut conn, 200, &meta.to_string());
@@ -161,14 +165,10 @@ fn scores_for(body: &Value) -> Value {
     json!({"model_name": "m", "outputs": [{"name": "score", "shape": [b], "datatype": "FP32", "data": scores}]})
 }
 
-fn spec(url: &str) -> HttpSpec {
-    HttpSpec {
+fn server(url: &str) -> ServerSpec {
+    ServerSpec {
         url: url.into(),
         model: "m".into(),
-        encoding: ImageEncoding::Uint8,
-        inputs: HttpInputs::default(),
-        output: "score".into(),
-        max_batch: 64,
         concurrency: 4,
         timeout_s: 5.0,
         retries: 2,
@@ -178,11 +178,33 @@ fn spec(url: &str) -> HttpSpec {
     }
 }
 
+fn spec(url: &str) -> HttpSpec {
+    HttpSpec {
+        server: server(url),
+        encoding: ImageEncoding::Uint8,
+        inputs: HttpInputs::default(),
+        output: "score".into(),
+        max_batch: 64,
+    }
+}
+
+/// `spec(url)` with its server settings changed by `f`.
+fn spec_with(url: &str, f: impl FnOnce(&mut ServerSpec)) -> HttpSpec {
+    let mut s = spec(url);
+    f(&mut s.server);
+    s
+}
+
 fn samples(n: usize) -> Vec<Sample> {
     (0..n)
         .map(|i| Sample {
-            image: Image::new(4, 3, Channels::L8, (0..12).map(|k| (i * 7 + k) as u8).collect())
-                .unwrap(),
+            image: Image::new(
+                4,
+                3,
+                Channels::L8,
+                (0..12).map(|k| (i * 7 + k) as u8).collect(),
+            )
+            .unwrap(),
             prompt: Some(format!("a photo of sample {i}")),
             metadata: json!({"i": i}),
         })
@@ -197,14 +219,22 @@ fn sums(s: &[Sample]) -> Vec<f32> {
 
 fn infers(server: &Server) -> usize {
     let seen = server.seen.lock().unwrap();
-    seen.iter().filter(|s| s.path.ends_with("/infer")).count()
+    seen.iter()
+        .filter(|s| s.path.ends_with("/infer") || s.path.ends_with("/chat/completions"))
+        .count()
 }
 
 #[test]
 fn scores_keep_their_order_across_split_concurrent_requests() {
     let server = serve(vec![Reply::Scores]);
-    let mut r = InferenceReward::load("m", &HttpSpec { max_batch: 4, concurrency: 3, ..spec(&server.url) })
-        .unwrap();
+    let mut r = InferenceReward::load(
+        "m",
+        &HttpSpec {
+            max_batch: 4,
+            ..spec_with(&server.url, |s| s.concurrency = 3)
+        },
+    )
+    .unwrap();
     assert_eq!(r.info().version, "7");
     let s = samples(10);
     let got: Vec<f32> = r.score(&s).unwrap().iter().map(|s| s.value).collect();
@@ -216,7 +246,11 @@ fn scores_keep_their_order_across_split_concurrent_requests() {
     assert!(r.take_call_stats().is_none(), "taken once");
     // The request carries the images as UINT8 [B, H, W, C], the prompts and the metadata.
     let seen = server.seen.lock().unwrap();
-    let body = &seen.iter().find(|s| s.path == "/v2/models/m/infer").unwrap().body;
+    let body = &seen
+        .iter()
+        .find(|s| s.path == "/v2/models/m/infer")
+        .unwrap()
+        .body;
     assert_eq!(body["inputs"][0]["shape"], json!([4, 3, 4, 1]));
     assert_eq!(body["inputs"][1]["name"], "prompts");
     assert_eq!(body["inputs"][2]["name"], "metadata");
@@ -226,26 +260,41 @@ fn scores_keep_their_order_across_split_concurrent_requests() {
 #[test]
 fn png_encoding_sends_png_files() {
     let server = serve(vec![Reply::Scores]);
-    let mut r = InferenceReward::load("m", &HttpSpec { encoding: ImageEncoding::Png, ..spec(&server.url) })
-        .unwrap();
+    let mut r = InferenceReward::load(
+        "m",
+        &HttpSpec {
+            encoding: ImageEncoding::Png,
+            ..spec(&server.url)
+        },
+    )
+    .unwrap();
     let got = r.score(&samples(3)).unwrap();
     assert!(got.iter().all(|s| s.value > 50.0), "PNG lengths: {got:?}");
 }
 
 #[test]
 fn a_500_is_retried_and_a_400_is_not() {
-    let server = serve(vec![Reply::Raw(500, "{\"error\":\"busy\"}".into()), Reply::Scores]);
+    let server = serve(vec![
+        Reply::Raw(500, "{\"error\":\"busy\"}".into()),
+        Reply::Scores,
+    ]);
     let mut r = InferenceReward::load("m", &spec(&server.url)).unwrap();
     let s = samples(2);
     let got: Vec<f32> = r.score(&s).unwrap().iter().map(|s| s.value).collect();
     assert_eq!(got, sums(&s));
     assert_eq!(r.take_call_stats().unwrap().retries, 1);
 
-    let server = serve(vec![Reply::Raw(400, "{\"error\":\"bad input\"}".into()), Reply::Scores]);
+    let server = serve(vec![
+        Reply::Raw(400, "{\"error\":\"bad input\"}".into()),
+        Reply::Scores,
+    ]);
     let mut r = InferenceReward::load("m", &spec(&server.url)).unwrap();
     let e = r.score(&s).unwrap_err().to_string();
     assert!(e.contains("HTTP 400") && e.contains("bad input"), "{e}");
-    assert!(e.contains(&format!("{}/v2/models/m/infer", server.url)), "{e}");
+    assert!(
+        e.contains(&format!("{}/v2/models/m/infer", server.url)),
+        "{e}"
+    );
     assert_eq!(infers(&server), 1, "a 400 is not retried");
     assert_eq!(r.take_call_stats().unwrap().failures, 1);
 }
@@ -253,21 +302,30 @@ fn a_500_is_retried_and_a_400_is_not() {
 #[test]
 fn retries_are_bounded() {
     let server = serve(vec![Reply::Raw(503, "down".into())]);
-    let mut r = InferenceReward::load("m", &HttpSpec { retries: 3, ..spec(&server.url) }).unwrap();
+    let mut r = InferenceReward::load("m", &spec_with(&server.url, |s| s.retries = 3)).unwrap();
     let e = r.score(&samples(1)).unwrap_err().to_string();
-    assert!(e.contains("HTTP 503") && e.contains("after 4 attempts"), "{e}");
+    assert!(
+        e.contains("HTTP 503") && e.contains("after 4 attempts"),
+        "{e}"
+    );
     assert_eq!(infers(&server), 4);
 }
 
 #[test]
 fn a_request_hanging_past_its_timeout_fails_in_bounded_time() {
     let server = serve(vec![Reply::Hang(Duration::from_secs(30))]);
-    let mut r = InferenceReward::load("m", &HttpSpec { timeout_s: 0.3, retries: 1, ..spec(&server.url) })
-        .unwrap();
+    let mut r = InferenceReward::load(
+        "m",
+        &spec_with(&server.url, |s| (s.timeout_s, s.retries) = (0.3, 1)),
+    )
+    .unwrap();
     let t = Instant::now();
     let e = r.score(&samples(2)).unwrap_err().to_string();
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    assert!(e.contains("in time") && e.contains("after 2 attempts"), "{e}");
+    assert!(
+        e.contains("in time") && e.contains("after 2 attempts"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -288,16 +346,23 @@ fn a_wrong_count_or_a_nan_is_the_rewards_failure() {
     let info = r.info();
     assert!(hrf_core::check_scores(&info, 2, &got).is_err());
     // A reply without the named output names what it has.
-    let server = serve(vec![Reply::Raw(200, r#"{"outputs":[{"name":"other","data":[1,2]}]}"#.into())]);
+    let server = serve(vec![Reply::Raw(
+        200,
+        r#"{"outputs":[{"name":"other","data":[1,2]}]}"#.into(),
+    )]);
     let mut r = InferenceReward::load("m", &spec(&server.url)).unwrap();
     let e = r.score(&samples(2)).unwrap_err().to_string();
-    assert!(e.contains("no output \"score\"") && e.contains("other"), "{e}");
+    assert!(
+        e.contains("no output \"score\"") && e.contains("other"),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_100_mb_reply_is_read_only_up_to_its_bound() {
     let server = serve(vec![Reply::Huge(100 << 20)]);
-    let mut r = InferenceReward::load("m", &HttpSpec { max_reply_mb: 1, ..spec(&server.url) }).unwrap();
+    let mut r =
+        InferenceReward::load("m", &spec_with(&server.url, |s| s.max_reply_mb = 1)).unwrap();
     let t = Instant::now();
     let e = r.score(&samples(2)).unwrap_err().to_string();
     assert!(e.contains("longer than max_reply_mb (1 MiB)"), "{e}");
@@ -308,23 +373,39 @@ fn a_100_mb_reply_is_read_only_up_to_its_bound() {
 #[test]
 fn a_server_that_is_down_at_load_is_named() {
     // A port that was free a moment ago: nothing listens on it.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}");
     let e = match InferenceReward::load("judge", &spec(&url)) {
         Err(e @ LoadError::NotReady { .. }) => e.to_string(),
         other => panic!("{:?}", other.err()),
     };
-    assert!(e.contains("reward judge") && e.contains(&format!("GET {url}/v2/health/ready")), "{e}");
+    assert!(
+        e.contains("reward judge") && e.contains(&format!("GET {url}/v2/health/ready")),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_missing_output_is_refused_at_load() {
     let server = serve(vec![Reply::Scores]);
-    let e = InferenceReward::load("m", &HttpSpec { output: "aesthetic".into(), ..spec(&server.url) })
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("no output \"aesthetic\"") && e.contains("score"), "{e}");
+    let e = InferenceReward::load(
+        "m",
+        &HttpSpec {
+            output: "aesthetic".into(),
+            ..spec(&server.url)
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("no output \"aesthetic\"") && e.contains("score"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -333,15 +414,124 @@ fn the_token_is_sent_and_never_shown() {
     let token = "s3cr3t-token-1b9d";
     // SAFETY: a variable no other test reads or writes.
     unsafe { std::env::set_var(var, token) };
-    let server = serve(vec![Reply::Raw(403, format!("forbidden for {token}")), Reply::Scores]);
-    let spec = HttpSpec { auth_env: Some(var.into()), ..spec(&server.url) };
+    let server = serve(vec![
+        Reply::Raw(403, format!("forbidden for {token}")),
+        Reply::Scores,
+    ]);
+    let spec = spec_with(&server.url, |s| s.auth_env = Some(var.into()));
     let mut r = InferenceReward::load("m", &spec).unwrap();
     let e = r.score(&samples(1)).unwrap_err().to_string();
-    assert!(e.contains("HTTP 403") && e.contains("forbidden for [token]"), "{e}");
+    assert!(
+        e.contains("HTTP 403") && e.contains("forbidden for [token]"),
+        "{e}"
+    );
     assert!(!e.contains(token), "{e}");
     let seen = server.seen.lock().unwrap();
-    assert!(seen.iter().all(|s| s.authorization.as_deref() == Some(&format!("Bearer {token}"))));
-    let spec_missing = HttpSpec { auth_env: Some("HRF_REMOTE_TEST_UNSET_9C2E".into()), ..spec.clone() };
-    let e = InferenceReward::load("m", &spec_missing).err().unwrap().to_string();
+    assert!(seen
+        .iter()
+        .all(|s| s.authorization.as_deref() == Some(&format!("Bearer {token}"))));
+    let mut spec_missing = spec.clone();
+    spec_missing.server.auth_env = Some("HRF_REMOTE_TEST_UNSET_9C2E".into());
+    let e = InferenceReward::load("m", &spec_missing)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("HRF_REMOTE_TEST_UNSET_9C2E is not set"), "{e}");
+}
+
+fn judge_spec(url: &str, score_from: ScoreFrom) -> JudgeSpec {
+    let mut server = server(url);
+    server.model = "org/judge-vl".into();
+    JudgeSpec {
+        server,
+        template: "Rate {prompt} from 0 to 10.".into(),
+        score_from,
+        max_tokens: 16,
+        temperature: 0.0,
+    }
+}
+
+fn chat(content: &str) -> Reply {
+    Reply::Raw(
+        200,
+        json!({"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
+            .to_string(),
+    )
+}
+
+#[test]
+fn a_judge_reads_its_score_from_the_answer() {
+    let regex = ScoreFrom::Regex(r"-?[0-9]+(?:\.[0-9]+)?".into());
+    let server = serve(vec![chat("Score: 7.5/10, sharp"), chat("I'd say 3")]);
+    let mut j = JudgeReward::load("judge", &judge_spec(&server.url, regex.clone())).unwrap();
+    let got: Vec<f32> = j
+        .score(&samples(2))
+        .unwrap()
+        .iter()
+        .map(|s| s.value)
+        .collect();
+    let mut sorted = got.clone();
+    sorted.sort_by(f32::total_cmp);
+    assert_eq!(sorted, [3.0, 7.5], "one request per image");
+    assert_eq!(j.take_call_stats().unwrap().requests, 2);
+    // The question names the prompt and carries the image as a PNG data URL.
+    let seen = server.seen.lock().unwrap();
+    let body = &seen
+        .iter()
+        .find(|s| s.path == "/v1/chat/completions")
+        .unwrap()
+        .body;
+    assert_eq!(body["model"], "org/judge-vl");
+    let content = &body["messages"][0]["content"];
+    assert!(content[0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Rate a photo of sample "));
+    assert!(content[1]["image_url"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/png;base64,"));
+    drop(seen);
+
+    // A JSON field, through a Markdown fence.
+    let server = serve(vec![chat("```json\n{\"verdict\": {\"score\": 0.25}}\n```")]);
+    let mut j = JudgeReward::load(
+        "judge",
+        &judge_spec(&server.url, ScoreFrom::Field("verdict.score".into())),
+    )
+    .unwrap();
+    assert_eq!(j.score(&samples(1)).unwrap()[0].value, 0.25);
+
+    // An answer without a score is the reward's failure, naming the answer.
+    let server = serve(vec![chat("I cannot rate images.")]);
+    let mut j = JudgeReward::load("judge", &judge_spec(&server.url, regex.clone())).unwrap();
+    let e = j.score(&samples(1)).unwrap_err().to_string();
+    assert!(
+        e.contains("\"I cannot rate images.\" has no match of score_regex"),
+        "{e}"
+    );
+    let server = serve(vec![chat("{\"other\": 1}")]);
+    let mut j = JudgeReward::load(
+        "judge",
+        &judge_spec(&server.url, ScoreFrom::Field("score".into())),
+    )
+    .unwrap();
+    let e = j.score(&samples(1)).unwrap_err().to_string();
+    assert!(e.contains("has no field \"score\""), "{e}");
+    // A 500 is retried like any server's.
+    let server = serve(vec![Reply::Raw(500, "x".into()), chat("5")]);
+    let mut j = JudgeReward::load("judge", &judge_spec(&server.url, regex.clone())).unwrap();
+    assert_eq!(j.score(&samples(1)).unwrap()[0].value, 5.0);
+
+    // A model the server does not list is refused at load, naming what it serves.
+    let mut other = judge_spec(&server.url, regex);
+    other.server.model = "gpt-4o".into();
+    let e = JudgeReward::load("judge", &other)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("does not serve \"gpt-4o\"") && e.contains("org/judge-vl"),
+        "{e}"
+    );
 }

@@ -315,8 +315,8 @@ pub(super) fn evaluation_guidance(sampling_guidance: f64) -> f64 {
 }
 
 /// `rewards[i].name`: the kind for built-ins; for `wasm` and `native` the plugin file's stem,
-/// for `process` the stem of the command's last word (else the kind), for `http` the model's
-/// name. None for `onnx`, which needs a name.
+/// for `process` the stem of the command's last word (else the kind), for `http` and
+/// `openai-judge` the model's name. None for `onnx`, which needs a name.
 pub(super) fn reward_name(r: &crate::pipeline::RewardRaw) -> Option<String> {
     let stem = |f: &Path| f.file_stem().map(|f| f.to_string_lossy().into_owned());
     let kind = r.kind;
@@ -333,19 +333,25 @@ pub(super) fn reward_name(r: &crate::pipeline::RewardRaw) -> Option<String> {
             .as_deref()
             .and_then(stem)
             .unwrap_or_else(|| kind.as_str().to_string()),
-        RewardKindName::Http => r
+        // `org/name:tag` → `name-tag`.
+        RewardKindName::Http | RewardKindName::OpenAiJudge => r
             .model
-            .clone()
+            .as_deref()
+            .and_then(|m| m.rsplit('/').next())
+            .filter(|m| !m.is_empty())
+            .map(|m| m.replace(':', "-"))
             .unwrap_or_else(|| kind.as_str().to_string()),
         _ => kind.as_str().to_string(),
     })
 }
 
-/// `rewards[i].timeout_s`: 60 s for a process, 30 s per request for http, 5 s otherwise.
+/// `rewards[i].timeout_s`: 60 s for a process, per request 30 s for http and 60 s for a judge,
+/// 5 s otherwise.
 pub(super) fn reward_timeout_s(kind: RewardKindName) -> f64 {
     match kind {
         RewardKindName::Process => 60.0,
         RewardKindName::Http => 30.0,
+        RewardKindName::OpenAiJudge => 60.0,
         _ => 5.0,
     }
 }

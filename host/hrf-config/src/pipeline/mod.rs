@@ -40,8 +40,8 @@ pub use raw::{
     WindowClusterRaw,
 };
 pub use resolved::{
-    read_resolved, EvaluationSettings, HttpSpec, NativeSpec, ProcessSpec, RewardKind, RewardSpec,
-    RunPipeline, RunSettings, ScoreSpec, WasmSpec,
+    read_resolved, EvaluationSettings, HttpSpec, JudgeSpec, NativeSpec, ProcessSpec, RewardKind,
+    RewardSpec, RunPipeline, RunSettings, ScoreFrom, ScoreSpec, ServerSpec, WasmSpec,
 };
 pub use schema::{run_schema, run_schema_text};
 

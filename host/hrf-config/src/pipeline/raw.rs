@@ -250,6 +250,10 @@ pub enum RewardKindName {
     /// A model behind an inference server speaking the Open Inference Protocol (KServe v2 REST:
     /// Triton, KServe, Seldon MLServer): `POST {url}/v2/models/{model}/infer`.
     Http,
+    /// A vision-language judge behind an OpenAI-compatible chat-completions endpoint (vLLM,
+    /// SGLang, llama.cpp): `POST {url}/v1/chat/completions`, the score read from the reply.
+    #[serde(rename = "openai-judge")]
+    OpenAiJudge,
 }
 
 impl RewardKindName {
@@ -264,6 +268,7 @@ impl RewardKindName {
             Self::Native => "native",
             Self::Process => "process",
             Self::Http => "http",
+            Self::OpenAiJudge => "openai-judge",
         }
     }
 }
@@ -272,7 +277,7 @@ impl RewardKindName {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewardRaw {
-    /// A built-in reward, or `onnx`, `wasm`, `native`, `process`, `http`.
+    /// A built-in reward, or `onnx`, `wasm`, `native`, `process`, `http`, `openai-judge`.
     pub kind: RewardKindName,
     /// Required for `onnx`; built-ins default to their kind. Unique, [A-Za-z0-9._-]+.
     #[serde(default)]
@@ -303,8 +308,8 @@ pub struct RewardRaw {
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Value>")]
     pub config: Option<serde_json::Value>,
-    /// `wasm`, `process` and `http`: seconds one call (`http`: one request) may take before it
-    /// is stopped (defaults 5, 60 and 30).
+    /// `wasm`, `process`, `http` and `openai-judge`: seconds one call (a server: one request)
+    /// may take before it is stopped (defaults 5, 60, 30 and 60).
     #[serde(default)]
     pub timeout_s: Option<f64>,
     /// `wasm` only: the plugin's memory cap in MiB (default 256); growing past it traps.
@@ -326,10 +331,11 @@ pub struct RewardRaw {
     /// `process` only: the program and its arguments, run in the YAML file's folder.
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// `http` only: the server's base URL, `http://` or `https://` (TLS through rustls).
+    /// `http` and `openai-judge`: the server's base URL, `http://` or `https://` (TLS through
+    /// rustls).
     #[serde(default)]
     pub url: Option<String>,
-    /// `http` only: the model's name on the server.
+    /// `http` and `openai-judge`: the model's name on the server.
     #[serde(default)]
     pub model: Option<String>,
     /// `http` only: `uint8` (a UINT8 [B, H, W, C] tensor, default) or `png` (PNG bytes in a
@@ -348,23 +354,43 @@ pub struct RewardRaw {
     /// into requests of at most this many.
     #[serde(default)]
     pub max_batch: Option<usize>,
-    /// `http` only: requests in flight at once (1..=64, default 4).
+    /// `http` and `openai-judge`: requests in flight at once (1..=64, default 4).
     #[serde(default)]
     pub concurrency: Option<usize>,
-    /// `http` only: retries of a request after a connection error, a timeout, 429 or 5xx,
+    /// `http` and `openai-judge`: retries of a request after a connection error, a timeout, 429 or 5xx,
     /// never after another 4xx (0..=10, default 3).
     #[serde(default)]
     pub retries: Option<u32>,
-    /// `http` only: seconds before the first retry, doubled for each next one (default 0.5).
+    /// `http` and `openai-judge`: seconds before the first retry, doubled for each next one
+    /// (default 0.5).
     #[serde(default)]
     pub backoff_s: Option<f64>,
-    /// `http` only: the environment variable holding a token sent as `Authorization: Bearer
+    /// `http` and `openai-judge`: the environment variable holding a token sent as
+    /// `Authorization: Bearer
     /// …`; the token itself is never written anywhere.
     #[serde(default)]
     pub auth_env: Option<String>,
-    /// `http` only: the largest reply read, in MiB (1..=1024, default 16).
+    /// `http` and `openai-judge`: the largest reply read, in MiB (1..=1024, default 16).
     #[serde(default)]
     pub max_reply_mb: Option<u64>,
+    /// `openai-judge` only: the question asked with each image; `{prompt}` becomes the sample's
+    /// prompt.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// `openai-judge` only: a regular expression whose first match in the reply is the score
+    /// (its first group, if it has one); default: the first number.
+    #[serde(default)]
+    pub score_regex: Option<String>,
+    /// `openai-judge` only: instead of `score_regex`, the reply read as JSON and the score taken
+    /// from this field (`a.b` for nested fields).
+    #[serde(default)]
+    pub score_field: Option<String>,
+    /// `openai-judge` only: the reply's length cap in tokens (default 32).
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// `openai-judge` only: sampling temperature (default 0: the judge's most likely answer).
+    #[serde(default)]
+    pub temperature: Option<f64>,
     /// What a failure of this reward does: `fail` (default) stops the run with the error;
     /// `skip` leaves out of training the samples it could not score (a failed call skips the
     /// call's samples, a NaN or infinite value its sample) and logs why.

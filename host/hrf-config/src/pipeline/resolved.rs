@@ -64,19 +64,19 @@ pub enum RewardKind {
     Native(NativeSpec),
     Process(ProcessSpec),
     Http(HttpSpec),
+    OpenAiJudge(JudgeSpec),
 }
 
-/// A `kind: http` reward (Open Inference Protocol, KServe v2 REST), validated.
+/// What every reward behind a server shares (`kind: http`, `kind: openai-judge`), validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HttpSpec {
+pub struct ServerSpec {
     /// The base URL, without a trailing `/`.
     pub url: String,
+    /// The model's name on the server.
     pub model: String,
-    pub encoding: ImageEncoding,
-    pub inputs: HttpInputs,
-    pub output: String,
-    pub max_batch: usize,
+    /// Requests in flight at once.
     pub concurrency: usize,
+    /// Seconds per request.
     pub timeout_s: f64,
     pub retries: u32,
     pub backoff_s: f64,
@@ -84,6 +84,43 @@ pub struct HttpSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_env: Option<String>,
     pub max_reply_mb: u64,
+}
+
+/// A `kind: http` reward (Open Inference Protocol, KServe v2 REST), validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpSpec {
+    #[serde(flatten)]
+    pub server: ServerSpec,
+    pub encoding: ImageEncoding,
+    pub inputs: HttpInputs,
+    pub output: String,
+    pub max_batch: usize,
+}
+
+/// A `kind: openai-judge` reward (a vision-language model behind an OpenAI-compatible
+/// chat-completions endpoint), validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JudgeSpec {
+    #[serde(flatten)]
+    pub server: ServerSpec,
+    /// The question asked with each image; `{prompt}` becomes the sample's prompt.
+    pub template: String,
+    /// How the score is read from the reply (see [`ScoreFrom`]).
+    #[serde(flatten)]
+    pub score_from: ScoreFrom,
+    pub max_tokens: u32,
+    pub temperature: f64,
+}
+
+/// Where a judge's score is in its reply's text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ScoreFrom {
+    /// The first match of this regular expression (its first group, if it has one).
+    #[serde(rename = "score_regex")]
+    Regex(String),
+    /// This field of the reply read as JSON (`a.b` for nested fields).
+    #[serde(rename = "score_field")]
+    Field(String),
 }
 
 /// A `kind: process` reward, validated.
@@ -237,6 +274,8 @@ struct ResolvedReward<'a> {
     process: Option<&'a ProcessSpec>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     http: Option<&'a HttpSpec>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    judge: Option<&'a JudgeSpec>,
 }
 
 impl Serialize for RunPipeline {
@@ -285,6 +324,7 @@ fn resolved_reward(r: &RewardSpec) -> ResolvedReward<'_> {
         native: None,
         process: None,
         http: None,
+        judge: None,
     };
     match &r.kind {
         RewardKind::Builtin(kind) => out.kind = kind,
@@ -303,6 +343,10 @@ fn resolved_reward(r: &RewardSpec) -> ResolvedReward<'_> {
         RewardKind::Http(h) => {
             out.kind = "http";
             out.http = Some(h);
+        }
+        RewardKind::OpenAiJudge(j) => {
+            out.kind = "openai-judge";
+            out.judge = Some(j);
         }
         RewardKind::Onnx {
             stages,

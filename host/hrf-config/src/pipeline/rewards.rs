@@ -1,6 +1,7 @@
 //! The `rewards:` section. `validate` checks what every entry shares (its name, weight, batch
 //! size, the fields its kind takes and refuses, `trust`, `timeout_s`), then hands the entry to
-//! the function of its kind: `builtin`, `onnx`, `wasm`, `native`, `process` or `http`. Every problem
+//! the function of its kind: `builtin`, `onnx`, `wasm`, `native`, `process`, `http` or
+//! `openai-judge`. Every problem
 //! goes into the pipeline's one list, named `rewards[i].field`.
 
 use std::collections::BTreeSet;
@@ -10,7 +11,8 @@ use super::defaults;
 use super::problems::{valid_name, Base, Problems};
 use super::raw::{RewardKindName, RewardRaw, ScoreRaw};
 use super::resolved::{
-    HttpSpec, NativeSpec, ProcessSpec, RewardKind, RewardSpec, ScoreSpec, WasmSpec,
+    HttpSpec, JudgeSpec, NativeSpec, ProcessSpec, RewardKind, RewardSpec, ScoreFrom, ScoreSpec,
+    ServerSpec, WasmSpec,
 };
 use crate::reward::StageSpec;
 
@@ -75,11 +77,10 @@ fn entry(
     let kind = r.kind.as_str();
     let name = match (&r.name, r.kind) {
         (Some(n), _) => n.clone(),
-        (None, _) => defaults::reward_name(&r)
-            .unwrap_or_else(|| {
-                p.push(at.field("name"), "an onnx reward needs a name");
-                String::new()
-            }),
+        (None, _) => defaults::reward_name(&r).unwrap_or_else(|| {
+            p.push(at.field("name"), "an onnx reward needs a name");
+            String::new()
+        }),
     };
     if !name.is_empty() {
         if !valid_name(&name) {
@@ -110,18 +111,27 @@ fn entry(
         ("score", r.score.is_some()),
         ("classes", r.classes.is_some()),
     ];
-    let http_fields = [
+    let server_fields = [
         ("url", r.url.is_some()),
         ("model", r.model.is_some()),
-        ("encoding", r.encoding.is_some()),
-        ("inputs", r.inputs.is_some()),
-        ("output", r.output.is_some()),
-        ("max_batch", r.max_batch.is_some()),
         ("concurrency", r.concurrency.is_some()),
         ("retries", r.retries.is_some()),
         ("backoff_s", r.backoff_s.is_some()),
         ("auth_env", r.auth_env.is_some()),
         ("max_reply_mb", r.max_reply_mb.is_some()),
+    ];
+    let http_fields = [
+        ("encoding", r.encoding.is_some()),
+        ("inputs", r.inputs.is_some()),
+        ("output", r.output.is_some()),
+        ("max_batch", r.max_batch.is_some()),
+    ];
+    let judge_fields = [
+        ("template", r.template.is_some()),
+        ("score_regex", r.score_regex.is_some()),
+        ("score_field", r.score_field.is_some()),
+        ("max_tokens", r.max_tokens.is_some()),
+        ("temperature", r.temperature.is_some()),
     ];
     let refuse = |p: &mut Problems<'_>, fields: &[(&str, bool)], who: &str| {
         for (field, given) in fields {
@@ -133,22 +143,28 @@ fn entry(
             }
         }
     };
-    use RewardKindName::{Http, Native, Onnx, Process, Wasm};
+    use RewardKindName::{Http, Native, Onnx, OpenAiJudge, Process, Wasm};
     if !matches!(r.kind, Wasm | Native) {
         refuse(p, &[("path", r.path.is_some())], "wasm and native");
     }
     if !matches!(r.kind, Wasm | Native | Process) {
         refuse(p, &[("config", r.config.is_some())], "plugin");
     }
-    if !matches!(r.kind, Wasm | Process | Http) {
+    if !matches!(r.kind, Wasm | Process | Http | OpenAiJudge) {
         refuse(
             p,
             &[("timeout_s", r.timeout_s.is_some())],
-            "wasm, process and http",
+            "wasm, process, http and openai-judge",
         );
+    }
+    if !matches!(r.kind, Http | OpenAiJudge) {
+        refuse(p, &server_fields, "http and openai-judge");
     }
     if r.kind != Http {
         refuse(p, &http_fields, "http");
+    }
+    if r.kind != OpenAiJudge {
+        refuse(p, &judge_fields, "openai-judge");
     }
     if r.kind != Wasm {
         refuse(p, &wasm_fields, "wasm");
@@ -183,6 +199,7 @@ fn entry(
         Wasm => wasm(p, at, r, base, timeout_s),
         Onnx => onnx(p, at, r, base, conditional),
         Http => http(p, at, r, timeout_s),
+        OpenAiJudge => judge(p, at, r, timeout_s, conditional),
         builtin_kind => builtin(p, at, builtin_kind, conditional),
     };
     RewardSpec {
@@ -355,10 +372,23 @@ fn process(p: &mut Problems<'_>, at: At, r: RewardRaw, base: &Base, timeout_s: f
     })
 }
 
-/// `kind: http`: the server's URL and model, what is sent and read, and the bounds on batches,
-/// requests in flight, retries and replies.
-fn http(p: &mut Problems<'_>, at: At, r: RewardRaw, timeout_s: f64) -> RewardKind {
-    let url = r.url.unwrap_or_default().trim_end_matches('/').to_string();
+/// What `http` and `openai-judge` share: the server's URL and the model on it, and the bounds
+/// on requests in flight, retries and replies. `model_chars` says what a model name may hold
+/// besides letters and digits (KServe puts it in the URL's path; OpenAI-compatible servers
+/// take `org/name:tag`).
+fn server(
+    p: &mut Problems<'_>,
+    at: At,
+    r: &RewardRaw,
+    timeout_s: f64,
+    model_chars: &str,
+) -> ServerSpec {
+    let url = r
+        .url
+        .clone()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
     let scheme_ok = ["http://", "https://"]
         .iter()
         .any(|s| url.len() > s.len() && url.to_ascii_lowercase().starts_with(s));
@@ -373,35 +403,24 @@ fn http(p: &mut Problems<'_>, at: At, r: RewardRaw, timeout_s: f64) -> RewardKin
             format!("{url:?}: the base URL takes no query, fragment or spaces"),
         );
     }
-    let model = r.model.unwrap_or_default();
-    if !valid_name(&model) {
+    let model = r.model.clone().unwrap_or_default();
+    let model_ok = !model.is_empty()
+        && model
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || model_chars.contains(c));
+    if !model_ok {
         p.push(
             at.field("model"),
-            format!("{model:?}: give the model's name on the server (letters, digits, '.', '_', '-')"),
+            format!(
+                "{model:?}: give the model's name on the server (letters, digits and {})",
+                model_chars
+                    .chars()
+                    .map(|c| format!("'{c}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         );
     }
-    let inputs = r.inputs.unwrap_or_default();
-    let names = [
-        ("inputs.images", Some(&inputs.images)),
-        ("inputs.prompts", inputs.prompts.as_ref()),
-        ("inputs.metadata", inputs.metadata.as_ref()),
-    ];
-    let mut seen = BTreeSet::new();
-    for (field, name) in names {
-        if let Some(name) = name {
-            if name.is_empty() {
-                p.push(at.field(field), "empty: give the tensor's name or null");
-            } else if !seen.insert(name.as_str()) {
-                p.push(at.field(field), format!("{name:?} names two inputs"));
-            }
-        }
-    }
-    let output = r.output.unwrap_or_else(|| "score".into());
-    if output.is_empty() {
-        p.push(at.field("output"), "empty: give the output tensor's name");
-    }
-    let max_batch = r.max_batch.unwrap_or(64);
-    p.at_least(at.field("max_batch"), max_batch, 1);
     let concurrency = r.concurrency.unwrap_or(4);
     if !(1..=64).contains(&concurrency) {
         p.push(
@@ -411,7 +430,10 @@ fn http(p: &mut Problems<'_>, at: At, r: RewardRaw, timeout_s: f64) -> RewardKin
     }
     let retries = r.retries.unwrap_or(3);
     if retries > 10 {
-        p.push(at.field("retries"), format!("must be in 0..=10, got {retries}"));
+        p.push(
+            at.field("retries"),
+            format!("must be in 0..=10, got {retries}"),
+        );
     }
     let backoff_s = r.backoff_s.unwrap_or(0.5);
     p.real(
@@ -438,18 +460,119 @@ fn http(p: &mut Problems<'_>, at: At, r: RewardRaw, timeout_s: f64) -> RewardKin
             format!("must be in 1..=1024, got {max_reply_mb}"),
         );
     }
-    RewardKind::Http(HttpSpec {
+    ServerSpec {
         url,
         model,
-        encoding: r.encoding.unwrap_or_default(),
-        inputs,
-        output,
-        max_batch,
         concurrency,
         timeout_s,
         retries,
         backoff_s,
-        auth_env: r.auth_env,
+        auth_env: r.auth_env.clone(),
         max_reply_mb,
+    }
+}
+
+/// `kind: http`: the server, what is sent (the encoding, the input tensors' names) and read
+/// (the output's name), and the images per request.
+fn http(p: &mut Problems<'_>, at: At, r: RewardRaw, timeout_s: f64) -> RewardKind {
+    let server = server(p, at, &r, timeout_s, "._-");
+    let inputs = r.inputs.unwrap_or_default();
+    let names = [
+        ("inputs.images", Some(&inputs.images)),
+        ("inputs.prompts", inputs.prompts.as_ref()),
+        ("inputs.metadata", inputs.metadata.as_ref()),
+    ];
+    let mut seen = BTreeSet::new();
+    for (field, name) in names {
+        if let Some(name) = name {
+            if name.is_empty() {
+                p.push(at.field(field), "empty: give the tensor's name or null");
+            } else if !seen.insert(name.as_str()) {
+                p.push(at.field(field), format!("{name:?} names two inputs"));
+            }
+        }
+    }
+    let output = r.output.unwrap_or_else(|| "score".into());
+    if output.is_empty() {
+        p.push(at.field("output"), "empty: give the output tensor's name");
+    }
+    let max_batch = r.max_batch.unwrap_or(64);
+    p.at_least(at.field("max_batch"), max_batch, 1);
+    RewardKind::Http(HttpSpec {
+        server,
+        encoding: r.encoding.unwrap_or_default(),
+        inputs,
+        output,
+        max_batch,
+    })
+}
+
+/// `kind: openai-judge`: the server, the question (a `{prompt}` in it needs prompts), where
+/// the score is in the reply, and the reply's length and temperature.
+fn judge(
+    p: &mut Problems<'_>,
+    at: At,
+    r: RewardRaw,
+    timeout_s: f64,
+    conditional: bool,
+) -> RewardKind {
+    let server = server(p, at, &r, timeout_s, "._-/:");
+    let template = r.template.clone().unwrap_or_default();
+    if template.trim().is_empty() {
+        p.push(
+            at.field("template"),
+            "give the question asked with each image, e.g. \"Rate this image of {prompt} from 0 to 10.\"",
+        );
+    } else if template.contains("{prompt}") && !conditional {
+        p.push(
+            at.field("template"),
+            "uses {prompt}, but the run has no `prompts`",
+        );
+    }
+    let score_from = match (r.score_regex.clone(), r.score_field.clone()) {
+        (Some(_), Some(_)) => {
+            p.push(
+                at.field("score_field"),
+                "give score_regex or score_field, not both",
+            );
+            ScoreFrom::Regex(String::new())
+        }
+        (_, Some(field)) => {
+            if field.is_empty() || field.split('.').any(str::is_empty) {
+                p.push(
+                    at.field("score_field"),
+                    format!("{field:?}: give a field name, `a.b` for a nested one"),
+                );
+            }
+            ScoreFrom::Field(field)
+        }
+        (regex, None) => {
+            let regex = regex.unwrap_or_else(|| r"-?[0-9]+(?:\.[0-9]+)?".into());
+            if let Err(e) = regex::Regex::new(&regex) {
+                p.push(at.field("score_regex"), format!("{regex:?}: {e}"));
+            }
+            ScoreFrom::Regex(regex)
+        }
+    };
+    let max_tokens = r.max_tokens.unwrap_or(32);
+    if !(1..=4096).contains(&max_tokens) {
+        p.push(
+            at.field("max_tokens"),
+            format!("must be in 1..=4096, got {max_tokens}"),
+        );
+    }
+    let temperature = r.temperature.unwrap_or(0.0);
+    p.real(
+        at.field("temperature"),
+        temperature,
+        |v| (0.0..=2.0).contains(&v),
+        "in [0, 2]",
+    );
+    RewardKind::OpenAiJudge(JudgeSpec {
+        server,
+        template,
+        score_from,
+        max_tokens,
+        temperature,
     })
 }

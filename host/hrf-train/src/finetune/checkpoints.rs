@@ -30,7 +30,11 @@ impl Run<'_> {
         v
     }
 
-    pub(super) fn write_checkpoint(&self, ddpo: &Ddpo<'_>, state: &RunState) -> Result<(), RunError> {
+    pub(super) fn write_checkpoint(
+        &self,
+        ddpo: &Ddpo<'_>,
+        state: &RunState,
+    ) -> Result<(), RunError> {
         let root = self.dir.join("checkpoints");
         let name = format!("{:04}", state.epochs_done);
         let dir = root.join(&name);
@@ -70,7 +74,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    pub(super) fn load_checkpoint(&self, ddpo: &mut Ddpo<'_>) -> Result<Option<RunState>, RunError> {
+    pub(super) fn load_checkpoint(
+        &self,
+        ddpo: &mut Ddpo<'_>,
+    ) -> Result<Option<RunState>, RunError> {
         let Some((_, dir)) = self.checkpoints().pop() else {
             return Ok(None);
         };

@@ -202,7 +202,11 @@ impl Run<'_> {
     }
 
     /// Saves best/ when `report` beats the best so far by the pipeline's rule.
-    pub(super) fn keep_if_best(&self, report: &EvalReport, state: &mut RunState) -> Result<(), RunError> {
+    pub(super) fn keep_if_best(
+        &self,
+        report: &EvalReport,
+        state: &mut RunState,
+    ) -> Result<(), RunError> {
         if self.is_better(report, state.best.as_ref(), state.base_eval.as_ref()) {
             self.model
                 .save(&self.dir.join("best"), Some(self.scheduler.config()))?;

@@ -539,7 +539,6 @@ impl Run<'_> {
         }
         Ok(verdict)
     }
-
 }
 
 /// The guards' verdict on one evaluation.

@@ -1,0 +1,65 @@
+//! Requests in flight at once: `jobs` requests run by at most `workers` threads, each result in
+//! its job's place. A worker whose request fails takes no more jobs (the call has failed; the
+//! others finish what they hold), so a dead server costs one failed request per worker.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use hrf_core::CallStats;
+
+/// One job's outcome: its scores or its error; `None`: not sent (after a failure).
+pub type JobResult = Option<Result<Vec<f32>, String>>;
+
+/// Each job's outcome, and what the requests cost.
+pub fn in_flight<F>(jobs: usize, workers: usize, run: F) -> (Vec<JobResult>, CallStats)
+where
+    F: Fn(usize, &mut CallStats) -> Result<Vec<f32>, String> + Sync,
+{
+    let results: Vec<Mutex<JobResult>> = (0..jobs).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let total = Mutex::new(CallStats::default());
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, jobs.max(1)) {
+            s.spawn(|| {
+                let mut stats = CallStats::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= jobs {
+                        break;
+                    }
+                    let r = run(i, &mut stats);
+                    let failed = r.is_err();
+                    *results[i].lock().expect("results") = Some(r);
+                    if failed {
+                        break;
+                    }
+                }
+                total.lock().expect("stats").add(&stats);
+            });
+        }
+    });
+    let results = results
+        .into_iter()
+        .map(|r| r.into_inner().expect("results"))
+        .collect();
+    (results, total.into_inner().expect("stats"))
+}
+
+/// The scores of every job in order, or the first error.
+pub fn gathered(results: Vec<JobResult>) -> Result<Vec<f32>, String> {
+    let mut out = Vec::new();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Some(Ok(v)) => out.extend(v),
+            Some(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            None => {}
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
