@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 mod common;
-use common::{hrf, repo, text, tmp};
+use common::{metrics_lines as lines, of_kind, hrf, repo, text, tmp};
 
 const EPOCHS: u64 = 8;
 /// The Vendi floor, as a fraction of the base model's: the testbed at lr 3e-3 passes it after
@@ -66,17 +66,7 @@ fn run_with_gold(dir: &Path, extra: &str, gold: &str) -> PathBuf {
     run
 }
 
-fn lines(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
-fn of_kind<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    lines.iter().filter(|l| l["kind"] == kind).collect()
-}
 
 fn summary(run: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{pipeline_run, repo, text, tmp};
+use common::{metrics_lines as lines, of_kind, pipeline_run, repo, text, tmp};
 
 /// A free port on 127.0.0.1 (free a moment ago).
 fn free_port() -> u16 {
@@ -152,21 +152,7 @@ fn contrast_models() -> PathBuf {
     repo().join("plugins/servers/mlserver/contrast")
 }
 
-fn lines(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
-fn of_kind(lines: &[Value], kind: &str) -> Vec<Value> {
-    lines
-        .iter()
-        .filter(|l| l["kind"] == kind)
-        .cloned()
-        .collect()
-}
 
 fn component(line: &Value) -> f64 {
     line["reward_components"]["contrast"].as_f64().unwrap()
@@ -413,7 +399,8 @@ fn with_on_error_skip_a_server_killed_mid_run_costs_only_what_it_could_not_score
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let o = hrf.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let epochs = of_kind(&lines(&run), "epoch");
+    let l = lines(&run);
+    let epochs = of_kind(&l, "epoch");
     let skipped: Vec<u64> = epochs
         .iter()
         .map(|e| e["skipped"].as_u64().unwrap_or(0))

@@ -59,3 +59,17 @@ pub fn pipeline_run(name: &str, dir: &Path, sets: &[&str], extra: &[&str]) -> Co
     args.extend(extra);
     hrf_command(&args, &[])
 }
+
+/// The lines of a run's metrics.jsonl.
+pub fn metrics_lines(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The lines of one `kind` (`epoch`, `eval`, `final`, `guard`).
+pub fn of_kind<'a>(lines: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|l| l["kind"] == kind).collect()
+}

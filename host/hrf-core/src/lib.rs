@@ -234,6 +234,12 @@ pub struct CallStats {
 }
 
 impl CallStats {
+    /// What was counted so far, leaving nothing counted; `None` when no request was made.
+    pub fn take(&mut self) -> Option<CallStats> {
+        let s = std::mem::take(self);
+        (s.requests > 0).then_some(s)
+    }
+
     pub fn add(&mut self, other: &CallStats) {
         self.requests += other.requests;
         self.retries += other.retries;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::client::{LoadError, ServerClient};
 use crate::image::png_data_url;
 use crate::json::parse_reply;
-use crate::pool::{gathered, in_flight};
+use crate::pool::{in_flight, scores};
 
 pub struct JudgeReward {
     name: String,
@@ -198,16 +198,11 @@ impl Reward for JudgeReward {
                 this.judge(&samples[i], stats).map(|v| vec![v])
             });
         self.stats.add(&stats);
-        let scores = gathered(results).map_err(|message| RewardError::Failed {
-            reward: self.info().label(),
-            message,
-        })?;
-        Ok(scores.into_iter().map(Score::new).collect())
+        scores(results, || self.info().label())
     }
 
     fn take_call_stats(&mut self) -> Option<CallStats> {
-        let s = std::mem::take(&mut self.stats);
-        (s.requests > 0).then_some(s)
+        self.stats.take()
     }
 }
 

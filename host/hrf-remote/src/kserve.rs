@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::client::{LoadError, ServerClient};
 use crate::image::png_bytes;
 use crate::json::{numbers, parse_reply};
-use crate::pool::{gathered, in_flight};
+use crate::pool::{in_flight, scores};
 
 pub struct InferenceReward {
     name: String,
@@ -197,15 +197,10 @@ impl Reward for InferenceReward {
             Ok(v)
         });
         self.stats.add(&stats);
-        let scores = gathered(results).map_err(|message| RewardError::Failed {
-            reward: self.label(),
-            message,
-        })?;
-        Ok(scores.into_iter().map(Score::new).collect())
+        scores(results, || self.label())
     }
 
     fn take_call_stats(&mut self) -> Option<CallStats> {
-        let s = std::mem::take(&mut self.stats);
-        (s.requests > 0).then_some(s)
+        self.stats.take()
     }
 }

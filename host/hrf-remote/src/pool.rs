@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use hrf_core::CallStats;
+use hrf_core::{CallStats, RewardError, Score};
 
 /// One job's outcome: its scores or its error; `None`: not sent (after a failure).
 pub type JobResult = Option<Result<Vec<f32>, String>>;
@@ -45,21 +45,22 @@ where
     (results, total.into_inner().expect("stats"))
 }
 
-/// The scores of every job in order, or the first error.
-pub fn gathered(results: Vec<JobResult>) -> Result<Vec<f32>, String> {
+/// The scores of every job in order, or the first error as the failure of the reward that
+/// `label` names.
+pub fn scores(results: Vec<JobResult>, label: impl FnOnce() -> String) -> Result<Vec<Score>, RewardError> {
     let mut out = Vec::new();
-    let mut first_error = None;
     for r in results {
         match r {
-            Some(Ok(v)) => out.extend(v),
-            Some(Err(e)) => {
-                first_error.get_or_insert(e);
+            Some(Ok(v)) => out.extend(v.into_iter().map(Score::new)),
+            Some(Err(message)) => {
+                return Err(RewardError::Failed {
+                    reward: label(),
+                    message,
+                })
             }
+            // Not sent: a failure stopped its worker; that failure is returned.
             None => {}
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    Ok(out)
 }
