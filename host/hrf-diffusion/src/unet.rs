@@ -105,6 +105,13 @@ impl ResnetBlock {
     }
 }
 
+/// softmax(QKᵀ/√d)·V over [B, heads, tokens, d], through libtorch's fused
+/// `scaled_dot_product_attention` (flash or memory-efficient kernels where the device has them;
+/// a test checks it against the explicit product on CPU).
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, None::<&Tensor>, 0.0, false, None, false)
+}
+
 /// diffusers' spatial self-attention (`Attention` with group norm and residual connection).
 #[derive(Debug)]
 struct SpatialAttention {
@@ -142,17 +149,7 @@ impl SpatialAttention {
         let q = split(tokens.apply(&self.to_q));
         let k = split(tokens.apply(&self.to_k));
         let v = split(tokens.apply(&self.to_v));
-        let attn = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<&Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        let out = attn
+        let out = attend(&q, &k, &v)
             .transpose(1, 2)
             .reshape([b, h * w, c])
             .apply(&self.to_out)
@@ -501,6 +498,26 @@ mod tests {
         let y = Tensor::from_slice(&[0i64, 9, 10]);
         let out = tch::no_grad(|| unet.forward(&x, &t, Some(&y)));
         assert_eq!(out.size(), [3, 1, 32, 32]);
+    }
+
+    #[test]
+    fn fused_attention_equals_the_explicit_product() {
+        // [B, heads, tokens, d] as the UNet's attention blocks make them (8×8 tokens, d = 16),
+        // and a longer sequence with another head size.
+        for (shape, key) in [([2i64, 2, 64, 16], 7u64), ([1, 4, 300, 8], 8)] {
+            let q = crate::init::keyed_normal(&[key, 0], &shape);
+            let k = crate::init::keyed_normal(&[key, 1], &shape);
+            let v = crate::init::keyed_normal(&[key, 2], &shape);
+            let fused = tch::no_grad(|| attend(&q, &k, &v));
+            let d = shape[3] as f64;
+            let explicit = tch::no_grad(|| {
+                (q.matmul(&k.transpose(-2, -1)) / d.sqrt())
+                    .softmax(-1, tch::Kind::Float)
+                    .matmul(&v)
+            });
+            let err = (&fused - &explicit).abs().max().double_value(&[]);
+            assert!(err <= 1e-5, "{shape:?}: max abs error {err:e}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ const EVAL_COLOR: [u8; 3] = [31, 119, 180];
 const FINAL_COLOR: [u8; 3] = [214, 39, 40];
 const UNIFORM_COLOR: [u8; 3] = [150, 150, 150];
 const GUARD_COLOR: [u8; 3] = [230, 120, 20];
+const ROLLED_BACK_COLOR: [u8; 3] = [170, 170, 170];
 
 /// A diversity plot's y axis spans at least this fraction of the base model's value, so that
 /// a change of a few per cent is drawn as a few per cent of the plot.
@@ -32,11 +33,10 @@ pub const DIVERSITY_MIN_SPAN: f64 = 0.25;
 pub fn write_run_plots(dir: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(dir.join(crate::records::METRICS_FILE))
         .map_err(|e| format!("metrics.jsonl: {e}"))?;
-    let lines: Vec<Value> = crate::records::current_lines(
-        text.lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect(),
-    );
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     for (name, chart) in run_charts(&lines) {
         save_chart(&chart, &dir.join("plots").join(name))?;
     }
@@ -161,9 +161,39 @@ fn base_line(base: Option<f64>) -> Vec<RefLine> {
         .collect()
 }
 
+/// The evaluations a guard's rollback superseded, as grey diamonds: the branch the run left.
+fn rolled_back(evals: &[Eval], value: impl Fn(&Eval) -> Option<f64>) -> Vec<Series> {
+    let points: Vec<(f64, f64)> = evals
+        .iter()
+        .filter_map(|e| Some((e.epoch, value(e)?)))
+        .collect();
+    if points.is_empty() {
+        return Vec::new();
+    }
+    vec![Series {
+        color: Some(ROLLED_BACK_COLOR),
+        ..Series::new("rolled back (not kept)", points)
+    }
+    .with_marker(Marker::Diamond)]
+}
+
 /// The run's charts from the lines of its metrics.jsonl, by file name under `plots/`: the
-/// reward always; Vendi score and class entropy when the evaluations measured diversity.
-pub fn run_charts(lines: &[Value]) -> Vec<(&'static str, Chart)> {
+/// reward always; Vendi score and class entropy when the evaluations measured diversity. Lines a
+/// guard's rollback superseded are drawn apart, as what the run left behind.
+pub fn run_charts(all: &[Value]) -> Vec<(&'static str, Chart)> {
+    let keep = crate::records::current(all);
+    let left: Vec<Eval> = all
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| !**k)
+        .filter_map(|(l, _)| Eval::of(l))
+        .collect();
+    let lines: Vec<Value> = all
+        .iter()
+        .zip(&keep)
+        .filter_map(|(l, k)| k.then(|| l.clone()))
+        .collect();
+    let lines = &lines[..];
     let train: Vec<(f64, f64)> = lines
         .iter()
         .filter(|l| l["kind"] == "epoch")
@@ -225,6 +255,7 @@ pub fn run_charts(lines: &[Value]) -> Vec<(&'static str, Chart)> {
     };
 
     let (mut series, base) = eval_series(&evals, |e| e.reward, |e| e.reward_sem, "evaluation");
+    series.extend(rolled_back(&left, |e| e.reward));
     series.insert(
         0,
         Series {
@@ -243,10 +274,11 @@ pub fn run_charts(lines: &[Value]) -> Vec<(&'static str, Chart)> {
         ),
     )];
 
-    let (series, base) = eval_series(&evals, |e| e.vendi, |_| None, "evaluation");
+    let (mut series, base) = eval_series(&evals, |e| e.vendi, |_| None, "evaluation");
     if series.is_empty() {
         return charts;
     }
+    series.extend(rolled_back(&left, |e| e.vendi));
     let span = |base: Option<f64>, series: &[Series]| {
         let v = base.or_else(|| series.first()?.points.first().map(|p| p.1));
         v.map_or(0.0, |v| DIVERSITY_MIN_SPAN * v.abs())
@@ -262,8 +294,9 @@ pub fn run_charts(lines: &[Value]) -> Vec<(&'static str, Chart)> {
         ),
     ));
 
-    let (series, base) = eval_series(&evals, |e| e.entropy, |e| e.entropy_se, "evaluation");
+    let (mut series, base) = eval_series(&evals, |e| e.entropy, |e| e.entropy_se, "evaluation");
     if !series.is_empty() {
+        series.extend(rolled_back(&left, |e| e.entropy));
         let mut ref_lines = [base_line(base), floor("class_entropy_floor")].concat();
         if let Some(k) = evals.iter().find_map(|e| e.classes) {
             ref_lines.push(RefLine {
@@ -437,6 +470,42 @@ mod tests {
         let curve = &charts[0].1.series[1];
         assert_eq!(curve.band, None, "no reward_sem, no band");
         assert_eq!(curve.label, "evaluation (n=128)");
+    }
+
+    #[test]
+    fn a_rollback_draws_the_left_branch_apart_and_the_floor() {
+        let mut lines = metrics();
+        lines.pop(); // the final evaluation, written again below
+        // Epoch 4 fails the floor and the run goes back to epoch 2: its evaluation and the
+        // epochs after 2 are the branch it left; epochs 3–4 are trained again.
+        lines.push(eval("eval", 4, 8, -3.0, 0.1, &[8, 0, 0]));
+        lines.push(json!({"kind": "guard", "epoch": 4, "action": "rollback", "to_epoch": 2,
+            "failing": ["vendi_floor"], "lr_scale": 0.5,
+            "checks": [{"guard": "vendi_floor", "value": 7.0, "limit": 8.5, "passed": false}]}));
+        lines.push(epoch(2, -1.0));
+        lines.push(epoch(3, -1.0));
+        lines.push(eval("eval", 4, 8, -1.0, 0.1, &[3, 3, 2]));
+        lines.push(eval("final", 4, 256, -0.9, 0.05, &[90, 90, 76]));
+        let charts = run_charts(&lines);
+        let v = chart(&charts, DIVERSITY_PLOT);
+        let left = v
+            .series
+            .iter()
+            .find(|s| s.label == "rolled back (not kept)")
+            .expect("the left branch");
+        assert_eq!(left.points, [(4.0, 7.0)]);
+        assert_eq!(left.marker, Some(Marker::Diamond));
+        let kept = &v.series[0];
+        assert!(kept.points.contains(&(4.0, 9.0)), "{:?}", kept.points);
+        assert!(!kept.points.contains(&(4.0, 7.0)));
+        assert!(v.ref_lines.iter().any(|r| r.label == "guard: vendi_floor" && r.y == 8.5));
+        assert!(v.title.contains("rolled back at 4 to 2"), "{}", v.title);
+        // Without a rollback there is no such series.
+        let plain = run_charts(&metrics());
+        assert!(chart(&plain, DIVERSITY_PLOT)
+            .series
+            .iter()
+            .all(|s| s.label != "rolled back (not kept)"));
     }
 
     #[test]
