@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 mod common;
-use common::{metrics_lines as lines, of_kind, hrf, repo, text, tmp};
+use common::{hrf, metrics_lines as lines, of_kind, repo, text, tmp};
 
 const EPOCHS: u64 = 8;
 /// The Vendi floor, as a fraction of the base model's: the testbed at lr 3e-3 passes it after
@@ -65,8 +65,6 @@ fn run_with_gold(dir: &Path, extra: &str, gold: &str) -> PathBuf {
     assert!(o.status.success(), "hrf run: {}", text(&o));
     run
 }
-
-
 
 fn summary(run: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()

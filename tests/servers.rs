@@ -31,7 +31,7 @@ struct Server {
     child: Child,
     port: u16,
     log: PathBuf,
-    ready_path: &'static str,
+    ready_path: String,
 }
 
 /// A program of the servers' environment (tools/servers/env.sh).
@@ -46,8 +46,13 @@ fn server_bin(name: &str) -> PathBuf {
 }
 
 impl Server {
-    /// MLServer serving the model folder `models`.
+    /// MLServer serving the model folder `models` (its model named `contrast`).
     fn start(models: &Path, port: u16, log: &Path, envs: &[(&str, &str)]) -> Server {
+        Self::serving(models, "contrast", port, log, envs)
+    }
+
+    /// MLServer serving the model folder `models`, ready when its model `name` is.
+    fn serving(models: &Path, name: &str, port: u16, log: &Path, envs: &[(&str, &str)]) -> Server {
         let mut c = Command::new(server_bin("mlserver"));
         c.arg("start")
             .arg(models)
@@ -56,7 +61,7 @@ impl Server {
             .env("MLSERVER_GRPC_PORT", free_port().to_string())
             .env("MLSERVER_METRICS_PORT", free_port().to_string())
             .env("MLSERVER_PARALLEL_WORKERS", "0");
-        Self::spawn(c, port, log, envs, "/v2/models/contrast/ready")
+        Self::spawn(c, port, log, envs, format!("/v2/models/{name}/ready"))
     }
 
     /// The OpenAI-compatible test judge (tests/fixtures/servers/judge_app.py) on uvicorn.
@@ -71,7 +76,7 @@ impl Server {
         ])
         .arg("--app-dir")
         .arg(repo().join("tests/fixtures/servers"));
-        Self::spawn(c, port, log, envs, "/v1/models")
+        Self::spawn(c, port, log, envs, "/v1/models".into())
     }
 
     fn spawn(
@@ -79,7 +84,7 @@ impl Server {
         port: u16,
         log: &Path,
         envs: &[(&str, &str)],
-        ready_path: &'static str,
+        ready_path: String,
     ) -> Server {
         let out = std::fs::File::create(log).unwrap();
         c.stdin(Stdio::null())
@@ -109,7 +114,7 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("the server exited ({status}): {}", self.log_text());
             }
-            if http_get_ok(&ready, self.ready_path) {
+            if http_get_ok(&ready, &self.ready_path) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -151,8 +156,6 @@ fn http_get_ok(addr: &str, path: &str) -> bool {
 fn contrast_models() -> PathBuf {
     repo().join("plugins/servers/mlserver/contrast")
 }
-
-
 
 fn component(line: &Value) -> f64 {
     line["reward_components"]["contrast"].as_f64().unwrap()
@@ -226,7 +229,7 @@ fn servers_score_like_the_same_python_in_wasm() {
     assert!(o.status.success(), "{}", text(&o));
     let (j, w) = (lines(&judged), lines(&local));
     for (a, c) in of_kind(&j, "epoch").iter().zip(of_kind(&w, "epoch")) {
-        assert_eq!(component(a), component(&c), "judge vs wasm");
+        assert_eq!(component(a), component(c), "judge vs wasm");
         assert_eq!(
             a["reward_requests"]["contrast"]["requests"], 8,
             "one request per image"
@@ -408,6 +411,78 @@ fn with_on_error_skip_a_server_killed_mid_run_costs_only_what_it_could_not_score
     assert_eq!(skipped, [0, 4, 0], "{epochs:?}");
     assert_eq!(epochs[1]["reward_requests"]["contrast"]["failures"], 1);
     assert!(text(&o).contains("4 of 8 samples skipped"), "{}", text(&o));
+    drop(server);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A model behind a server, the way a heavy reward runs: the testbed's aesthetic reward served
+/// by MLServer through Python onnxruntime scores what the built-in `aesthetic` scores.
+#[test]
+fn an_mlserver_aesthetic_scores_like_the_built_in() {
+    let d = tmp("hrf-servers", "aesthetic");
+    let server = Server::serving(
+        &repo().join("plugins/servers/mlserver/aesthetic"),
+        "aesthetic",
+        free_port(),
+        &d.join("mlserver.log"),
+        &[],
+    );
+    let served = d.join("served");
+    let o = run_tiny(
+        &served,
+        &server.url(),
+        &[
+            "rewards[0].model=aesthetic",
+            "rewards[0].inputs={prompts: null, metadata: null}",
+            "training.epochs=1",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let local = d.join("built-in");
+    let o = run_tiny(
+        &local,
+        "http://unused:1",
+        &["rewards[0]={kind: aesthetic}", "training.epochs=1"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (s, b) = (lines(&served), lines(&local));
+    // The base model's evaluation: the same samples, scored on both sides.
+    let scores = |l: &[Value]| -> Vec<f64> {
+        of_kind(l, "eval")[0]["report"]["sample_rewards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (x, y) = (scores(&s), scores(&b));
+    assert_eq!(x.len(), 8);
+    let err = x
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        err <= 1e-5,
+        "served vs built-in: max abs error {err:e}\n{x:?}\n{y:?}"
+    );
+    eprintln!(
+        "aesthetic served by MLServer vs built-in: max abs error {err:e} over {} samples",
+        x.len()
+    );
+    let first = |l: &[Value]| {
+        of_kind(l, "epoch")[0]["reward_components"]["aesthetic"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        (first(&s) - first(&b)).abs() <= 1e-5,
+        "{} vs {}",
+        first(&s),
+        first(&b)
+    );
     drop(server);
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The Python environment of the inference servers the tests start (Seldon MLServer, from PyPI),
-# in .deps/servers; prints its bin/ folder. About 330 MB installed; once, ~1 min.
+# The Python environment of the inference servers the tests start (Seldon MLServer, onnxruntime, from PyPI),
+# in .deps/servers; prints its bin/ folder. About 410 MB installed; once, ~1 min.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 venv=.deps/servers

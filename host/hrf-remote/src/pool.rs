@@ -47,7 +47,10 @@ where
 
 /// The scores of every job in order, or the first error as the failure of the reward that
 /// `label` names.
-pub fn scores(results: Vec<JobResult>, label: impl FnOnce() -> String) -> Result<Vec<Score>, RewardError> {
+pub fn scores(
+    results: Vec<JobResult>,
+    label: impl FnOnce() -> String,
+) -> Result<Vec<Score>, RewardError> {
     let mut out = Vec::new();
     for r in results {
         match r {

@@ -191,7 +191,8 @@ pub fn run_charts(all: &[Value]) -> Vec<(&'static str, Chart)> {
     let lines: Vec<Value> = all
         .iter()
         .zip(&keep)
-        .filter_map(|(l, k)| k.then(|| l.clone()))
+        .filter(|(_, k)| **k)
+        .map(|(l, _)| l.clone())
         .collect();
     let lines = &lines[..];
     let train: Vec<(f64, f64)> = lines
@@ -476,12 +477,14 @@ mod tests {
     fn a_rollback_draws_the_left_branch_apart_and_the_floor() {
         let mut lines = metrics();
         lines.pop(); // the final evaluation, written again below
-        // Epoch 4 fails the floor and the run goes back to epoch 2: its evaluation and the
-        // epochs after 2 are the branch it left; epochs 3–4 are trained again.
+                     // Epoch 4 fails the floor and the run goes back to epoch 2: its evaluation and the
+                     // epochs after 2 are the branch it left; epochs 3–4 are trained again.
         lines.push(eval("eval", 4, 8, -3.0, 0.1, &[8, 0, 0]));
-        lines.push(json!({"kind": "guard", "epoch": 4, "action": "rollback", "to_epoch": 2,
+        lines.push(
+            json!({"kind": "guard", "epoch": 4, "action": "rollback", "to_epoch": 2,
             "failing": ["vendi_floor"], "lr_scale": 0.5,
-            "checks": [{"guard": "vendi_floor", "value": 7.0, "limit": 8.5, "passed": false}]}));
+            "checks": [{"guard": "vendi_floor", "value": 7.0, "limit": 8.5, "passed": false}]}),
+        );
         lines.push(epoch(2, -1.0));
         lines.push(epoch(3, -1.0));
         lines.push(eval("eval", 4, 8, -1.0, 0.1, &[3, 3, 2]));
@@ -498,7 +501,10 @@ mod tests {
         let kept = &v.series[0];
         assert!(kept.points.contains(&(4.0, 9.0)), "{:?}", kept.points);
         assert!(!kept.points.contains(&(4.0, 7.0)));
-        assert!(v.ref_lines.iter().any(|r| r.label == "guard: vendi_floor" && r.y == 8.5));
+        assert!(v
+            .ref_lines
+            .iter()
+            .any(|r| r.label == "guard: vendi_floor" && r.y == 8.5));
         assert!(v.title.contains("rolled back at 4 to 2"), "{}", v.title);
         // Without a rollback there is no such series.
         let plain = run_charts(&metrics());
