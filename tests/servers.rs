@@ -228,6 +228,10 @@ fn servers_score_like_the_same_python_in_wasm() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let (j, w) = (lines(&judged), lines(&local));
+    assert_eq!(
+        (of_kind(&j, "epoch").len(), of_kind(&w, "epoch").len()),
+        (2, 2)
+    );
     for (a, c) in of_kind(&j, "epoch").iter().zip(of_kind(&w, "epoch")) {
         assert_eq!(component(a), component(c), "judge vs wasm");
         assert_eq!(
@@ -252,7 +256,7 @@ fn servers_score_like_the_same_python_in_wasm() {
         of_kind(&p, "epoch"),
         of_kind(&w, "epoch"),
     );
-    assert_eq!(he.len(), 2);
+    assert_eq!((he.len(), pe.len(), we.len()), (2, 2, 2));
     for ((a, b), c) in he.iter().zip(&pe).zip(&we) {
         // The same samples (same seed), the same function: the same f32 scores.
         assert_eq!(component(a), component(c), "uint8 vs wasm");
@@ -304,7 +308,8 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_server_down_at_start_is_named_before_anything_is_written() {
     let d = tmp("hrf-servers", "down");
-    let url = format!("http://127.0.0.1:{}", free_port());
+    // Port 1 (tcpmux): nothing listens there, and no test binds it.
+    let url = "http://127.0.0.1:1".to_string();
     let run = d.join("run");
     let o = run_tiny(&run, &url, &[], &[]);
     assert!(!o.status.success());
@@ -375,6 +380,8 @@ fn with_on_error_skip_a_server_killed_mid_run_costs_only_what_it_could_not_score
             "rewards[0].on_error=skip",
             "rewards[0].retries=0",
             "training.epochs=3",
+            // A longer training phase: the margin in which the test pauses hrf.
+            "training.inner_epochs=3",
         ],
         &[],
     )

@@ -10,6 +10,8 @@ use hrf_core::{text, CallStats};
 
 /// The most bytes of an error reply's body kept for the message.
 const ERROR_BODY: u64 = 64 << 10;
+/// The longest wait between two attempts, however many retries and whatever `backoff_s`.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A server's bounds (from the reward's YAML entry).
 #[derive(Debug, Clone)]
@@ -96,6 +98,15 @@ impl ServerClient {
         Self { agent, settings }
     }
 
+    /// `s` with the bearer token, wherever a server echoed it, replaced by `[token]`: every
+    /// message made from a server's reply passes here before it leaves the reward.
+    pub fn redact(&self, s: &str) -> String {
+        match self.settings.token.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => s.replace(t, "[token]"),
+            None => s.to_string(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.settings.url)
     }
@@ -134,7 +145,8 @@ impl ServerClient {
                 let wait = self
                     .settings
                     .backoff
-                    .saturating_mul(1 << (attempts - 1).min(16));
+                    .saturating_mul(1 << (attempts - 1).min(16))
+                    .min(MAX_BACKOFF);
                 if !sleep_unless_stopped(wait) {
                     break Err((None, "stopped on request".to_string()));
                 }
@@ -208,11 +220,9 @@ impl ServerClient {
             return Attempt::Done(body);
         }
         let reason = resp.status().canonical_reason().unwrap_or("");
-        let mut message = format!("HTTP {status} {reason}: {}", text::clean_bytes(&body, 300));
-        // A server that echoes the request's headers must not put the token into the log.
-        if let Some(t) = self.settings.token.as_deref().filter(|t| !t.is_empty()) {
-            message = message.replace(t, "[token]");
-        }
+        // Redacted before it is cut, so that no part of an echoed token survives the cut.
+        let body = self.redact(&String::from_utf8_lossy(&body));
+        let message = format!("HTTP {status} {reason}: {}", text::clean(&body, 300));
         if status == 429 || status >= 500 {
             Attempt::Retry(Some(status), message)
         } else {

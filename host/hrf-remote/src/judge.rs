@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::client::{LoadError, ServerClient};
 use crate::image::png_data_url;
 use crate::json::parse_reply;
-use crate::pool::{in_flight, scores};
+use crate::pool::{in_flight, redacted, scores};
 
 pub struct JudgeReward {
     name: String,
@@ -55,7 +55,7 @@ impl JudgeReward {
                     if ids.is_empty() {
                         "none".into()
                     } else {
-                        ids.join(", ")
+                        text::message(&ids.join(", "))
                     }
                 ),
             });
@@ -198,7 +198,7 @@ impl Reward for JudgeReward {
                 this.judge(&samples[i], stats).map(|v| vec![v])
             });
         self.stats.add(&stats);
-        scores(results, || self.info().label())
+        scores(results, || self.info().label()).map_err(|e| redacted(e, &self.client))
     }
 
     fn take_call_stats(&mut self) -> Option<CallStats> {

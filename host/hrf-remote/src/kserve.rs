@@ -3,7 +3,8 @@
 //!
 //! At load the server and the model must be ready (`GET /v2/health/ready`,
 //! `GET /v2/models/{model}/ready`) and, where the model's metadata lists its outputs, the named
-//! output must be one of them. A call is split into requests of at most `max_batch` images,
+//! output must be one of them; where it lists its inputs, the images' must be one of them and the
+//! prompts and metadata are sent only if they are. A call is split into requests of at most `max_batch` images,
 //! `concurrency` of them in flight; each is `POST /v2/models/{model}/infer` with the images
 //! (UINT8 [B, H, W, C], or PNG files in a BYTES [B] tensor, base64), the prompts and the
 //! metadata (BYTES [B], UTF-8 / JSON text), asking for one output: one number per image.
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use crate::client::{LoadError, ServerClient};
 use crate::image::png_bytes;
 use crate::json::{numbers, parse_reply};
-use crate::pool::{in_flight, scores};
+use crate::pool::{in_flight, redacted, scores};
 
 pub struct InferenceReward {
     name: String,
@@ -58,9 +59,34 @@ impl InferenceReward {
                     "output: model {model} at {} has no output {:?}; it has {}",
                     spec.server.url,
                     spec.output,
-                    outputs.join(", ")
+                    hrf_core::text::message(&outputs.join(", "))
                 ),
             });
+        }
+        // Where the model declares its inputs (Triton refuses any other), the images must be one
+        // of them, and the prompts and metadata are sent only if they are.
+        let declared: Vec<&str> = metadata["inputs"]
+            .as_array()
+            .map(|o| o.iter().filter_map(|t| t["name"].as_str()).collect())
+            .unwrap_or_default();
+        let mut spec = spec.clone();
+        if !declared.is_empty() {
+            if !declared.contains(&spec.inputs.images.as_str()) {
+                return Err(LoadError::Model {
+                    name: name.into(),
+                    message: format!(
+                        "inputs.images: model {model} at {} has no input {:?}; it has {}",
+                        spec.server.url,
+                        spec.inputs.images,
+                        hrf_core::text::message(&declared.join(", "))
+                    ),
+                });
+            }
+            for input in [&mut spec.inputs.prompts, &mut spec.inputs.metadata] {
+                if input.as_deref().is_some_and(|n| !declared.contains(&n)) {
+                    *input = None;
+                }
+            }
         }
         let version = metadata["versions"]
             .as_array()
@@ -70,7 +96,7 @@ impl InferenceReward {
         Ok(Self {
             name: name.into(),
             version: hrf_core::text::name(version),
-            spec: spec.clone(),
+            spec,
             client,
             stats: CallStats::default(),
         })
@@ -197,7 +223,7 @@ impl Reward for InferenceReward {
             Ok(v)
         });
         self.stats.add(&stats);
-        scores(results, || self.label())
+        scores(results, || self.label()).map_err(|e| redacted(e, &self.client))
     }
 
     fn take_call_stats(&mut self) -> Option<CallStats> {

@@ -1,11 +1,14 @@
 //! Requests in flight at once: `jobs` requests run by at most `workers` threads, each result in
-//! its job's place. A worker whose request fails takes no more jobs (the call has failed; the
-//! others finish what they hold), so a dead server costs one failed request per worker.
+//! its job's place. Once a request has failed no worker takes another job (the call has
+//! failed; the others finish the request they hold), so a dead server costs at most one failed
+//! request per worker.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use hrf_core::{CallStats, RewardError, Score};
+
+use crate::client::ServerClient;
 
 /// One job's outcome: its scores or its error; `None`: not sent (after a failure).
 pub type JobResult = Option<Result<Vec<f32>, String>>;
@@ -17,20 +20,25 @@ where
 {
     let results: Vec<Mutex<JobResult>> = (0..jobs).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
     let total = Mutex::new(CallStats::default());
     std::thread::scope(|s| {
         for _ in 0..workers.clamp(1, jobs.max(1)) {
             s.spawn(|| {
                 let mut stats = CallStats::default();
                 loop {
+                    if failed.load(Ordering::SeqCst) {
+                        break;
+                    }
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= jobs {
                         break;
                     }
                     let r = run(i, &mut stats);
-                    let failed = r.is_err();
+                    let bad = r.is_err();
                     *results[i].lock().expect("results") = Some(r);
-                    if failed {
+                    if bad {
+                        failed.store(true, Ordering::SeqCst);
                         break;
                     }
                 }
@@ -66,4 +74,15 @@ pub fn scores(
         }
     }
     Ok(out)
+}
+
+/// A reward failure whose message went through the client's [`redact`](ServerClient::redact).
+pub fn redacted(e: RewardError, client: &ServerClient) -> RewardError {
+    match e {
+        RewardError::Failed { reward, message } => RewardError::Failed {
+            reward,
+            message: client.redact(&message),
+        },
+        other => other,
+    }
 }

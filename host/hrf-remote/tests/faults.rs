@@ -101,8 +101,13 @@ fn handle(mut conn: TcpStream, log: &Mutex<Vec<Seen>>, script: &Mutex<VecDeque<R
         return respond(&mut conn, 200, &models.to_string());
     }
     if !path.ends_with("/infer") && !path.ends_with("/chat/completions") {
-        let meta = json!({"name": "m", "versions": ["7"], "platform": "test",
+        let mut meta = json!({"name": "m", "versions": ["7"], "platform": "test",
                           "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]}]});
+        // A model at /v2/models/strict declares its inputs, as Triton's do.
+        if path.starts_with("/v2/models/strict") {
+            meta["inputs"] =
+                json!([{"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 1]}]);
+        }
         return respond(&mut conn, 200, &meta.to_string());
     }
     let reply = {
@@ -255,6 +260,32 @@ fn scores_keep_their_order_across_split_concurrent_requests() {
     assert_eq!(body["inputs"][1]["name"], "prompts");
     assert_eq!(body["inputs"][2]["name"], "metadata");
     assert_eq!(body["outputs"], json!([{"name": "score"}]));
+}
+
+#[test]
+fn only_declared_inputs_are_sent() {
+    let server = serve(vec![Reply::Scores]);
+    let mut strict = spec(&server.url);
+    strict.server.model = "strict".into();
+    let mut r = InferenceReward::load("m", &strict).unwrap();
+    r.score(&samples(2)).unwrap();
+    let seen = server.seen.lock().unwrap();
+    let body = &seen
+        .iter()
+        .find(|s| s.path.ends_with("/infer"))
+        .unwrap()
+        .body;
+    assert_eq!(body["inputs"].as_array().unwrap().len(), 1, "{body}");
+    drop(seen);
+    strict.inputs.images = "pixels".into();
+    let e = InferenceReward::load("m", &strict)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("inputs.images") && e.contains("no input \"pixels\"") && e.contains("images"),
+        "{e}"
+    );
 }
 
 #[test]

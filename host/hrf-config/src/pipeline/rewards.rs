@@ -404,7 +404,9 @@ fn server(
         );
     }
     let model = r.model.clone().unwrap_or_default();
+    // Not only dots: the name is a path segment of the KServe URLs.
     let model_ok = !model.is_empty()
+        && !model.chars().all(|c| c == '.')
         && model
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || model_chars.contains(c));
@@ -447,9 +449,10 @@ fn server(
             && !var.starts_with(|c: char| c.is_ascii_digit())
             && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
+            // The value is not repeated: it may be a token pasted in by mistake.
             p.push(
                 at.field("auth_env"),
-                format!("{var:?}: give an environment variable's name (letters, digits, '_'), not the token"),
+                "give an environment variable's name (letters, digits, '_'), not the token",
             );
         }
     }
@@ -548,8 +551,13 @@ fn judge(
         }
         (regex, None) => {
             let regex = regex.unwrap_or_else(|| r"-?[0-9]+(?:\.[0-9]+)?".into());
-            if let Err(e) = regex::Regex::new(&regex) {
-                p.push(at.field("score_regex"), format!("{regex:?}: {e}"));
+            match regex::Regex::new(&regex) {
+                Err(e) => p.push(at.field("score_regex"), format!("{regex:?}: {e}")),
+                Ok(re) if re.is_match("") => p.push(
+                    at.field("score_regex"),
+                    format!("{regex:?} matches an empty answer; make it need at least one digit"),
+                ),
+                Ok(_) => {}
             }
             ScoreFrom::Regex(regex)
         }

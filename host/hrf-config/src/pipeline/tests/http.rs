@@ -90,7 +90,9 @@ fn bad_http_rewards_are_named_with_their_field() {
         (format!("{{kind: http, {ok}, backoff_s: -1}}"), "rewards[0].backoff_s"),
         (format!("{{kind: http, {ok}, timeout_s: 0}}"), "rewards[0].timeout_s"),
         (format!("{{kind: http, {ok}, max_reply_mb: 0}}"), "rewards[0].max_reply_mb"),
-        (format!("{{kind: http, {ok}, auth_env: 'Bearer abc'}}"), "rewards[0].auth_env"),
+        (format!("{{kind: http, {ok}, auth_env: 'Bearer abc'}}"), "rewards[0].auth_env: give an environment variable's name"),
+        ("{kind: http, url: 'http://x', model: '..'}".into(), "rewards[0].model"),
+        ("{kind: openai-judge, url: 'http://x', model: m, template: q, score_regex: '[0-9]*'}".into(), "matches an empty answer"),
         (format!("{{kind: http, {ok}, output: ''}}"), "rewards[0].output"),
         (format!("{{kind: http, {ok}, inputs: {{images: x, prompts: x}}}}"), "rewards[0].inputs.prompts: \"x\" names two inputs"),
         (format!("{{kind: http, {ok}, inputs: {{imgs: x}}}}"), "imgs"),
@@ -112,6 +114,10 @@ fn bad_http_rewards_are_named_with_their_field() {
         let e = fx.load(&with_reward(&entry), &[]).unwrap_err();
         let m = messages(&e);
         assert!(m.contains(words), "{entry}: {m}");
+        assert!(
+            !m.contains("Bearer abc"),
+            "a pasted token is not repeated: {m}"
+        );
     }
 }
 
