@@ -88,6 +88,19 @@ if [[ ! -f $ort_lib ]]; then
   unzip -q -j -o "$whl" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" -d "$deps/onnxruntime"
 fi
 
+# --- the CLIP BPE vocabulary ---------------------------------------------------------------------
+# OpenAI's merges as open-clip-torch's wheel ships them, made into a diffusers tokenizer folder's
+# vocab.json + merges.txt (tools/parity/clip_vocab.py): the real CLIP tokenizer without a hub.
+clip_vocab=$deps/clip-vocab
+if [[ ! -f $clip_vocab/vocab.json || tools/parity/clip_vocab.py -nt $clip_vocab/vocab.json ]]; then
+  say "CLIP vocabulary: from the PyPI open-clip-torch==3.3.0 wheel"
+  whl=$(fetch_wheel open-clip-torch==3.3.0)
+  tmp=$(mktemp -d)
+  unzip -q -j -o "$whl" 'open_clip/bpe_simple_vocab_16e6.txt.gz' -d "$tmp"
+  python3 tools/parity/clip_vocab.py "$tmp/bpe_simple_vocab_16e6.txt.gz" "$clip_vocab" >/dev/null
+  rm -rf "$tmp"
+fi
+
 # --- Rust targets for WASM plugins ---------------------------------------------------------------
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip2; then
   say "rustup: adding wasm32-wasip2"

@@ -1,6 +1,8 @@
 //! hrf-diffusion: the only crate with tch model code. A diffusers-compatible UNet2DModel, the DDIM
-//! scheduler with per-step log-probabilities, diffusers folder load/save, and device selection.
+//! scheduler with per-step log-probabilities, diffusers folder load/save, and device selection;
+//! CLIP's tokenizer for text-to-image pipelines.
 
+pub mod clip_tokenizer;
 pub mod config;
 pub mod ddim;
 pub mod device;
