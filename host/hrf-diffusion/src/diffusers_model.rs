@@ -113,55 +113,8 @@ impl DiffusersModel {
                 ),
             });
         }
-        let tensors = Tensor::read_safetensors(path).map_err(torch_err("reading", path))?;
-        let mut given: HashMap<String, Tensor> = tensors
-            .into_iter()
-            .map(|(k, t)| (modern_key(&k), t))
-            .collect();
-        let mut vars = self.vs.variables();
-        let mut problems = Vec::new();
-        let mut missing = BTreeSet::new();
-        for (name, var) in vars.iter_mut() {
-            match given.remove(name) {
-                None => {
-                    missing.insert(name.clone());
-                }
-                Some(src) if src.size() != var.size() => {
-                    problems.push(format!(
-                        "{name}: shape {:?} in file, {:?} in model",
-                        src.size(),
-                        var.size()
-                    ));
-                }
-                Some(src) => {
-                    tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind())))
-                        .map_err(torch_err("loading", path))?;
-                }
-            }
-        }
-        if !missing.is_empty() {
-            problems.push(format!(
-                "missing keys: {}",
-                missing.into_iter().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        if !given.is_empty() {
-            let extra: BTreeSet<_> = given.into_keys().collect();
-            problems.push(format!(
-                "unexpected keys: {}",
-                extra.into_iter().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(DiffusionError::Weights {
-                path: path.to_path_buf(),
-                message: problems.join("; "),
-            })
-        }
+        load_strict(&self.vs, path, modern_key)
     }
-
     /// Writes the folder (config, weights, scheduler settings) to `dir` atomically: everything is
     /// written under a temporary name beside it, then renamed into place.
     pub fn save(
@@ -225,6 +178,61 @@ impl DiffusersModel {
             .iter()
             .map(|t| t.numel() as i64)
             .sum()
+    }
+}
+
+/// Copies the safetensors file `path` into the variables of `vs`, each file key passed through
+/// `rename` first: every variable must be present with its shape, and no tensor may be left over.
+/// Half-precision weights are converted.
+pub(crate) fn load_strict(
+    vs: &tch::nn::VarStore,
+    path: &Path,
+    rename: impl Fn(&str) -> String,
+) -> Result<(), DiffusionError> {
+    let tensors = Tensor::read_safetensors(path).map_err(torch_err("reading", path))?;
+    let mut given: HashMap<String, Tensor> =
+        tensors.into_iter().map(|(k, t)| (rename(&k), t)).collect();
+    let mut vars = vs.variables();
+    let mut problems = Vec::new();
+    let mut missing = BTreeSet::new();
+    for (name, var) in vars.iter_mut() {
+        match given.remove(name) {
+            None => {
+                missing.insert(name.clone());
+            }
+            Some(src) if src.size() != var.size() => {
+                problems.push(format!(
+                    "{name}: shape {:?} in file, {:?} in model",
+                    src.size(),
+                    var.size()
+                ));
+            }
+            Some(src) => {
+                tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind())))
+                    .map_err(torch_err("loading", path))?;
+            }
+        }
+    }
+    if !missing.is_empty() {
+        problems.push(format!(
+            "missing keys: {}",
+            missing.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !given.is_empty() {
+        let extra: BTreeSet<_> = given.into_keys().collect();
+        problems.push(format!(
+            "unexpected keys: {}",
+            extra.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DiffusionError::Weights {
+            path: path.to_path_buf(),
+            message: problems.join("; "),
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! hrf-diffusion: the only crate with tch model code. A diffusers-compatible UNet2DModel, the DDIM
 //! scheduler with per-step log-probabilities, diffusers folder load/save, and device selection;
-//! CLIP's tokenizer for text-to-image pipelines.
+//! CLIP's tokenizer and text encoder for text-to-image pipelines.
 
+pub mod clip_text;
 pub mod clip_tokenizer;
 pub mod config;
 pub mod ddim;
