@@ -163,7 +163,7 @@ impl ClipTextModel {
             });
         }
         load_strict(&model.vs, &weights, |k| {
-            k.strip_prefix("text_model.").unwrap_or(k).to_string()
+            Some(k.strip_prefix("text_model.").unwrap_or(k).to_string())
         })?;
         Ok(model)
     }

@@ -21,7 +21,7 @@ pub struct DiffusersModel {
 }
 
 /// Older diffusers checkpoints (google/ddpm-*) name attention weights query/key/value/proj_attn.
-fn modern_key(key: &str) -> String {
+pub(crate) fn modern_key(key: &str) -> String {
     for (old, new) in [
         (".query.", ".to_q."),
         (".key.", ".to_k."),
@@ -113,7 +113,7 @@ impl DiffusersModel {
                 ),
             });
         }
-        load_strict(&self.vs, path, modern_key)
+        load_strict(&self.vs, path, |k| Some(modern_key(k)))
     }
     /// Writes the folder (config, weights, scheduler settings) to `dir` atomically: everything is
     /// written under a temporary name beside it, then renamed into place.
@@ -182,16 +182,19 @@ impl DiffusersModel {
 }
 
 /// Copies the safetensors file `path` into the variables of `vs`, each file key passed through
-/// `rename` first: every variable must be present with its shape, and no tensor may be left over.
-/// Half-precision weights are converted.
+/// `rename` first (`None`: a tensor of another part of the file, read past): every variable must
+/// be present with its shape, and no other tensor may be left over. Half-precision weights are
+/// converted.
 pub(crate) fn load_strict(
     vs: &tch::nn::VarStore,
     path: &Path,
-    rename: impl Fn(&str) -> String,
+    rename: impl Fn(&str) -> Option<String>,
 ) -> Result<(), DiffusionError> {
     let tensors = Tensor::read_safetensors(path).map_err(torch_err("reading", path))?;
-    let mut given: HashMap<String, Tensor> =
-        tensors.into_iter().map(|(k, t)| (rename(&k), t)).collect();
+    let mut given: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter_map(|(k, t)| Some((rename(&k)?, t)))
+        .collect();
     let mut vars = vs.variables();
     let mut problems = Vec::new();
     let mut missing = BTreeSet::new();

@@ -1,6 +1,6 @@
 //! hrf-diffusion: the only crate with tch model code. A diffusers-compatible UNet2DModel, the DDIM
 //! scheduler with per-step log-probabilities, diffusers folder load/save, and device selection;
-//! CLIP's tokenizer and text encoder for text-to-image pipelines.
+//! CLIP's tokenizer and text encoder and the VAE decoder for text-to-image pipelines.
 
 pub mod clip_text;
 pub mod clip_tokenizer;
@@ -10,6 +10,7 @@ pub mod device;
 pub mod diffusers_model;
 pub mod init;
 pub mod unet;
+pub mod vae;
 
 pub use config::{BlockType, UNetConfig};
 pub use ddim::{DdimScheduler, DdimStep, PrevSample, SchedulerConfig};

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::{BlockType, UNetConfig};
 
-fn conv3(p: nn::Path, c_in: i64, c_out: i64, stride: i64, padding: i64) -> nn::Conv2D {
+pub(crate) fn conv3(p: nn::Path, c_in: i64, c_out: i64, stride: i64, padding: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
         stride,
         padding,
@@ -16,7 +16,7 @@ fn conv3(p: nn::Path, c_in: i64, c_out: i64, stride: i64, padding: i64) -> nn::C
     nn::conv2d(p, c_in, c_out, 3, cfg)
 }
 
-fn group_norm(p: nn::Path, groups: i64, channels: i64, eps: f64) -> nn::GroupNorm {
+pub(crate) fn group_norm(p: nn::Path, groups: i64, channels: i64, eps: f64) -> nn::GroupNorm {
     let cfg = nn::GroupNormConfig {
         eps,
         ..Default::default()
@@ -50,11 +50,12 @@ pub fn timestep_embedding(
     }
 }
 
+/// diffusers' `ResnetBlock2D`; without a time embedding (`temb: None`) for the VAE's.
 #[derive(Debug)]
-struct ResnetBlock {
+pub(crate) struct ResnetBlock {
     norm1: nn::GroupNorm,
     conv1: nn::Conv2D,
-    time_emb_proj: nn::Linear,
+    time_emb_proj: Option<nn::Linear>,
     norm2: nn::GroupNorm,
     conv2: nn::Conv2D,
     conv_shortcut: Option<nn::Conv2D>,
@@ -62,11 +63,11 @@ struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    fn new(
+    pub(crate) fn new(
         p: nn::Path,
         c_in: i64,
         c_out: i64,
-        temb: i64,
+        temb: Option<i64>,
         groups: i64,
         eps: f64,
         scale: f64,
@@ -76,7 +77,8 @@ impl ResnetBlock {
         Self {
             norm1: group_norm(&p / "norm1", groups, c_in, eps),
             conv1: conv3(&p / "conv1", c_in, c_out, 1, 1),
-            time_emb_proj: nn::linear(&p / "time_emb_proj", temb, c_out, Default::default()),
+            time_emb_proj: temb
+                .map(|t| nn::linear(&p / "time_emb_proj", t, c_out, Default::default())),
             norm2: group_norm(&p / "norm2", groups, c_out, eps),
             conv2: conv3(&p / "conv2", c_out, c_out, 1, 1),
             conv_shortcut,
@@ -84,14 +86,12 @@ impl ResnetBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor, temb: &Tensor) -> Tensor {
-        let h = x.apply(&self.norm1).silu().apply(&self.conv1);
-        let t = temb
-            .silu()
-            .apply(&self.time_emb_proj)
-            .unsqueeze(-1)
-            .unsqueeze(-1);
-        let h = (h + t).apply(&self.norm2).silu().apply(&self.conv2);
+    pub(crate) fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Tensor {
+        let mut h = x.apply(&self.norm1).silu().apply(&self.conv1);
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            h = &h + temb.silu().apply(proj).unsqueeze(-1).unsqueeze(-1);
+        }
+        let h = h.apply(&self.norm2).silu().apply(&self.conv2);
         let shortcut = match &self.conv_shortcut {
             Some(c) => x.apply(c),
             None => x.shallow_clone(),
@@ -114,7 +114,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
 
 /// diffusers' spatial self-attention (`Attention` with group norm and residual connection).
 #[derive(Debug)]
-struct SpatialAttention {
+pub(crate) struct SpatialAttention {
     group_norm: nn::GroupNorm,
     to_q: nn::Linear,
     to_k: nn::Linear,
@@ -125,7 +125,14 @@ struct SpatialAttention {
 }
 
 impl SpatialAttention {
-    fn new(p: nn::Path, channels: i64, head_dim: i64, groups: i64, eps: f64, rescale: f64) -> Self {
+    pub(crate) fn new(
+        p: nn::Path,
+        channels: i64,
+        head_dim: i64,
+        groups: i64,
+        eps: f64,
+        rescale: f64,
+    ) -> Self {
         let heads = channels / head_dim;
         let inner = heads * head_dim;
         Self {
@@ -139,7 +146,7 @@ impl SpatialAttention {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let (b, c, h, w) = x.size4().expect("attention input is [B, C, H, W]");
         let tokens = x
             .apply(&self.group_norm)
@@ -176,7 +183,7 @@ impl DownBlock {
     fn forward(&self, x: &Tensor, temb: &Tensor, skips: &mut Vec<Tensor>) -> Tensor {
         let mut h = x.shallow_clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
-            h = resnet.forward(&h, temb);
+            h = resnet.forward(&h, Some(temb));
             if let Some(attn) = self.attentions.get(i) {
                 h = attn.forward(&h);
             }
@@ -206,7 +213,7 @@ impl UpBlock {
         let mut h = x.shallow_clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().expect("one skip connection per up resnet");
-            h = resnet.forward(&Tensor::cat(&[h, skip], 1), temb);
+            h = resnet.forward(&Tensor::cat(&[h, skip], 1), Some(temb));
             if let Some(attn) = self.attentions.get(i) {
                 h = attn.forward(&h);
             }
@@ -281,7 +288,15 @@ impl UNet2DModel {
             let resnets = (0..cfg.layers_per_block)
                 .map(|j| {
                     let cin = if j == 0 { c_in } else { c_out };
-                    ResnetBlock::new(&bp / "resnets" / j, cin, c_out, temb, groups, eps, 1.0)
+                    ResnetBlock::new(
+                        &bp / "resnets" / j,
+                        cin,
+                        c_out,
+                        Some(temb),
+                        groups,
+                        eps,
+                        1.0,
+                    )
                 })
                 .collect();
             let attentions = if kind.has_attention() {
@@ -323,7 +338,9 @@ impl UNet2DModel {
             let scale = cfg.mid_block_scale_factor;
             let attn_groups = cfg.attn_norm_num_groups.unwrap_or(groups);
             let resnets = (0..2)
-                .map(|j| ResnetBlock::new(&mp / "resnets" / j, c, c, temb, groups, eps, scale))
+                .map(|j| {
+                    ResnetBlock::new(&mp / "resnets" / j, c, c, Some(temb), groups, eps, scale)
+                })
                 .collect();
             let attentions = if cfg.add_attention {
                 vec![SpatialAttention::new(
@@ -360,7 +377,7 @@ impl UNet2DModel {
                         &bp / "resnets" / j,
                         res_in + skip,
                         c_out,
-                        temb,
+                        Some(temb),
                         groups,
                         eps,
                         1.0,
@@ -455,12 +472,12 @@ impl UNet2DModel {
             h = block.forward(&h, &emb, &mut skips);
         }
         if let Some(mid) = &self.mid_block {
-            h = mid.resnets[0].forward(&h, &emb);
+            h = mid.resnets[0].forward(&h, Some(&emb));
             for (i, resnet) in mid.resnets[1..].iter().enumerate() {
                 if let Some(attn) = mid.attentions.get(i) {
                     h = attn.forward(&h);
                 }
-                h = resnet.forward(&h, &emb);
+                h = resnet.forward(&h, Some(&emb));
             }
         }
         for block in &self.up_blocks {
