@@ -23,9 +23,9 @@ mkdir -p "$deps" "$wheels"
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 t0=$SECONDS
 
-# --- apt: the testbed's real data and the C toolchain --------------------------------------------
+# --- apt: the testbed's real data, the C toolchain, openssl (the TLS test makes its certificates) -
 need_apt=()
-for pkg in dataset-fashion-mnist build-essential unzip pkg-config; do
+for pkg in dataset-fashion-mnist build-essential unzip pkg-config openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -79,6 +79,26 @@ impl Server {
         Self::spawn(c, port, log, envs, "/v1/models".into())
     }
 
+    /// The test judge over TLS with the certificate `cert` and key `key`; ready once its port
+    /// takes connections (the readiness probe speaks plain HTTP).
+    fn judge_tls(port: u16, log: &Path, cert: &Path, key: &Path) -> Server {
+        let mut c = Command::new(server_bin("uvicorn"));
+        c.args([
+            "judge_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--app-dir")
+        .arg(repo().join("tests/fixtures/servers"))
+        .arg("--ssl-certfile")
+        .arg(cert)
+        .arg("--ssl-keyfile")
+        .arg(key);
+        Self::spawn(c, port, log, &[], String::new())
+    }
+
     fn spawn(
         mut c: Command,
         port: u16,
@@ -114,7 +134,12 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("the server exited ({status}): {}", self.log_text());
             }
-            if http_get_ok(&ready, &self.ready_path) {
+            let up = if self.ready_path.is_empty() {
+                std::net::TcpStream::connect(&ready).is_ok()
+            } else {
+                http_get_ok(&ready, &self.ready_path)
+            };
+            if up {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -491,5 +516,120 @@ fn an_mlserver_aesthetic_scores_like_the_built_in() {
         first(&b)
     );
     drop(server);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A private certificate authority and a server certificate for 127.0.0.1 it signed, made with
+/// the openssl command line (set-up installs it): (CA certificate, server certificate, key).
+fn certificates(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl runs (./setup.sh installs it)");
+        assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hrf test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (d.join("ca.crt"), d.join("server.crt"), d.join("server.key"))
+}
+
+/// An https server behind a private CA: scored through with `tls_ca`, refused without it.
+#[test]
+fn an_https_judge_behind_a_private_ca_needs_tls_ca() {
+    let d = tmp("hrf-servers", "tls");
+    let (ca, cert, key) = certificates(&d);
+    let judge = Server::judge_tls(free_port(), &d.join("judge.log"), &cert, &key);
+    let url = format!("https://127.0.0.1:{}", judge.port);
+    let entry = |extra: &str| {
+        format!(
+            "rewards[0]={{kind: openai-judge, name: contrast, url: '{url}', model: test/contrast-judge, \
+             template: 'Rate the contrast of this image.', score_field: verdict.score{extra}}}"
+        )
+    };
+    let run = d.join("run");
+    let o = run_tiny(
+        &run,
+        "http://unused:1",
+        &[
+            &entry(&format!(", tls_ca: {}", ca.display())),
+            "training.epochs=1",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let l = lines(&run);
+    assert_eq!(
+        of_kind(&l, "epoch")[0]["reward_requests"]["contrast"]["requests"],
+        8
+    );
+    // Mozilla's roots do not know this CA: refused at load, naming the URL.
+    let o = run_tiny(
+        &d.join("refused"),
+        "http://unused:1",
+        &[&entry(""), "training.epochs=1"],
+        &[],
+    );
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains(&format!("GET {url}/v1/models")), "{t}");
+    assert!(!d.join("refused").exists());
+    drop(judge);
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The Python reference environment for parity fixtures and checks: torch 2.11 (the full PyPI
-# install, CUDA wheels included, since `import torch` needs them) + diffusers, in .deps/pyref.
+# install, CUDA wheels included, since `import torch` needs them) + diffusers + transformers, in .deps/pyref.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=.deps/pyref/bin/python
-if ! "$py" -c "import torch, diffusers, safetensors" >/dev/null 2>&1; then
+if ! "$py" -c "import torch, diffusers, safetensors, transformers" >/dev/null 2>&1; then
   # (to stderr: callers keep stdout for the interpreter's path)
   echo "[parity] creating .deps/pyref: torch 2.11.0 + diffusers, about 4.8 GB installed; once, ~5 min" >&2
   python3 -m venv .deps/pyref

@@ -83,6 +83,7 @@ fn spec(port: u16, model: &str, encoding: ImageEncoding) -> HttpSpec {
             backoff_s: 0.0,
             auth_env: None,
             max_reply_mb: 16,
+            tls_ca: None,
         },
         encoding,
         inputs: HttpInputs::default(),

@@ -27,6 +27,8 @@ pub struct ServerSettings {
     pub max_reply_bytes: u64,
     /// Sent as `Authorization: Bearer …`.
     pub token: Option<String>,
+    /// The certificate authorities an https server must chain to; `None`: Mozilla's roots.
+    pub roots: Option<Vec<ureq::tls::Certificate<'static>>>,
 }
 
 /// Why a request failed for good.
@@ -60,6 +62,12 @@ pub enum LoadError {
     },
     #[error("reward {name}: {message}")]
     Model { name: String, message: String },
+    #[error("reward {name}: tls_ca: {}: {message}", path.display())]
+    Tls {
+        name: String,
+        path: std::path::PathBuf,
+        message: String,
+    },
 }
 
 pub struct ServerClient {
@@ -78,6 +86,29 @@ impl ServerClient {
             })?),
             None => None,
         };
+        let roots = match &spec.tls_ca {
+            Some(path) => {
+                let tls = |message: String| LoadError::Tls {
+                    name: name.into(),
+                    path: path.clone(),
+                    message,
+                };
+                let pem = std::fs::read(path).map_err(|e| tls(e.to_string()))?;
+                let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e)),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| tls(e.to_string()))?;
+                if certs.is_empty() {
+                    return Err(tls("holds no PEM certificate".into()));
+                }
+                Some(certs)
+            }
+            None => None,
+        };
         Ok(Self::new(ServerSettings {
             url: spec.url.clone(),
             timeout: Duration::from_secs_f64(spec.timeout_s),
@@ -85,11 +116,17 @@ impl ServerClient {
             backoff: Duration::from_secs_f64(spec.backoff_s),
             max_reply_bytes: spec.max_reply_mb << 20,
             token,
+            roots,
         }))
     }
 
     pub fn new(settings: ServerSettings) -> Self {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(roots) = &settings.roots {
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(roots));
+        }
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
             .user_agent(concat!("hrf/", env!("CARGO_PKG_VERSION")))

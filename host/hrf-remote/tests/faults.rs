@@ -180,6 +180,7 @@ fn server(url: &str) -> ServerSpec {
         backoff_s: 0.01,
         auth_env: None,
         max_reply_mb: 16,
+        tls_ca: None,
     }
 }
 

@@ -370,6 +370,11 @@ pub struct RewardRaw {
     /// …`; the token itself is never written anywhere.
     #[serde(default)]
     pub auth_env: Option<String>,
+    /// `http` and `openai-judge`: a PEM file of the certificate authorities an `https://`
+    /// server's certificate must chain to, relative to the YAML file (default: Mozilla's roots);
+    /// for servers behind a private CA.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
     /// `http` and `openai-judge`: the largest reply read, in MiB (1..=1024, default 16).
     #[serde(default)]
     pub max_reply_mb: Option<u64>,

@@ -84,6 +84,9 @@ pub struct ServerSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_env: Option<String>,
     pub max_reply_mb: u64,
+    /// Resolved against the YAML's folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// A `kind: http` reward (Open Inference Protocol, KServe v2 REST), validated.

@@ -119,6 +119,7 @@ fn entry(
         ("backoff_s", r.backoff_s.is_some()),
         ("auth_env", r.auth_env.is_some()),
         ("max_reply_mb", r.max_reply_mb.is_some()),
+        ("tls_ca", r.tls_ca.is_some()),
     ];
     let http_fields = [
         ("encoding", r.encoding.is_some()),
@@ -198,8 +199,8 @@ fn entry(
         Native => native(p, at, r, base),
         Wasm => wasm(p, at, r, base, timeout_s),
         Onnx => onnx(p, at, r, base, conditional),
-        Http => http(p, at, r, timeout_s),
-        OpenAiJudge => judge(p, at, r, timeout_s, conditional),
+        Http => http(p, at, r, base, timeout_s),
+        OpenAiJudge => judge(p, at, r, base, timeout_s, conditional),
         builtin_kind => builtin(p, at, builtin_kind, conditional),
     };
     RewardSpec {
@@ -380,6 +381,7 @@ fn server(
     p: &mut Problems<'_>,
     at: At,
     r: &RewardRaw,
+    base: &Base,
     timeout_s: f64,
     model_chars: &str,
 ) -> ServerSpec {
@@ -463,6 +465,15 @@ fn server(
             format!("must be in 1..=1024, got {max_reply_mb}"),
         );
     }
+    let tls_ca = r.tls_ca.as_deref().map(|rel| {
+        let path = base.at(rel);
+        if !path.is_file() {
+            p.push(at.field("tls_ca"), format!("{} not found", path.display()));
+        } else if url.to_ascii_lowercase().starts_with("http://") {
+            p.push(at.field("tls_ca"), "only an https:// url uses it");
+        }
+        path
+    });
     ServerSpec {
         url,
         model,
@@ -472,13 +483,14 @@ fn server(
         backoff_s,
         auth_env: r.auth_env.clone(),
         max_reply_mb,
+        tls_ca,
     }
 }
 
 /// `kind: http`: the server, what is sent (the encoding, the input tensors' names) and read
 /// (the output's name), and the images per request.
-fn http(p: &mut Problems<'_>, at: At, r: RewardRaw, timeout_s: f64) -> RewardKind {
-    let server = server(p, at, &r, timeout_s, "._-");
+fn http(p: &mut Problems<'_>, at: At, r: RewardRaw, base: &Base, timeout_s: f64) -> RewardKind {
+    let server = server(p, at, &r, base, timeout_s, "._-");
     let inputs = r.inputs.unwrap_or_default();
     let names = [
         ("inputs.images", Some(&inputs.images)),
@@ -516,10 +528,11 @@ fn judge(
     p: &mut Problems<'_>,
     at: At,
     r: RewardRaw,
+    base: &Base,
     timeout_s: f64,
     conditional: bool,
 ) -> RewardKind {
-    let server = server(p, at, &r, timeout_s, "._-/:");
+    let server = server(p, at, &r, base, timeout_s, "._-/:");
     let template = r.template.clone().unwrap_or_default();
     if template.trim().is_empty() {
         p.push(
