@@ -10,6 +10,7 @@ pub mod device;
 pub mod diffusers_model;
 pub mod init;
 pub mod unet;
+pub mod unet_cond;
 pub mod vae;
 
 pub use config::{BlockType, UNetConfig};

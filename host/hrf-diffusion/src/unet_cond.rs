@@ -1,0 +1,447 @@
+//! diffusers' `UNet2DConditionModel`, the denoiser of Stable Diffusion folders (`unet/`): the
+//! pixel UNet's resnets and time embedding, with `Transformer2DModel`s (group norm, a conv or
+//! linear projection in, a `BasicTransformerBlock` of self-attention, cross-attention to the text
+//! encoder's states and a GEGLU feed-forward, the projection out, a residual) in its
+//! `CrossAttnDownBlock2D`s, `UNetMidBlock2DCrossAttn` and `CrossAttnUpBlock2D`s. Parameter names
+//! are diffusers' safetensors keys. `attention_head_dim` is diffusers' legacy name for the number
+//! of heads where `num_attention_heads` is not given (SD 1.x: 8; SD 2.x: a list). A test checks
+//! the outputs against diffusers.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tch::{nn, Device, Tensor};
+
+use crate::diffusers_model::{load_strict, WEIGHTS_FILE};
+use crate::unet::{conv3, group_norm, timestep_embedding, ResnetBlock};
+use crate::DiffusionError;
+
+/// One number for every block, or one per block.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock {
+    All(i64),
+    Each(Vec<i64>),
+}
+
+impl PerBlock {
+    fn get(&self, i: usize) -> i64 {
+        match self {
+            PerBlock::All(v) => *v,
+            PerBlock::Each(v) => v[i],
+        }
+    }
+}
+
+/// The fields of a `UNet2DConditionModel` config that are built (others are ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UNetCondConfig {
+    pub in_channels: i64,
+    pub out_channels: i64,
+    pub block_out_channels: Vec<i64>,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub layers_per_block: i64,
+    pub cross_attention_dim: i64,
+    #[serde(default = "eight")]
+    pub attention_head_dim: PerBlock,
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock>,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    #[serde(default = "thirty_two")]
+    pub norm_num_groups: i64,
+    #[serde(default = "norm_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "yes")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default = "one")]
+    pub transformer_layers_per_block: PerBlock,
+    #[serde(default)]
+    pub only_cross_attention: bool,
+}
+
+fn eight() -> PerBlock {
+    PerBlock::All(8)
+}
+fn thirty_two() -> i64 {
+    32
+}
+fn norm_eps() -> f64 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> PerBlock {
+    PerBlock::All(1)
+}
+
+impl UNetCondConfig {
+    /// Heads per level (diffusers: `num_attention_heads`, else `attention_head_dim`).
+    fn heads(&self, i: usize) -> i64 {
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .get(i)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(format!(
+                "block_out_channels, down_block_types and up_block_types need one entry per level ({n}, {}, {})",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
+        }
+        for (name, list) in [
+            ("attention_head_dim", Some(&self.attention_head_dim)),
+            ("num_attention_heads", self.num_attention_heads.as_ref()),
+            (
+                "transformer_layers_per_block",
+                Some(&self.transformer_layers_per_block),
+            ),
+        ] {
+            if let Some(PerBlock::Each(v)) = list {
+                if v.len() != n {
+                    return Err(format!("{name} has {} entries for {n} levels", v.len()));
+                }
+            }
+        }
+        if (0..n).any(|i| self.transformer_layers_per_block.get(i) != 1) {
+            return Err("transformer_layers_per_block other than 1 is not built".into());
+        }
+        if self.only_cross_attention {
+            return Err("only_cross_attention is not built".into());
+        }
+        for t in &self.down_block_types {
+            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D") {
+                return Err(format!("down block {t:?} is not built"));
+            }
+        }
+        for t in &self.up_block_types {
+            if !matches!(t.as_str(), "CrossAttnUpBlock2D" | "UpBlock2D") {
+                return Err(format!("up block {t:?} is not built"));
+            }
+        }
+        let g = self.norm_num_groups;
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            let h = self.heads(i);
+            if c < 1 || g < 1 || c % g != 0 || h < 1 || c % h != 0 {
+                return Err(format!(
+                    "level {i}: {c} channels, {g} groups, {h} heads do not divide"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Attention {
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
+    heads: i64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, dim: i64, context: i64, heads: i64) -> Self {
+        let no_bias = nn::LinearConfig {
+            bias: false,
+            ..Default::default()
+        };
+        Self {
+            to_q: nn::linear(&p / "to_q", dim, dim, no_bias),
+            to_k: nn::linear(&p / "to_k", context, dim, no_bias),
+            to_v: nn::linear(&p / "to_v", context, dim, no_bias),
+            to_out: nn::linear(&p / "to_out" / 0, dim, dim, Default::default()),
+            heads,
+        }
+    }
+
+    /// x [B, N, dim] attending to context [B, M, context].
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        let (b, n, dim) = x.size3().expect("[B, N, dim]");
+        let split = |t: Tensor| {
+            t.view([b, -1, self.heads, dim / self.heads])
+                .transpose(1, 2)
+        };
+        let q = split(x.apply(&self.to_q));
+        let k = split(context.apply(&self.to_k));
+        let v = split(context.apply(&self.to_v));
+        let a = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<&Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        a.transpose(1, 2).reshape([b, n, dim]).apply(&self.to_out)
+    }
+}
+
+/// `Transformer2DModel` with one `BasicTransformerBlock`.
+struct Transformer2D {
+    norm: nn::GroupNorm,
+    proj_in: Projection,
+    norm1: nn::LayerNorm,
+    attn1: Attention,
+    norm2: nn::LayerNorm,
+    attn2: Attention,
+    norm3: nn::LayerNorm,
+    ff_in: nn::Linear,
+    ff_out: nn::Linear,
+    proj_out: Projection,
+}
+
+/// A 1×1 conv (SD 1.x) or a linear layer (SD 2.x, `use_linear_projection`).
+enum Projection {
+    Conv(nn::Conv2D),
+    Linear(nn::Linear),
+}
+
+impl Transformer2D {
+    fn new(p: nn::Path, c: i64, heads: i64, cfg: &UNetCondConfig) -> Self {
+        let proj = |p: nn::Path| {
+            if cfg.use_linear_projection {
+                Projection::Linear(nn::linear(p, c, c, Default::default()))
+            } else {
+                Projection::Conv(nn::conv2d(p, c, c, 1, Default::default()))
+            }
+        };
+        let ln = |p: nn::Path| nn::layer_norm(p, vec![c], Default::default());
+        let b = &p / "transformer_blocks" / 0;
+        Self {
+            norm: group_norm(&p / "norm", cfg.norm_num_groups, c, 1e-6),
+            proj_in: proj(&p / "proj_in"),
+            norm1: ln(&b / "norm1"),
+            attn1: Attention::new(&b / "attn1", c, c, heads),
+            norm2: ln(&b / "norm2"),
+            attn2: Attention::new(&b / "attn2", c, cfg.cross_attention_dim, heads),
+            norm3: ln(&b / "norm3"),
+            ff_in: nn::linear(&b / "ff" / "net" / 0 / "proj", c, 8 * c, Default::default()),
+            ff_out: nn::linear(&b / "ff" / "net" / 2, 4 * c, c, Default::default()),
+            proj_out: proj(&p / "proj_out"),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        let (b, c, h, w) = x.size4().expect("[B, C, H, W]");
+        let to_tokens = |t: Tensor| t.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
+        let to_image = |t: Tensor| t.reshape([b, h, w, c]).permute([0, 3, 1, 2]);
+        let normed = x.apply(&self.norm);
+        let mut t = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(normed.apply(conv)),
+            Projection::Linear(lin) => to_tokens(normed).apply(lin),
+        };
+        let n1 = t.apply(&self.norm1);
+        t = &t + self.attn1.forward(&n1, &n1);
+        t = &t + self.attn2.forward(&t.apply(&self.norm2), context);
+        let parts = t.apply(&self.norm3).apply(&self.ff_in).chunk(2, -1);
+        t = &t + (&parts[0] * parts[1].gelu("none")).apply(&self.ff_out);
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => to_image(t).contiguous().apply(conv),
+            Projection::Linear(lin) => to_image(t.apply(lin)),
+        };
+        out + x
+    }
+}
+
+struct Level {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<Transformer2D>,
+    /// Down: a stride-2 conv; up: nearest ×2 then a conv.
+    sampler: Option<nn::Conv2D>,
+}
+
+pub struct UNet2DConditionModel {
+    pub config: UNetCondConfig,
+    pub vs: nn::VarStore,
+    conv_in: nn::Conv2D,
+    time_linear_1: nn::Linear,
+    time_linear_2: nn::Linear,
+    down: Vec<Level>,
+    mid_resnets: [ResnetBlock; 2],
+    mid_attention: Transformer2D,
+    up: Vec<Level>,
+    conv_norm_out: nn::GroupNorm,
+    conv_out: nn::Conv2D,
+}
+
+impl UNet2DConditionModel {
+    pub fn new(config: UNetCondConfig, device: Device) -> Result<Self, String> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let c = &config;
+        let ch = &c.block_out_channels;
+        let n = ch.len();
+        let (g, eps) = (c.norm_num_groups, c.norm_eps);
+        let temb = 4 * ch[0];
+        let resnet = |p: nn::Path, i, o| ResnetBlock::new(p, i, o, Some(temb), g, eps, 1.0);
+        let conv_in = conv3(&root / "conv_in", c.in_channels, ch[0], 1, 1);
+        let time_linear_1 = nn::linear(
+            &root / "time_embedding" / "linear_1",
+            ch[0],
+            temb,
+            Default::default(),
+        );
+        let time_linear_2 = nn::linear(
+            &root / "time_embedding" / "linear_2",
+            temb,
+            temb,
+            Default::default(),
+        );
+        let mut down = Vec::new();
+        let mut prev = ch[0];
+        for (i, t) in c.down_block_types.iter().enumerate() {
+            let bp = &root / "down_blocks" / i;
+            let out = ch[i];
+            let cross = t == "CrossAttnDownBlock2D";
+            let resnets = (0..c.layers_per_block)
+                .map(|j| resnet(&bp / "resnets" / j, if j == 0 { prev } else { out }, out))
+                .collect();
+            let attentions = if cross {
+                (0..c.layers_per_block)
+                    .map(|j| Transformer2D::new(&bp / "attentions" / j, out, c.heads(i), c))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let sampler =
+                (i + 1 < n).then(|| conv3(&bp / "downsamplers" / 0 / "conv", out, out, 2, 1));
+            down.push(Level {
+                resnets,
+                attentions,
+                sampler,
+            });
+            prev = out;
+        }
+        let top = ch[n - 1];
+        let mp = &root / "mid_block";
+        let mid_resnets = [
+            resnet(&mp / "resnets" / 0, top, top),
+            resnet(&mp / "resnets" / 1, top, top),
+        ];
+        let mid_attention = Transformer2D::new(&mp / "attentions" / 0, top, c.heads(n - 1), c);
+        let rev: Vec<i64> = ch.iter().rev().copied().collect();
+        let mut up = Vec::new();
+        let mut out = rev[0];
+        for (i, t) in c.up_block_types.iter().enumerate() {
+            let bp = &root / "up_blocks" / i;
+            let prev_out = out;
+            out = rev[i];
+            let input = rev[(i + 1).min(n - 1)];
+            let layers = c.layers_per_block + 1;
+            let resnets = (0..layers)
+                .map(|j| {
+                    let skip = if j == layers - 1 { input } else { out };
+                    let res_in = if j == 0 { prev_out } else { out };
+                    resnet(&bp / "resnets" / j, res_in + skip, out)
+                })
+                .collect();
+            let heads = c.heads(n - 1 - i);
+            let attentions = if t == "CrossAttnUpBlock2D" {
+                (0..layers)
+                    .map(|j| Transformer2D::new(&bp / "attentions" / j, out, heads, c))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let sampler =
+                (i + 1 < n).then(|| conv3(&bp / "upsamplers" / 0 / "conv", out, out, 1, 1));
+            up.push(Level {
+                resnets,
+                attentions,
+                sampler,
+            });
+        }
+        let conv_norm_out = group_norm(&root / "conv_norm_out", g, ch[0], eps);
+        let conv_out = conv3(&root / "conv_out", ch[0], c.out_channels, 1, 1);
+        Ok(Self {
+            config,
+            vs,
+            conv_in,
+            time_linear_1,
+            time_linear_2,
+            down,
+            mid_resnets,
+            mid_attention,
+            up,
+            conv_norm_out,
+            conv_out,
+        })
+    }
+
+    /// Reads a `unet/` folder: `config.json` and `diffusion_pytorch_model.safetensors`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self, DiffusionError> {
+        let config_path = dir.join("config.json");
+        let config: UNetCondConfig =
+            crate::read_json_config(&config_path, UNetCondConfig::validate)?;
+        let model = Self::new(config, device).map_err(|message| DiffusionError::Config {
+            path: config_path,
+            message,
+        })?;
+        let weights = dir.join(WEIGHTS_FILE);
+        if !weights.exists() {
+            return Err(DiffusionError::Io {
+                path: weights,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
+            });
+        }
+        load_strict(&model.vs, &weights, |k| Some(k.to_string()))?;
+        Ok(model)
+    }
+
+    /// The predicted noise [B, out, H, W] of latents x [B, in, H, W] at timesteps t [B], given
+    /// the text encoder's states [B, L, cross_attention_dim].
+    pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Tensor {
+        let c = &self.config;
+        let emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
+            .to_kind(x.kind())
+            .apply(&self.time_linear_1)
+            .silu()
+            .apply(&self.time_linear_2);
+        let mut h = x.apply(&self.conv_in);
+        let mut skips = vec![h.shallow_clone()];
+        for level in &self.down {
+            for (j, r) in level.resnets.iter().enumerate() {
+                h = r.forward(&h, Some(&emb));
+                if let Some(a) = level.attentions.get(j) {
+                    h = a.forward(&h, context);
+                }
+                skips.push(h.shallow_clone());
+            }
+            if let Some(conv) = &level.sampler {
+                h = h.apply(conv);
+                skips.push(h.shallow_clone());
+            }
+        }
+        h = self.mid_resnets[0].forward(&h, Some(&emb));
+        h = self.mid_attention.forward(&h, context);
+        h = self.mid_resnets[1].forward(&h, Some(&emb));
+        for level in &self.up {
+            for (j, r) in level.resnets.iter().enumerate() {
+                let skip = skips.pop().expect("one skip per up resnet");
+                h = r.forward(&Tensor::cat(&[h, skip], 1), Some(&emb));
+                if let Some(a) = level.attentions.get(j) {
+                    h = a.forward(&h, context);
+                }
+            }
+            if let Some(conv) = &level.sampler {
+                let (_, _, hh, ww) = h.size4().expect("[B, C, H, W]");
+                h = h
+                    .upsample_nearest2d([hh * 2, ww * 2], None, None)
+                    .apply(conv);
+            }
+        }
+        h.apply(&self.conv_norm_out).silu().apply(&self.conv_out)
+    }
+}
