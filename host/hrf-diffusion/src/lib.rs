@@ -9,6 +9,7 @@ pub mod ddim;
 pub mod device;
 pub mod diffusers_model;
 pub mod init;
+pub mod named;
 pub mod unet;
 pub mod unet_cond;
 pub mod vae;
