@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::Deserialize;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
-use crate::diffusers_model::load_strict;
+use crate::diffusers_model::load_part;
 use crate::DiffusionError;
 
 /// The fields of a `CLIPTextConfig` the model needs; the others are ignored, as transformers does.
@@ -148,24 +148,14 @@ impl ClipTextModel {
 
     /// Reads `dir/config.json` and `dir/model.safetensors` (fp16 or bf16 weights are converted).
     pub fn load(dir: &Path, device: Device) -> Result<Self, DiffusionError> {
-        let config_path = dir.join("config.json");
-        let config: ClipTextConfig =
-            crate::read_json_config(&config_path, ClipTextConfig::validate)?;
-        let model = Self::new(config, device).map_err(|message| DiffusionError::Config {
-            path: config_path,
-            message,
-        })?;
-        let weights = dir.join("model.safetensors");
-        if !weights.exists() {
-            return Err(DiffusionError::Io {
-                path: weights,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
-            });
-        }
-        load_strict(&model.vs, &weights, |k| {
-            Some(k.strip_prefix("text_model.").unwrap_or(k).to_string())
-        })?;
-        Ok(model)
+        load_part(
+            dir,
+            "model.safetensors",
+            ClipTextConfig::validate,
+            |config| Self::new(config, device),
+            |m| &m.vs,
+            |k| Some(k.strip_prefix("text_model.").unwrap_or(k).to_string()),
+        )
     }
 
     /// `last_hidden_state` [B, L, hidden] of token ids [B, L] (L ≤ max_position_embeddings).

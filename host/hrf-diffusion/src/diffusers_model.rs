@@ -181,6 +181,34 @@ impl DiffusersModel {
     }
 }
 
+/// A part of a model folder (`unet/`, `vae/`, `text_encoder/`): `dir/config.json` read and
+/// validated, the model built from it, and its weights file `weights` loaded by
+/// [`load_strict`] (file keys through `rename`).
+pub(crate) fn load_part<C: serde::de::DeserializeOwned, M>(
+    dir: &Path,
+    weights: &str,
+    validate: impl FnOnce(&C) -> Result<(), String>,
+    build: impl FnOnce(C) -> Result<M, String>,
+    vs: fn(&M) -> &tch::nn::VarStore,
+    rename: impl Fn(&str) -> Option<String>,
+) -> Result<M, DiffusionError> {
+    let config_path = dir.join("config.json");
+    let config: C = crate::read_json_config(&config_path, validate)?;
+    let model = build(config).map_err(|message| DiffusionError::Config {
+        path: config_path,
+        message,
+    })?;
+    let weights = dir.join(weights);
+    if !weights.exists() {
+        return Err(DiffusionError::Io {
+            path: weights,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
+        });
+    }
+    load_strict(vs(&model), &weights, rename)?;
+    Ok(model)
+}
+
 /// Copies the safetensors file `path` into the variables of `vs`, each file key passed through
 /// `rename` first (`None`: a tensor of another part of the file, read past): every variable must
 /// be present with its shape, and no other tensor may be left over. Half-precision weights are

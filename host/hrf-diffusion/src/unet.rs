@@ -24,6 +24,13 @@ pub(crate) fn group_norm(p: nn::Path, groups: i64, channels: i64, eps: f64) -> n
     nn::group_norm(p, groups, channels, cfg)
 }
 
+/// diffusers' `Upsample2D` with a conv: nearest ×2, then `conv`.
+pub(crate) fn upsample2x(h: &Tensor, conv: &nn::Conv2D) -> Tensor {
+    let (_, _, hh, ww) = h.size4().expect("[B, C, H, W]");
+    h.upsample_nearest2d([hh * 2, ww * 2], None, None)
+        .apply(conv)
+}
+
 /// diffusers' `get_timestep_embedding`: sinusoidal features of one timestep per sample.
 pub fn timestep_embedding(
     timesteps: &Tensor,
@@ -219,10 +226,7 @@ impl UpBlock {
             }
         }
         if let Some(conv) = &self.upsampler {
-            let (_, _, hh, ww) = h.size4().expect("[B, C, H, W]");
-            h = h
-                .upsample_nearest2d([hh * 2, ww * 2], None, None)
-                .apply(conv);
+            h = upsample2x(&h, conv);
         }
         h
     }

@@ -12,8 +12,8 @@ use std::path::Path;
 use serde::Deserialize;
 use tch::{nn, Device, Tensor};
 
-use crate::diffusers_model::{load_strict, WEIGHTS_FILE};
-use crate::unet::{conv3, group_norm, timestep_embedding, ResnetBlock};
+use crate::diffusers_model::{load_part, WEIGHTS_FILE};
+use crate::unet::{conv3, group_norm, timestep_embedding, upsample2x, ResnetBlock};
 use crate::DiffusionError;
 
 /// One number for every block, or one per block.
@@ -382,22 +382,14 @@ impl UNet2DConditionModel {
 
     /// Reads a `unet/` folder: `config.json` and `diffusion_pytorch_model.safetensors`.
     pub fn load(dir: &Path, device: Device) -> Result<Self, DiffusionError> {
-        let config_path = dir.join("config.json");
-        let config: UNetCondConfig =
-            crate::read_json_config(&config_path, UNetCondConfig::validate)?;
-        let model = Self::new(config, device).map_err(|message| DiffusionError::Config {
-            path: config_path,
-            message,
-        })?;
-        let weights = dir.join(WEIGHTS_FILE);
-        if !weights.exists() {
-            return Err(DiffusionError::Io {
-                path: weights,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
-            });
-        }
-        load_strict(&model.vs, &weights, |k| Some(k.to_string()))?;
-        Ok(model)
+        load_part(
+            dir,
+            WEIGHTS_FILE,
+            UNetCondConfig::validate,
+            |config| Self::new(config, device),
+            |m| &m.vs,
+            |k| Some(k.to_string()),
+        )
     }
 
     /// The predicted noise [B, out, H, W] of latents x [B, in, H, W] at timesteps t [B], given
@@ -436,10 +428,7 @@ impl UNet2DConditionModel {
                 }
             }
             if let Some(conv) = &level.sampler {
-                let (_, _, hh, ww) = h.size4().expect("[B, C, H, W]");
-                h = h
-                    .upsample_nearest2d([hh * 2, ww * 2], None, None)
-                    .apply(conv);
+                h = upsample2x(&h, conv);
             }
         }
         h.apply(&self.conv_norm_out).silu().apply(&self.conv_out)

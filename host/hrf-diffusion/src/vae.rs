@@ -11,8 +11,8 @@ use std::path::Path;
 use serde::Deserialize;
 use tch::{nn, Device, Tensor};
 
-use crate::diffusers_model::{load_strict, modern_key, WEIGHTS_FILE};
-use crate::unet::{conv3, group_norm, ResnetBlock, SpatialAttention};
+use crate::diffusers_model::{load_part, modern_key, WEIGHTS_FILE};
+use crate::unet::{conv3, group_norm, upsample2x, ResnetBlock, SpatialAttention};
 use crate::DiffusionError;
 
 /// The fields of an `AutoencoderKL` config the decoder needs (others are ignored).
@@ -188,23 +188,17 @@ impl VaeDecoder {
     /// Reads a `vae/` folder: `config.json` and `diffusion_pytorch_model.safetensors` (the
     /// encoder's tensors are read past; older checkpoints' attention names are mapped).
     pub fn load(dir: &Path, device: Device) -> Result<Self, DiffusionError> {
-        let config_path = dir.join("config.json");
-        let config: VaeConfig = crate::read_json_config(&config_path, VaeConfig::validate)?;
-        let model = Self::new(config, device).map_err(|message| DiffusionError::Config {
-            path: config_path,
-            message,
-        })?;
-        let weights = dir.join(WEIGHTS_FILE);
-        if !weights.exists() {
-            return Err(DiffusionError::Io {
-                path: weights,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
-            });
-        }
-        load_strict(&model.vs, &weights, |k| {
-            (!(k.starts_with("encoder.") || k.starts_with("quant_conv."))).then(|| modern_key(k))
-        })?;
-        Ok(model)
+        load_part(
+            dir,
+            WEIGHTS_FILE,
+            VaeConfig::validate,
+            |config| Self::new(config, device),
+            |m| &m.vs,
+            |k| {
+                (!(k.starts_with("encoder.") || k.starts_with("quant_conv.")))
+                    .then(|| modern_key(k))
+            },
+        )
     }
 
     /// The decoder's output [B, out_channels, 2^(levels−1)·h, 2^(levels−1)·w] (about [−1, 1]) of
@@ -225,10 +219,7 @@ impl VaeDecoder {
                 h = r.forward(&h, None);
             }
             if let Some(conv) = &block.upsampler {
-                let (_, _, hh, ww) = h.size4().expect("[B, C, H, W]");
-                h = h
-                    .upsample_nearest2d([hh * 2, ww * 2], None, None)
-                    .apply(conv);
+                h = upsample2x(&h, conv);
             }
         }
         h.apply(&self.conv_norm_out).silu().apply(&self.conv_out)
