@@ -66,36 +66,17 @@ impl Server {
 
     /// The OpenAI-compatible test judge (tests/fixtures/servers/judge_app.py) on uvicorn.
     fn judge(port: u16, log: &Path, envs: &[(&str, &str)]) -> Server {
-        let mut c = Command::new(server_bin("uvicorn"));
-        c.args([
-            "judge_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ])
-        .arg("--app-dir")
-        .arg(repo().join("tests/fixtures/servers"));
-        Self::spawn(c, port, log, envs, "/v1/models".into())
+        Self::spawn(uvicorn_judge(port), port, log, envs, "/v1/models".into())
     }
 
     /// The test judge over TLS with the certificate `cert` and key `key`; ready once its port
     /// takes connections (the readiness probe speaks plain HTTP).
     fn judge_tls(port: u16, log: &Path, cert: &Path, key: &Path) -> Server {
-        let mut c = Command::new(server_bin("uvicorn"));
-        c.args([
-            "judge_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ])
-        .arg("--app-dir")
-        .arg(repo().join("tests/fixtures/servers"))
-        .arg("--ssl-certfile")
-        .arg(cert)
-        .arg("--ssl-keyfile")
-        .arg(key);
+        let mut c = uvicorn_judge(port);
+        c.arg("--ssl-certfile")
+            .arg(cert)
+            .arg("--ssl-keyfile")
+            .arg(key);
         Self::spawn(c, port, log, &[], String::new())
     }
 
@@ -157,6 +138,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// uvicorn serving the test judge app on 127.0.0.1:`port`.
+fn uvicorn_judge(port: u16) -> Command {
+    let mut c = Command::new(server_bin("uvicorn"));
+    c.args([
+        "judge_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ])
+    .arg("--app-dir")
+    .arg(repo().join("tests/fixtures/servers"));
+    c
 }
 
 /// A bare HTTP/1.1 GET: whether it answered 200 (or 401: up, but wanting a token).

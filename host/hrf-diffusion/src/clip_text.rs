@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 use crate::diffusers_model::load_part;
+use crate::unet::multi_head;
 use crate::DiffusionError;
 
 /// The fields of a `CLIPTextConfig` the model needs; the others are ignored, as transformers does.
@@ -160,33 +161,24 @@ impl ClipTextModel {
 
     /// `last_hidden_state` [B, L, hidden] of token ids [B, L] (L ≤ max_position_embeddings).
     pub fn forward(&self, ids: &Tensor) -> Tensor {
-        let (b, l) = ids.size2().expect("ids are [B, L]");
+        let (_, l) = ids.size2().expect("ids are [B, L]");
         let positions = Tensor::arange(l, (Kind::Int64, ids.device()));
         let mut x = ids.apply(&self.token_embedding) + positions.apply(&self.position_embedding);
         let heads = self.config.num_attention_heads;
-        let d = self.config.hidden_size / heads;
         let act = |t: Tensor| match self.config.hidden_act.as_str() {
             "gelu" => t.gelu("none"),
             _ => &t * (&t * 1.702).sigmoid(),
         };
         for layer in &self.layers {
             let h = x.apply(&layer.layer_norm1);
-            let split = |t: Tensor| t.view([b, l, heads, d]).transpose(1, 2);
-            let q = split(h.apply(&layer.q_proj));
-            let k = split(h.apply(&layer.k_proj));
-            let v = split(h.apply(&layer.v_proj));
             // Causal: token i attends to tokens ≤ i.
-            let a = Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                None::<&Tensor>,
-                0.0,
+            let a = multi_head(
+                &h.apply(&layer.q_proj),
+                &h.apply(&layer.k_proj),
+                &h.apply(&layer.v_proj),
+                heads,
                 true,
-                None,
-                false,
             );
-            let a = a.transpose(1, 2).reshape([b, l, heads * d]);
             x = &x + layer.out_proj.forward(&a);
             let h = x.apply(&layer.layer_norm2);
             x = &x + act(h.apply(&layer.fc1)).apply(&layer.fc2);

@@ -95,11 +95,12 @@ impl ClipTokenizer {
                 .copied()
                 .ok_or_else(|| bad("vocab.json", format!("has no {t:?}")))
         };
+        let (bos, eos, pad) = (id("<|startoftext|>")?, id("<|endoftext|>")?, id(pad)?);
         Ok(Self {
-            bos: id("<|startoftext|>")?,
-            eos: id("<|endoftext|>")?,
-            pad: id(pad)?,
-            vocab: vocab.clone(),
+            bos,
+            eos,
+            pad,
+            vocab,
             ranks,
             symbols: byte_symbols(),
             words: regex::Regex::new(WORDS).expect("CLIP's pattern compiles"),

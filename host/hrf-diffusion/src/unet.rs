@@ -114,9 +114,20 @@ impl ResnetBlock {
 
 /// softmax(QKᵀ/√d)·V over [B, heads, tokens, d], through libtorch's fused
 /// `scaled_dot_product_attention` (flash or memory-efficient kernels where the device has them;
-/// a test checks it against the explicit product on CPU).
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-    Tensor::scaled_dot_product_attention(q, k, v, None::<&Tensor>, 0.0, false, None, false)
+/// a test checks it against the explicit product on CPU); `causal`: token i sees tokens ≤ i.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, None::<&Tensor>, 0.0, causal, None, false)
+}
+
+/// Multi-head attention of projected queries [B, N, dim] over keys and values [B, M, dim]:
+/// split into `heads`, [`attend`], merged back to [B, N, dim]. Every attention of the models
+/// (the UNets', the VAE's, CLIP's) goes through it.
+pub(crate) fn multi_head(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, causal: bool) -> Tensor {
+    let (b, n, dim) = q.size3().expect("queries are [B, N, dim]");
+    let split = |t: &Tensor| t.view([b, -1, heads, dim / heads]).transpose(1, 2);
+    attend(&split(q), &split(k), &split(v), causal)
+        .transpose(1, 2)
+        .reshape([b, n, dim])
 }
 
 /// diffusers' spatial self-attention (`Attention` with group norm and residual connection).
@@ -159,16 +170,16 @@ impl SpatialAttention {
             .apply(&self.group_norm)
             .view([b, c, h * w])
             .transpose(1, 2);
-        let split = |t: Tensor| t.view([b, -1, self.heads, c / self.heads]).transpose(1, 2);
-        let q = split(tokens.apply(&self.to_q));
-        let k = split(tokens.apply(&self.to_k));
-        let v = split(tokens.apply(&self.to_v));
-        let out = attend(&q, &k, &v)
-            .transpose(1, 2)
-            .reshape([b, h * w, c])
-            .apply(&self.to_out)
-            .transpose(1, 2)
-            .reshape([b, c, h, w]);
+        let out = multi_head(
+            &tokens.apply(&self.to_q),
+            &tokens.apply(&self.to_k),
+            &tokens.apply(&self.to_v),
+            self.heads,
+            false,
+        )
+        .apply(&self.to_out)
+        .transpose(1, 2)
+        .reshape([b, c, h, w]);
         let out = out + x;
         if self.rescale_output_factor == 1.0 {
             out
@@ -529,7 +540,7 @@ mod tests {
             let q = crate::init::keyed_normal(&[key, 0], &shape);
             let k = crate::init::keyed_normal(&[key, 1], &shape);
             let v = crate::init::keyed_normal(&[key, 2], &shape);
-            let fused = tch::no_grad(|| attend(&q, &k, &v));
+            let fused = tch::no_grad(|| attend(&q, &k, &v, false));
             let d = shape[3] as f64;
             let explicit = tch::no_grad(|| {
                 (q.matmul(&k.transpose(-2, -1)) / d.sqrt())

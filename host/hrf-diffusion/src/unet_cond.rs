@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tch::{nn, Device, Tensor};
 
 use crate::diffusers_model::{load_part, WEIGHTS_FILE};
-use crate::unet::{conv3, group_norm, timestep_embedding, upsample2x, ResnetBlock};
+use crate::unet::{conv3, group_norm, multi_head, timestep_embedding, upsample2x, ResnetBlock};
 use crate::DiffusionError;
 
 /// One number for every block, or one per block.
@@ -165,25 +165,14 @@ impl Attention {
 
     /// x [B, N, dim] attending to context [B, M, context].
     fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
-        let (b, n, dim) = x.size3().expect("[B, N, dim]");
-        let split = |t: Tensor| {
-            t.view([b, -1, self.heads, dim / self.heads])
-                .transpose(1, 2)
-        };
-        let q = split(x.apply(&self.to_q));
-        let k = split(context.apply(&self.to_k));
-        let v = split(context.apply(&self.to_v));
-        let a = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<&Tensor>,
-            0.0,
+        multi_head(
+            &x.apply(&self.to_q),
+            &context.apply(&self.to_k),
+            &context.apply(&self.to_v),
+            self.heads,
             false,
-            None,
-            false,
-        );
-        a.transpose(1, 2).reshape([b, n, dim]).apply(&self.to_out)
+        )
+        .apply(&self.to_out)
     }
 }
 
