@@ -100,6 +100,10 @@ if [[ ! -f $clip_vocab/vocab.json || tools/parity/clip_vocab.py -nt $clip_vocab/
   python3 tools/parity/clip_vocab.py "$tmp/bpe_simple_vocab_16e6.txt.gz" "$clip_vocab" >/dev/null
   rm -rf "$tmp"
 fi
+# The bundled tiny Stable Diffusion pipeline (models/sd-tiny) ships without its vocabulary files.
+for f in vocab.json merges.txt; do
+  cmp -s "$clip_vocab/$f" "models/sd-tiny/tokenizer/$f" || cp "$clip_vocab/$f" "models/sd-tiny/tokenizer/$f"
+done
 
 # --- Rust targets for WASM plugins ---------------------------------------------------------------
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip2; then

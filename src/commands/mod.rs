@@ -8,5 +8,6 @@ pub mod eval;
 pub mod plugins;
 pub mod pretrain;
 pub mod run;
+pub mod run_model;
 pub mod sample;
 pub mod testbed;

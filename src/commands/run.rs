@@ -8,13 +8,14 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use hrf_config::model_spec::ModelSource;
 use hrf_config::pipeline::RunPipeline;
-use hrf_diffusion::{device, DiffusersModel, SchedulerConfig};
+use hrf_diffusion::device;
 use hrf_plugins::RewardContext;
 use hrf_report::records::SUMMARY_FILE;
 use hrf_rewards::RewardWorker;
 use hrf_train::evaluation::Evaluator;
 use hrf_train::finetune::{KillPoint, Run, RunError, Verbosity};
 
+use super::run_model::{self, RunModel};
 use crate::usage::UsageError;
 
 /// The resolved pipeline a run folder keeps; `--resume` reloads it.
@@ -116,26 +117,10 @@ pub fn schema() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The pipeline's model, and the scheduler settings it samples with.
-fn load_model(
-    p: &RunPipeline,
-    dev: tch::Device,
-) -> anyhow::Result<(DiffusersModel, SchedulerConfig)> {
-    let seed = hrf_train::sampling::mix_seed(&[p.run.seed, 0x1417]) as u64;
-    let model = super::pretrain::load_model(&p.model.source, dev, seed)?;
-    let scheduler = match (&model.scheduler, &p.scheduler) {
-        (Some(s), None) => s.clone(),
-        (_, Some(v)) => serde_json::from_value::<SchedulerConfig>(v.clone())
-            .map_err(|e| UsageError(format!("{}: scheduler: {e}", p.file.display())))?,
-        (None, None) => SchedulerConfig::default(),
+fn class_names_of(p: &RunPipeline, model: &RunModel) -> anyhow::Result<Vec<String>> {
+    let Some(model) = model.pixel() else {
+        return Ok(Vec::new());
     };
-    scheduler
-        .validate()
-        .map_err(|e| UsageError(format!("{}: scheduler: {e}", p.file.display())))?;
-    Ok((model, scheduler))
-}
-
-fn class_names_of(p: &RunPipeline, model: &DiffusersModel) -> anyhow::Result<Vec<String>> {
     match &p.model.source {
         ModelSource::Folder(dir) => {
             super::testbed::class_names(dir, model.unet.config().num_class_embeds)
@@ -147,8 +132,21 @@ fn class_names_of(p: &RunPipeline, model: &DiffusersModel) -> anyhow::Result<Vec
     }
 }
 
-/// (text, class label) for each prompt; a prompt must name one of the model's classes.
-fn prompt_labels(p: &RunPipeline, classes: &[String]) -> Result<Vec<(String, i64)>, UsageError> {
+/// (text, condition id) for each prompt: for a pixel model the class the prompt must name; for
+/// a text-to-image pipeline the prompt's own index (its row of encoded text states).
+fn prompt_labels(
+    p: &RunPipeline,
+    model: &RunModel,
+    classes: &[String],
+) -> Result<Vec<(String, i64)>, UsageError> {
+    if model.pixel().is_none() {
+        return Ok(p
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as i64))
+            .collect());
+    }
     let mut out = Vec::new();
     for (i, text) in p.prompts.iter().enumerate() {
         let Some(label) = hrf_core::class_of_prompt(classes, text) else {
@@ -166,8 +164,8 @@ fn prompt_labels(p: &RunPipeline, classes: &[String]) -> Result<Vec<(String, i64
 /// What a run needs in memory: the policy (and base, for a KL term), the DDIM chain, the prompts
 /// with their labels, the reward worker and the evaluation classifier.
 struct Loaded {
-    model: DiffusersModel,
-    base: Option<DiffusersModel>,
+    model: RunModel,
+    base: Option<RunModel>,
     chain: hrf_diffusion::DdimScheduler,
     prompts: Vec<(String, i64)>,
     rewards: RewardWorker,
@@ -177,10 +175,13 @@ struct Loaded {
 }
 
 fn load_all(p: &RunPipeline, dev: tch::Device, allow_native: bool) -> anyhow::Result<Loaded> {
-    let (model, scheduler) = load_model(p, dev)?;
+    let (model, scheduler) = run_model::load(p, dev, true)?;
     let classes = class_names_of(p, &model)?;
-    let prompts = prompt_labels(p, &classes)?;
-    if !prompts.is_empty() && model.unet.config().num_class_embeds.is_none() {
+    let prompts = prompt_labels(p, &model, &classes)?;
+    let class_conditional = model
+        .pixel()
+        .is_none_or(|m| m.unet.config().num_class_embeds.is_some());
+    if !prompts.is_empty() && !class_conditional {
         return Err(UsageError(format!(
             "{}: prompts: the model is not class-conditional (no num_class_embeds)",
             p.file.display()
@@ -188,7 +189,7 @@ fn load_all(p: &RunPipeline, dev: tch::Device, allow_native: bool) -> anyhow::Re
         .into());
     }
     let base = if p.training.kl_coef > 0.0 {
-        Some(load_model(p, dev)?.0)
+        Some(run_model::load(p, dev, false)?.0)
     } else {
         None
     };
@@ -263,7 +264,7 @@ pub fn evaluate_base(
     static NEVER: AtomicBool = AtomicBool::new(false);
     let mut run = Run {
         pipeline: p,
-        model: &model,
+        model: model.tuned(),
         base: None,
         scheduler: &chain,
         prompts,
@@ -359,10 +360,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| dir.display().to_string())?;
     }
     if verbosity != Verbosity::Quiet {
+        let (all, trained) = model.parameters();
+        let params = if all == trained {
+            format!("{all} parameters")
+        } else {
+            format!("{all} parameters ({trained} trained)")
+        };
         eprintln!(
-            "run {} on {dev:?}: {} parameters, {} epochs of {} samples, rewards: {}",
+            "run {} on {dev:?}: {params}, {} epochs of {} samples, rewards: {}",
             dir.display(),
-            model.num_parameters(),
             p.training.epochs,
             p.sampling.batch_size * p.sampling.batches_per_epoch,
             p.rewards
@@ -378,8 +384,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .and_then(|v| KillPoint::parse(&v));
     let run = Run {
         pipeline: &p,
-        model: &model,
-        base: base.as_ref(),
+        model: model.tuned(),
+        base: base.as_ref().map(|b| b.policy()),
         scheduler: &chain,
         prompts,
         rewards,
@@ -448,7 +454,11 @@ fn describe_summary(s: &hrf_report::records::RunSummary) -> String {
 
 /// The independent evaluation classifier with the real Fashion-MNIST test split as reference,
 /// when the model makes images it can judge (one channel) and the data is installed.
-fn evaluator_for(model: &DiffusersModel) -> anyhow::Result<Option<Evaluator>> {
+fn evaluator_for(model: &RunModel) -> anyhow::Result<Option<Evaluator>> {
+    let Some(model) = model.pixel() else {
+        eprintln!("note: no diversity metrics (the evaluation classifier judges the testbed's 1-channel images)");
+        return Ok(None);
+    };
     let cfg = model.unet.config();
     let path = super::testbed::models_dir().join(hrf_rewards::builtin::EVAL_CLASSIFIER);
     if cfg.in_channels != 1 || !path.exists() {
@@ -468,20 +478,27 @@ fn evaluator_for(model: &DiffusersModel) -> anyhow::Result<Option<Evaluator>> {
 
 fn dry_run(
     p: &RunPipeline,
-    model: &DiffusersModel,
+    model: &RunModel,
     sched: &hrf_diffusion::DdimScheduler,
     mut rewards: RewardWorker,
     dev: tch::Device,
 ) -> anyhow::Result<ExitCode> {
-    use hrf_train::policy::to_images;
     use hrf_train::sampling::{sample, SampleRequest};
     let n = p.sampling.batch_size;
     let keys: Vec<u64> = (0..n as u64).collect();
-    let labels = hrf_train::policy::Policy::null_condition(&model.unet)
-        .map(|c| tch::Tensor::full([n as i64], c, (tch::Kind::Int64, tch::Device::Cpu)));
+    let policy = model.policy();
+    // A text-to-image pipeline samples its prompts; a pixel model its null class.
+    let labels = match (model.pixel(), p.prompts.len()) {
+        (None, k) if k > 0 => Some(tch::Tensor::from_slice(
+            &(0..n as i64).map(|i| i % k as i64).collect::<Vec<_>>(),
+        )),
+        _ => policy
+            .null_condition()
+            .map(|c| tch::Tensor::full([n as i64], c, (tch::Kind::Int64, tch::Device::Cpu))),
+    };
     let t0 = std::time::Instant::now();
     let x = sample(
-        &model.unet,
+        policy,
         sched,
         &SampleRequest {
             labels: labels.as_ref(),
@@ -493,7 +510,8 @@ fn dry_run(
         dev,
     );
     let sample_s = t0.elapsed().as_secs_f64();
-    let samples: Vec<hrf_core::Sample> = to_images(&x)
+    let samples: Vec<hrf_core::Sample> = policy
+        .decode(&x)
         .into_iter()
         .enumerate()
         .map(|(i, image)| hrf_core::Sample {
@@ -517,7 +535,7 @@ fn dry_run(
     let epoch_s = batches * (sample_s * sampled + reward_s)
         + batches * sample_s * 3.0 * trainable * trained / p.sampling.steps as f64
             * p.training.inner_epochs as f64;
-    let weights_mb = model.num_parameters() as f64 * 4.0 / 1e6;
+    let weights_mb = model.parameters().1 as f64 * 4.0 / 1e6;
     let checkpoints = (p.training.epochs / p.run.save_every).min(p.run.keep) as f64 + 2.0;
     println!(
         "dry run: one batch of {n} sampled in {sample_s:.2} s, scored in {reward_s:.2} s: reward {mean:.4} ± {std:.4}"

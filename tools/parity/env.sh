@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=.deps/pyref/bin/python
-if ! "$py" -c "import torch, diffusers, safetensors, transformers" >/dev/null 2>&1; then
+if ! "$py" -c "import torch, diffusers, safetensors, transformers, peft" >/dev/null 2>&1; then
   # (to stderr: callers keep stdout for the interpreter's path)
   echo "[parity] creating .deps/pyref: torch 2.11.0 + diffusers, about 4.8 GB installed; once, ~5 min" >&2
   python3 -m venv .deps/pyref

@@ -1,4 +1,6 @@
-//! The `model:` section: which UNet (a diffusers folder or a named config) and its scheduler.
+//! The `model:` section: which model (a diffusers UNet folder, a Stable Diffusion pipeline folder
+//! or a named config), its device, and for a pipeline the LoRA adapters that train and the
+//! negative prompt.
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +13,9 @@ use crate::{ConfigError, ConfigErrors};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpecRaw {
-    /// A diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors),
-    /// relative to the YAML file.
+    /// A diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors), or
+    /// a Stable Diffusion 1.x/2.x pipeline folder (model_index.json, unet/, vae/,
+    /// text_encoder/, tokenizer/, scheduler/), relative to the YAML file.
     pub weights: Option<String>,
     /// A named architecture with random weights: testbed, testbed-wide, ddpm-celebahq-256,
     /// ddpm-cifar10-32.
@@ -20,6 +23,54 @@ pub struct ModelSpecRaw {
     /// `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// LoRA adapters on a Stable Diffusion pipeline's UNet: only they train, and best/ and
+    /// final/ hold them as diffusers' LoRA file.
+    #[serde(default)]
+    pub lora: Option<LoraSettings>,
+    /// A Stable Diffusion pipeline's negative prompt: classifier-free guidance's unconditional
+    /// branch, in sampling and evaluation (default: the empty prompt, as diffusers).
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
+}
+
+/// `model.lora:` (peft's LoraConfig, as diffusers' training scripts set it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSettings {
+    /// The adapters' rank r.
+    pub rank: i64,
+    /// The update is scaled by alpha / rank (default: alpha = rank, scale 1).
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// The layers adapted, by name or name suffix: to_q, to_k, to_v, to_out.0 (attention),
+    /// ff.net.0.proj, ff.net.2 (feed-forward), proj_in, proj_out (SD 2.x's linear projections).
+    #[serde(default = "default_lora_targets")]
+    pub targets: Vec<String>,
+}
+
+fn default_lora_targets() -> Vec<String> {
+    ["to_q", "to_k", "to_v", "to_out.0"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The model kinds a folder can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderKind {
+    /// A UNet2DModel folder (or a pipeline folder holding one under unet/ without a VAE).
+    PixelUNet,
+    /// A Stable Diffusion pipeline (model_index.json with unet/ and vae/).
+    StableDiffusion,
+}
+
+impl FolderKind {
+    pub fn of(dir: &Path) -> Self {
+        if dir.join("model_index.json").is_file() && dir.join("vae").is_dir() {
+            Self::StableDiffusion
+        } else {
+            Self::PixelUNet
+        }
+    }
 }
 
 fn default_device() -> String {
@@ -37,6 +88,16 @@ pub enum ModelSource {
 pub struct ModelSpec {
     pub source: ModelSource,
     pub device: String,
+    /// For a Stable Diffusion pipeline: its adapters (alpha resolved) and negative prompt.
+    pub lora: Option<LoraSettings>,
+    pub negative_prompt: String,
+}
+
+impl ModelSpec {
+    /// Whether the model is a Stable Diffusion pipeline.
+    pub fn is_text_to_image(&self) -> bool {
+        matches!(&self.source, ModelSource::Folder(d) if FolderKind::of(d) == FolderKind::StableDiffusion)
+    }
 }
 
 pub const NAMED_CONFIGS: [&str; 4] = [
@@ -107,10 +168,46 @@ impl ModelSpecRaw {
                 format!("expected auto, cpu, cuda or cuda:N, got {dev:?}"),
             ));
         }
+        let pipeline = matches!(&source, Some(ModelSource::Folder(d)) if FolderKind::of(d) == FolderKind::StableDiffusion);
+        let mut lora = self.lora.clone();
+        match (&mut lora, pipeline) {
+            (Some(l), true) => {
+                if l.rank < 1 {
+                    problems.push(err("model.lora.rank", format!("must be ≥ 1, got {}", l.rank)));
+                }
+                let alpha = *l.alpha.get_or_insert(l.rank as f64);
+                if !(alpha.is_finite() && alpha > 0.0) {
+                    problems.push(err("model.lora.alpha", format!("must be > 0, got {alpha}")));
+                }
+                if l.targets.is_empty() {
+                    problems.push(err(
+                        "model.lora.targets",
+                        "is empty: name the layers to adapt (e.g. [to_q, to_k, to_v, to_out.0])".into(),
+                    ));
+                }
+            }
+            (None, true) => problems.push(err(
+                "model.lora",
+                "a Stable Diffusion pipeline trains LoRA adapters (full fine-tuning of its UNet is not built): give model.lora, e.g. {rank: 4}".into(),
+            )),
+            (Some(_), false) => problems.push(err(
+                "model.lora",
+                "LoRA is built for Stable Diffusion pipelines (a folder with model_index.json, unet/ and vae/); this model is a pixel UNet2DModel".into(),
+            )),
+            (None, false) => {}
+        }
+        if self.negative_prompt.is_some() && !pipeline {
+            problems.push(err(
+                "model.negative_prompt",
+                "only a Stable Diffusion pipeline has a negative prompt".into(),
+            ));
+        }
         match source {
             Some(source) if problems.is_empty() => Ok(ModelSpec {
                 source,
                 device: self.device.clone(),
+                lora,
+                negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -151,6 +248,8 @@ mod tests {
             weights: None,
             config: Some("sd-xl".into()),
             device: "gpu".into(),
+            lora: None,
+            negative_prompt: None,
         };
         let e = raw.validate(Path::new("dir/p.yaml")).unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
@@ -166,6 +265,8 @@ mod tests {
             weights: Some("m".into()),
             config: None,
             device: "cpu".into(),
+            lora: None,
+            negative_prompt: None,
         };
         let spec = raw.validate(&dir.join("p.yaml")).unwrap();
         assert_eq!(spec.source, ModelSource::Folder(dir.join("m")));
@@ -178,6 +279,68 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("model.weights"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_pipeline_folder_needs_lora_and_a_unet_folder_refuses_it() {
+        let dir = std::env::temp_dir().join(format!("hrf-config-sd-{}", std::process::id()));
+        for sub in ["sd/unet", "sd/vae", "px"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("sd/model_index.json"), "{}").unwrap();
+        std::fs::write(dir.join("sd/unet/config.json"), "{}").unwrap();
+        std::fs::write(dir.join("px/config.json"), "{}").unwrap();
+        let raw = |w: &str, lora: Option<LoraSettings>, neg: Option<&str>| ModelSpecRaw {
+            weights: Some(w.into()),
+            config: None,
+            device: "cpu".into(),
+            lora,
+            negative_prompt: neg.map(String::from),
+        };
+        let yaml = dir.join("p.yaml");
+        let lora = |rank, alpha| LoraSettings {
+            rank,
+            alpha,
+            targets: default_lora_targets(),
+        };
+        let e = raw("sd", None, None)
+            .validate(&yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.lora") && e.contains("give model.lora"),
+            "{e}"
+        );
+        let spec = raw("sd", Some(lora(4, None)), Some("blurry"))
+            .validate(&yaml)
+            .unwrap();
+        assert!(spec.is_text_to_image());
+        assert_eq!(
+            spec.lora.as_ref().unwrap().alpha,
+            Some(4.0),
+            "alpha defaults to rank"
+        );
+        assert_eq!(spec.negative_prompt, "blurry");
+        let e = raw("sd", Some(lora(0, Some(-1.0))), None)
+            .validate(&yaml)
+            .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.to_string().contains("model.lora.rank") && e.to_string().contains("model.lora.alpha")
+        );
+        let e = raw("px", Some(lora(4, None)), Some("x"))
+            .validate(&yaml)
+            .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.to_string().contains("pixel UNet2DModel")
+                && e.to_string().contains("model.negative_prompt")
+        );
+        assert!(!raw("px", None, None)
+            .validate(&yaml)
+            .unwrap()
+            .is_text_to_image());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

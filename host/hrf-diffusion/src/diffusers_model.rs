@@ -35,6 +35,42 @@ pub(crate) fn modern_key(key: &str) -> String {
     key.to_string()
 }
 
+/// Writes a folder atomically: `fill` writes into a temporary folder beside `dir`, which then
+/// replaces `dir` by renames, so a crash leaves either the old folder or the new one.
+pub fn write_folder(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), DiffusionError>,
+) -> Result<(), DiffusionError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DiffusionError::Io { path, source }
+    };
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    fill(&tmp)?;
+    if dir.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    } else {
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
 fn torch_err(op: &'static str, path: &Path) -> impl FnOnce(tch::TchError) -> DiffusionError {
     let path = path.to_path_buf();
     move |source| DiffusionError::Torch { op, path, source }
@@ -122,54 +158,32 @@ impl DiffusersModel {
         dir: &Path,
         scheduler: Option<&SchedulerConfig>,
     ) -> Result<(), DiffusionError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| DiffusionError::Io { path, source }
-        };
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-
-        let json = |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("json") + "\n";
-        std::fs::write(
-            tmp.join(CONFIG_FILE),
-            json(self.unet.config().to_diffusers_json()),
-        )
-        .map_err(io(&tmp))?;
-        if let Some(s) = scheduler.or(self.scheduler.as_ref()) {
-            std::fs::write(tmp.join(SCHEDULER_FILE), json(s.to_diffusers_json()))
-                .map_err(io(&tmp))?;
-        }
-        let mut named: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(k, v)| (k, v.detach().to_device(Device::Cpu).contiguous()))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let weights = tmp.join(WEIGHTS_FILE);
-        Tensor::write_safetensors(&named, &weights).map_err(torch_err("writing", &weights))?;
-
-        if dir.exists() {
-            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-            std::fs::rename(dir, &old).map_err(io(dir))?;
-            std::fs::rename(&tmp, dir).map_err(io(dir))?;
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        } else {
-            std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        }
-        Ok(())
+        write_folder(dir, |tmp| {
+            let io = |source| DiffusionError::Io {
+                path: tmp.to_path_buf(),
+                source,
+            };
+            let json =
+                |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("json") + "\n";
+            std::fs::write(
+                tmp.join(CONFIG_FILE),
+                json(self.unet.config().to_diffusers_json()),
+            )
+            .map_err(io)?;
+            if let Some(s) = scheduler.or(self.scheduler.as_ref()) {
+                std::fs::write(tmp.join(SCHEDULER_FILE), json(s.to_diffusers_json()))
+                    .map_err(io)?;
+            }
+            let mut named: Vec<(String, Tensor)> = self
+                .vs
+                .variables()
+                .into_iter()
+                .map(|(k, v)| (k, v.detach().to_device(Device::Cpu).contiguous()))
+                .collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            let weights = tmp.join(WEIGHTS_FILE);
+            Tensor::write_safetensors(&named, &weights).map_err(torch_err("writing", &weights))
+        })
     }
 
     pub fn num_parameters(&self) -> i64 {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tch::{nn, Device, Tensor};
 
 use crate::diffusers_model::{load_part, WEIGHTS_FILE};
+use crate::lora::{self, Linear, LoraSite, LoraSpec};
 use crate::unet::{conv3, group_norm, multi_head, timestep_embedding, upsample2x, ResnetBlock};
 use crate::DiffusionError;
 
@@ -36,6 +37,9 @@ impl PerBlock {
 /// The fields of a `UNet2DConditionModel` config that are built (others are ignored).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UNetCondConfig {
+    /// The latents' height and width (diffusers: `sample_size`).
+    #[serde(default)]
+    pub sample_size: Option<i64>,
     pub in_channels: i64,
     pub out_channels: i64,
     pub block_out_channels: Vec<i64>,
@@ -141,24 +145,24 @@ impl UNetCondConfig {
 }
 
 struct Attention {
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
     heads: i64,
 }
 
 impl Attention {
-    fn new(p: nn::Path, dim: i64, context: i64, heads: i64) -> Self {
+    fn new(p: nn::Path, dim: i64, context: i64, heads: i64, lora: Option<&LoraSite>) -> Self {
         let no_bias = nn::LinearConfig {
             bias: false,
             ..Default::default()
         };
         Self {
-            to_q: nn::linear(&p / "to_q", dim, dim, no_bias),
-            to_k: nn::linear(&p / "to_k", context, dim, no_bias),
-            to_v: nn::linear(&p / "to_v", context, dim, no_bias),
-            to_out: nn::linear(&p / "to_out" / 0, dim, dim, Default::default()),
+            to_q: lora::linear(&p / "to_q", dim, dim, no_bias, lora),
+            to_k: lora::linear(&p / "to_k", context, dim, no_bias, lora),
+            to_v: lora::linear(&p / "to_v", context, dim, no_bias, lora),
+            to_out: lora::linear(&p / "to_out" / 0, dim, dim, Default::default(), lora),
             heads,
         }
     }
@@ -185,22 +189,22 @@ struct Transformer2D {
     norm2: nn::LayerNorm,
     attn2: Attention,
     norm3: nn::LayerNorm,
-    ff_in: nn::Linear,
-    ff_out: nn::Linear,
+    ff_in: Linear,
+    ff_out: Linear,
     proj_out: Projection,
 }
 
 /// A 1×1 conv (SD 1.x) or a linear layer (SD 2.x, `use_linear_projection`).
 enum Projection {
     Conv(nn::Conv2D),
-    Linear(nn::Linear),
+    Linear(Linear),
 }
 
 impl Transformer2D {
-    fn new(p: nn::Path, c: i64, heads: i64, cfg: &UNetCondConfig) -> Self {
+    fn new(p: nn::Path, c: i64, heads: i64, cfg: &UNetCondConfig, lora: Option<&LoraSite>) -> Self {
         let proj = |p: nn::Path| {
             if cfg.use_linear_projection {
-                Projection::Linear(nn::linear(p, c, c, Default::default()))
+                Projection::Linear(lora::linear(p, c, c, Default::default(), lora))
             } else {
                 Projection::Conv(nn::conv2d(p, c, c, 1, Default::default()))
             }
@@ -211,12 +215,18 @@ impl Transformer2D {
             norm: group_norm(&p / "norm", cfg.norm_num_groups, c, 1e-6),
             proj_in: proj(&p / "proj_in"),
             norm1: ln(&b / "norm1"),
-            attn1: Attention::new(&b / "attn1", c, c, heads),
+            attn1: Attention::new(&b / "attn1", c, c, heads, lora),
             norm2: ln(&b / "norm2"),
-            attn2: Attention::new(&b / "attn2", c, cfg.cross_attention_dim, heads),
+            attn2: Attention::new(&b / "attn2", c, cfg.cross_attention_dim, heads, lora),
             norm3: ln(&b / "norm3"),
-            ff_in: nn::linear(&b / "ff" / "net" / 0 / "proj", c, 8 * c, Default::default()),
-            ff_out: nn::linear(&b / "ff" / "net" / 2, 4 * c, c, Default::default()),
+            ff_in: lora::linear(
+                &b / "ff" / "net" / 0 / "proj",
+                c,
+                8 * c,
+                Default::default(),
+                lora,
+            ),
+            ff_out: lora::linear(&b / "ff" / "net" / 2, 4 * c, c, Default::default(), lora),
             proj_out: proj(&p / "proj_out"),
         }
     }
@@ -253,6 +263,8 @@ struct Level {
 pub struct UNet2DConditionModel {
     pub config: UNetCondConfig,
     pub vs: nn::VarStore,
+    /// The LoRA adapters (`lora::LoraSpec`) in a VarStore of their own, when built with one.
+    pub lora: Option<(LoraSpec, nn::VarStore)>,
     conv_in: nn::Conv2D,
     time_linear_1: nn::Linear,
     time_linear_2: nn::Linear,
@@ -266,8 +278,34 @@ pub struct UNet2DConditionModel {
 
 impl UNet2DConditionModel {
     pub fn new(config: UNetCondConfig, device: Device) -> Result<Self, String> {
+        Self::with_lora(config, device, None)
+    }
+
+    /// The model with LoRA adapters on the layers `lora` targets (fresh: B = 0, A drawn keyed by
+    /// `seed` in `lora::init_keyed`), or without adapters.
+    pub fn with_lora(
+        config: UNetCondConfig,
+        device: Device,
+        lora: Option<(&LoraSpec, u64)>,
+    ) -> Result<Self, String> {
         config.validate()?;
+        if let Some((spec, _)) = lora {
+            spec.validate()?;
+            if !config.use_linear_projection {
+                if let Some(t) = spec.targets.iter().find(|t| t.starts_with("proj_")) {
+                    return Err(format!(
+                        "LoRA target {t:?} is a 1×1 conv in this UNet (use_linear_projection is false); LoRA on convs is not built"
+                    ));
+                }
+            }
+        }
         let vs = nn::VarStore::new(device);
+        let adapters = lora.map(|(spec, _)| (spec.clone(), nn::VarStore::new(device)));
+        let site = adapters.as_ref().map(|(spec, avs)| LoraSite {
+            root: avs.root(),
+            spec,
+        });
+        let site = site.as_ref();
         let root = vs.root();
         let c = &config;
         let ch = &c.block_out_channels;
@@ -299,7 +337,7 @@ impl UNet2DConditionModel {
                 .collect();
             let attentions = if cross {
                 (0..c.layers_per_block)
-                    .map(|j| Transformer2D::new(&bp / "attentions" / j, out, c.heads(i), c))
+                    .map(|j| Transformer2D::new(&bp / "attentions" / j, out, c.heads(i), c, site))
                     .collect()
             } else {
                 Vec::new()
@@ -319,7 +357,8 @@ impl UNet2DConditionModel {
             resnet(&mp / "resnets" / 0, top, top),
             resnet(&mp / "resnets" / 1, top, top),
         ];
-        let mid_attention = Transformer2D::new(&mp / "attentions" / 0, top, c.heads(n - 1), c);
+        let mid_attention =
+            Transformer2D::new(&mp / "attentions" / 0, top, c.heads(n - 1), c, site);
         let rev: Vec<i64> = ch.iter().rev().copied().collect();
         let mut up = Vec::new();
         let mut out = rev[0];
@@ -339,7 +378,7 @@ impl UNet2DConditionModel {
             let heads = c.heads(n - 1 - i);
             let attentions = if t == "CrossAttnUpBlock2D" {
                 (0..layers)
-                    .map(|j| Transformer2D::new(&bp / "attentions" / j, out, heads, c))
+                    .map(|j| Transformer2D::new(&bp / "attentions" / j, out, heads, c, site))
                     .collect()
             } else {
                 Vec::new()
@@ -354,9 +393,13 @@ impl UNet2DConditionModel {
         }
         let conv_norm_out = group_norm(&root / "conv_norm_out", g, ch[0], eps);
         let conv_out = conv3(&root / "conv_out", ch[0], c.out_channels, 1, 1);
+        if let (Some((_, avs)), Some((_, seed))) = (&adapters, lora) {
+            lora::init_keyed(avs, seed);
+        }
         Ok(Self {
             config,
             vs,
+            lora: adapters,
             conv_in,
             time_linear_1,
             time_linear_2,
@@ -369,13 +412,27 @@ impl UNet2DConditionModel {
         })
     }
 
+    /// The precision of the frozen weights (what `vs.half()` / `vs.double()` made them).
+    pub fn kind(&self) -> tch::Kind {
+        self.conv_in.ws.kind()
+    }
+
     /// Reads a `unet/` folder: `config.json` and `diffusion_pytorch_model.safetensors`.
     pub fn load(dir: &Path, device: Device) -> Result<Self, DiffusionError> {
+        Self::load_with_lora(dir, device, None)
+    }
+
+    /// `load`, with fresh LoRA adapters (see `with_lora`).
+    pub fn load_with_lora(
+        dir: &Path,
+        device: Device,
+        lora: Option<(&LoraSpec, u64)>,
+    ) -> Result<Self, DiffusionError> {
         load_part(
             dir,
             WEIGHTS_FILE,
             UNetCondConfig::validate,
-            |config| Self::new(config, device),
+            |config| Self::with_lora(config, device, lora),
             |m| &m.vs,
             |k| Some(k.to_string()),
         )

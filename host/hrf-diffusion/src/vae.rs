@@ -225,6 +225,11 @@ impl VaeDecoder {
         h.apply(&self.conv_norm_out).silu().apply(&self.conv_out)
     }
 
+    /// The precision of the weights (what `vs.half()` / `vs.double()` made them).
+    pub fn kind(&self) -> tch::Kind {
+        self.conv_in.ws.kind()
+    }
+
     /// What StableDiffusionPipeline makes of its last latents: images in [0, 1].
     pub fn decode_latents(&self, latents: &Tensor) -> Tensor {
         let x = self.decode(&(latents / self.config.scaling_factor));

@@ -19,7 +19,9 @@ pub mod ppo;
 pub mod pretraining;
 pub mod renoise;
 pub mod sampling;
+pub mod text_to_image;
 pub mod trajectory;
+pub mod tuned;
 
 pub use adamw::{AdamW, AdamWConfig};
 /// Keyed random numbers live in hrf-core (model initialisation draws from them too).

@@ -251,6 +251,10 @@ struct ResolvedModel<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     config: Option<&'a str>,
     device: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora: Option<&'a crate::model_spec::LoraSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    negative_prompt: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -292,6 +296,11 @@ impl Serialize for RunPipeline {
                 weights,
                 config,
                 device: &self.model.device,
+                lora: self.model.lora.as_ref(),
+                negative_prompt: self
+                    .model
+                    .is_text_to_image()
+                    .then_some(self.model.negative_prompt.as_str()),
             },
             scheduler: self.scheduler.as_ref(),
             sampling: &self.sampling,

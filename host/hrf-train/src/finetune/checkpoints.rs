@@ -4,9 +4,6 @@
 
 use std::path::PathBuf;
 
-use hrf_diffusion::DiffusersModel;
-use tch::Device;
-
 use super::{
     file_len, io_err, kill_now, KillPoint, Run, RunError, RunState, Verbosity, MODEL_DIR,
     OPTIMIZER_FILE, STATE_FILE,
@@ -44,7 +41,7 @@ impl Run<'_> {
         }
         std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         self.model
-            .save(&tmp.join(MODEL_DIR), Some(self.scheduler.config()))?;
+            .save(&tmp.join(MODEL_DIR), self.scheduler.config())?;
         let opt = tmp.join(OPTIMIZER_FILE);
         ddpo.optimizer
             .save(&opt)
@@ -87,17 +84,7 @@ impl Run<'_> {
         };
         let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(io_err(&dir))?;
         let state: RunState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let weights = DiffusersModel::load(&dir.join(MODEL_DIR), Device::Cpu)?;
-        tch::no_grad(|| {
-            let src = weights.vs.variables();
-            for (name, mut dst) in self.model.vs.variables() {
-                let v = src
-                    .get(&name)
-                    .ok_or_else(|| bad(format!("weights lack {name}")))?;
-                dst.copy_(&v.to_device(dst.device()));
-            }
-            Ok::<(), RunError>(())
-        })?;
+        self.model.restore(&dir.join(MODEL_DIR))?;
         ddpo.optimizer
             .load(&dir.join(OPTIMIZER_FILE))
             .map_err(bad)?;

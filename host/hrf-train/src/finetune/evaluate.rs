@@ -13,13 +13,12 @@ use hrf_report::stats::{mean_of_scored, mean_std};
 use tch::Tensor;
 
 use super::{Run, RunError, RunState};
-use crate::policy::{to_images, Policy};
 use crate::sampling::{sample_observed, SampleRequest};
 
 impl Run<'_> {
     fn labels_for(&self, keys: &[u64]) -> Option<Vec<i64>> {
         if self.prompts.is_empty() {
-            let null = self.model.unet.null_condition()?;
+            let null = self.model.policy().null_condition()?;
             return Some(vec![null; keys.len()]);
         }
         Some(
@@ -77,7 +76,7 @@ impl Run<'_> {
         for (ci, chunk) in keys.chunks(ev.batch_size.max(1)).enumerate() {
             let labels = self.labels_for(chunk).map(|l| Tensor::from_slice(&l));
             let x = sample_observed(
-                &self.model.unet,
+                self.model.policy(),
                 scheduler,
                 &SampleRequest {
                     labels: labels.as_ref(),
@@ -93,7 +92,7 @@ impl Run<'_> {
                     }
                 },
             );
-            images.extend(to_images(&x));
+            images.extend(self.model.policy().decode(&x));
         }
         // The worker hands the samples back, so the images are not copied to be scored.
         let (scored, scores) = self
@@ -123,7 +122,11 @@ impl Run<'_> {
         // Every step's predictions in one reward call, then a mean per step.
         let mut along: Vec<Sample> = Vec::with_capacity(predictions.len() * trajectory_n);
         for x0 in &predictions {
-            along.extend(self.samples_of(to_images(x0), &keys[..trajectory_n], epoch));
+            along.extend(self.samples_of(
+                self.model.policy().decode(x0),
+                &keys[..trajectory_n],
+                epoch,
+            ));
         }
         let reward_trajectory: Vec<f64> = if along.is_empty() {
             Vec::new()
@@ -209,7 +212,7 @@ impl Run<'_> {
     ) -> Result<(), RunError> {
         if self.is_better(report, state.best.as_ref(), state.base_eval.as_ref()) {
             self.model
-                .save(&self.dir.join("best"), Some(self.scheduler.config()))?;
+                .save(&self.dir.join("best"), self.scheduler.config())?;
             state.best = Some(BestRecord {
                 epoch: report.epoch,
                 reward_mean: report.reward_mean,

@@ -8,19 +8,21 @@ use std::time::Instant;
 
 use hrf_config::pipeline::RunPipeline;
 use hrf_core::Image;
-use hrf_diffusion::{DdimScheduler, DiffusersModel};
+use hrf_diffusion::DdimScheduler;
 use hrf_report::diversity;
 use hrf_report::records::{
     describe_eval, BestRecord, EvalReport, PairedGain, RunSummary, METRICS_FILE, SUMMARY_FILE,
 };
 use hrf_rewards::{RewardSet, RewardWorker};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::Device;
 
 use crate::advantages::PerPromptTracker;
 use crate::epoch::{Ddpo, EpochError, EpochObserver, EpochStats, Prompt};
 use crate::evaluation::Evaluator;
 use crate::guard::{branch_seed, GuardState};
+use crate::policy::Policy;
+use crate::tuned::TunedModel;
 use crate::AdamW;
 use hrf_config::guard::GuardAction;
 use hrf_report::stats::mean_of_scored;
@@ -119,8 +121,9 @@ struct RunState {
 
 pub struct Run<'a> {
     pub pipeline: &'a RunPipeline,
-    pub model: &'a DiffusersModel,
-    pub base: Option<&'a DiffusersModel>,
+    pub model: &'a dyn TunedModel,
+    /// The frozen base model, for the KL-to-base term.
+    pub base: Option<&'a dyn Policy>,
     /// The DDIM chain of sampling, training and evaluation (built once, by the caller).
     pub scheduler: &'a DdimScheduler,
     /// (text, class label); empty for unconditional runs.
@@ -217,14 +220,13 @@ impl Run<'_> {
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
         let scheduler = self.scheduler;
-        let mut params: Vec<(String, Tensor)> = self.model.vs.variables().into_iter().collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = self.model.trainable();
         let mut ddpo = Ddpo {
             sampling: p.sampling.clone(),
             training: p.training.clone(),
             advantages: p.advantages.clone(),
-            policy: &self.model.unet,
-            base: self.base.map(|b| &b.unet as &dyn crate::policy::Policy),
+            policy: self.model.policy(),
+            base: self.base,
             scheduler,
             optimizer: AdamW::new(params, p.training.optimizer.adamw().into()),
             tracker: (p.advantages.mode == hrf_config::training::AdvantageMode::PerPrompt)
@@ -445,7 +447,7 @@ impl Run<'_> {
             self.keep_if_best(&report, &mut state)?;
         }
         self.model
-            .save(&self.dir.join("final"), Some(self.scheduler.config()))?;
+            .save(&self.dir.join("final"), self.scheduler.config())?;
         self.update_plots();
         if self.verbosity != Verbosity::Quiet {
             eprintln!("{}", describe_eval("final", &report));

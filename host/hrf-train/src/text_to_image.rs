@@ -1,0 +1,104 @@
+//! The text-to-image policy: a Stable Diffusion pipeline (hrf_diffusion::stable_diffusion) seen
+//! through `Policy`. Latents are the UNet's, conditioning ids index a table of text states made
+//! once for the run (each prompt's, then the negative prompt's as the null condition), guidance
+//! contrasts the prompt with the negative prompt as StableDiffusionPipeline does, and decoding
+//! runs the VAE to the 8-bit RGB images the rewards see.
+
+use hrf_core::Image;
+use hrf_diffusion::stable_diffusion::StableDiffusion;
+use tch::{Kind, Tensor};
+
+use crate::policy::{to_images, Policy};
+
+pub struct TextToImage {
+    pub pipeline: StableDiffusion,
+    /// `[P + 1, L, D]`: the prompts' text states, then the negative prompt's.
+    states: Tensor,
+    prompts: Vec<String>,
+    negative: String,
+}
+
+impl TextToImage {
+    /// Encodes `prompts` and `negative` (the empty prompt: the pipeline's unconditional branch)
+    /// once. Condition id i < P is prompt i; P is the negative prompt.
+    pub fn new(pipeline: StableDiffusion, prompts: &[String], negative: &str) -> Self {
+        let mut texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        texts.push(negative);
+        let states = pipeline.encode_prompts(&texts);
+        Self {
+            pipeline,
+            states,
+            prompts: prompts.to_vec(),
+            negative: negative.to_string(),
+        }
+    }
+
+    pub fn prompts(&self) -> &[String] {
+        &self.prompts
+    }
+
+    pub fn negative_prompt(&self) -> &str {
+        &self.negative
+    }
+
+    fn null(&self) -> i64 {
+        self.prompts.len() as i64
+    }
+
+    /// Text states `[B, L, D]` of condition ids `[B]`, in the UNet's precision.
+    fn states_of(&self, ids: &Tensor) -> Tensor {
+        let kind = self.pipeline.unet.kind();
+        self.states
+            .index_select(0, &ids.to_device(self.states.device()))
+            .to_kind(kind)
+    }
+
+    fn unet(&self, x: &Tensor, t: &Tensor, ids: &Tensor) -> Tensor {
+        let kind = self.pipeline.unet.kind();
+        let out = self
+            .pipeline
+            .unet
+            .forward(&x.to_kind(kind), t, &self.states_of(ids));
+        out.to_kind(x.kind())
+    }
+}
+
+impl Policy for TextToImage {
+    fn latent_shape(&self) -> [i64; 3] {
+        self.pipeline.latent_shape()
+    }
+
+    fn null_condition(&self) -> Option<i64> {
+        Some(self.null())
+    }
+
+    fn guided_output(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        conditioning: Option<&Tensor>,
+        guidance: f64,
+    ) -> Tensor {
+        let b = x.size()[0];
+        let ids = match conditioning {
+            Some(y) => y.shallow_clone(),
+            None => Tensor::full([b], self.null(), (Kind::Int64, x.device())),
+        };
+        if !self.guides(Some(&ids), guidance) {
+            return self.unet(x, t, &ids);
+        }
+        // As StableDiffusionPipeline: one batch of [unconditional; conditional] rows.
+        let uncond = ids.full_like(self.null());
+        let out = self.unet(
+            &Tensor::cat(&[x, x], 0),
+            &Tensor::cat(&[t, t], 0),
+            &Tensor::cat(&[&uncond, &ids], 0),
+        );
+        let chunks = out.chunk(2, 0);
+        &chunks[0] + (&chunks[1] - &chunks[0]) * guidance
+    }
+
+    fn decode(&self, x0: &Tensor) -> Vec<Image> {
+        to_images(&self.pipeline.decode_to_unit(x0))
+    }
+}

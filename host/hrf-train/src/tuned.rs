@@ -1,0 +1,116 @@
+//! What a run fine-tunes: its policy, the variables the optimiser changes, and the folder that
+//! holds them. A pixel UNet trains every weight and is written as a diffusers UNet folder; a
+//! Stable Diffusion pipeline trains its LoRA adapters and is written as diffusers' LoRA file
+//! (`pytorch_lora_weights.safetensors`, read by `pipe.load_lora_weights(folder)`).
+
+use std::path::Path;
+
+use hrf_diffusion::diffusers_model::write_folder;
+use hrf_diffusion::lora::{self, LORA_FILE};
+use hrf_diffusion::{DiffusersModel, DiffusionError, SchedulerConfig};
+use tch::{Device, Tensor};
+
+use crate::policy::Policy;
+use crate::text_to_image::TextToImage;
+
+/// The file beside the LoRA that names the pipeline it adapts and the adapter's settings.
+pub const ADAPTER_INFO_FILE: &str = "hrf_adapter.json";
+
+pub trait TunedModel {
+    fn policy(&self) -> &dyn Policy;
+
+    /// The variables the optimiser updates, sorted by name.
+    fn trainable(&self) -> Vec<(String, Tensor)>;
+
+    /// Writes the model's folder atomically (best/, final/, a checkpoint's model/).
+    fn save(&self, dir: &Path, scheduler: &SchedulerConfig) -> Result<(), DiffusionError>;
+
+    /// Reads what `save` wrote back into the trainable variables (resume, rollback).
+    fn restore(&self, dir: &Path) -> Result<(), DiffusionError>;
+}
+
+fn sorted(vars: std::collections::HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vars.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+impl TunedModel for DiffusersModel {
+    fn policy(&self) -> &dyn Policy {
+        &self.unet
+    }
+
+    fn trainable(&self) -> Vec<(String, Tensor)> {
+        sorted(self.vs.variables())
+    }
+
+    fn save(&self, dir: &Path, scheduler: &SchedulerConfig) -> Result<(), DiffusionError> {
+        DiffusersModel::save(self, dir, Some(scheduler))
+    }
+
+    fn restore(&self, dir: &Path) -> Result<(), DiffusionError> {
+        let weights = DiffusersModel::load(dir, Device::Cpu)?;
+        let src = weights.vs.variables();
+        tch::no_grad(|| {
+            for (name, mut dst) in self.vs.variables() {
+                let v = src.get(&name).ok_or_else(|| DiffusionError::Weights {
+                    path: dir.to_path_buf(),
+                    message: format!("weights lack {name}"),
+                })?;
+                dst.copy_(&v.to_device(dst.device()));
+            }
+            Ok(())
+        })
+    }
+}
+
+impl TextToImage {
+    fn adapters(&self) -> Result<(&lora::LoraSpec, &tch::nn::VarStore), DiffusionError> {
+        self.pipeline
+            .unet
+            .lora
+            .as_ref()
+            .map(|(spec, vs)| (spec, vs))
+            .ok_or_else(|| DiffusionError::Model {
+                message: "this Stable Diffusion pipeline has no LoRA adapters to train".into(),
+            })
+    }
+}
+
+impl TunedModel for TextToImage {
+    fn policy(&self) -> &dyn Policy {
+        self
+    }
+
+    fn trainable(&self) -> Vec<(String, Tensor)> {
+        self.pipeline
+            .unet
+            .lora
+            .as_ref()
+            .map(|(_, vs)| sorted(vs.variables()))
+            .unwrap_or_default()
+    }
+
+    fn save(&self, dir: &Path, _scheduler: &SchedulerConfig) -> Result<(), DiffusionError> {
+        let (spec, vs) = self.adapters()?;
+        write_folder(dir, |tmp| {
+            lora::save_diffusers(vs, spec, &tmp.join(LORA_FILE))?;
+            let info = serde_json::json!({
+                "base_pipeline": self.pipeline.dir,
+                "lora": spec,
+                "negative_prompt": self.negative_prompt(),
+            });
+            let path = tmp.join(ADAPTER_INFO_FILE);
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&info).expect("json") + "\n",
+            )
+            .map_err(|source| DiffusionError::Io { path, source })
+        })
+    }
+
+    fn restore(&self, dir: &Path) -> Result<(), DiffusionError> {
+        let (_, vs) = self.adapters()?;
+        lora::load_diffusers(vs, &dir.join(LORA_FILE))
+    }
+}

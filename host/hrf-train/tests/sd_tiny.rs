@@ -1,0 +1,209 @@
+//! The bundled tiny Stable Diffusion pipeline (models/sd-tiny) against diffusers' own
+//! StableDiffusionPipeline on the same folder (fixture by tools/parity/make_sd_tiny.py, CPU):
+//! token ids, text states, the UNet's noise prediction with and without guidance (7.5), the VAE
+//! decode, and whole 10-step DDIM samples from the same initial latents, each within 1e-4 in
+//! fp32 (samples at guidance 1 and 1.5, with and without a negative prompt). At guidance 7.5 the
+//! random model amplifies rounding so much that diffusers' own fp32 sample is 1.3e-3 from its
+//! fp64 one; that chain is compared in fp64 (hrf's pipeline converted), also within 1e-4 (both
+//! sides keep the scheduler's ᾱ in fp32, as diffusers does, so fp64 chains agree to its
+//! rounding, amplified).
+
+use std::path::PathBuf;
+
+use hrf_diffusion::stable_diffusion::StableDiffusion;
+use hrf_diffusion::DdimScheduler;
+use hrf_train::policy::Policy;
+use hrf_train::sampling::{denoise_from, SampleRequest};
+use hrf_train::text_to_image::TextToImage;
+use tch::{Device, Tensor};
+
+const TOLERANCE: f64 = 1e-4;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture() -> serde_json::Value {
+    let path = repo().join("host/hrf-diffusion/tests/fixtures/sd-tiny/outputs.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn load() -> StableDiffusion {
+    let dir = repo().join("models/sd-tiny");
+    assert!(
+        dir.join("tokenizer/vocab.json").exists(),
+        "models/sd-tiny/tokenizer/vocab.json is missing: ./setup.sh writes it"
+    );
+    StableDiffusion::load(&dir, Device::Cpu, None).unwrap()
+}
+
+fn flat(v: &serde_json::Value, out: &mut Vec<f32>) {
+    match v {
+        serde_json::Value::Array(a) => a.iter().for_each(|x| flat(x, out)),
+        x => out.push(x.as_f64().unwrap() as f32),
+    }
+}
+
+fn tensor(v: &serde_json::Value, shape: &[i64]) -> Tensor {
+    let mut out = Vec::new();
+    flat(v, &mut out);
+    Tensor::from_slice(&out).view(shape)
+}
+
+fn tensor64(v: &serde_json::Value, shape: &[i64]) -> Tensor {
+    fn flat64(v: &serde_json::Value, out: &mut Vec<f64>) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().for_each(|x| flat64(x, out)),
+            x => out.push(x.as_f64().unwrap()),
+        }
+    }
+    let mut out = Vec::new();
+    flat64(v, &mut out);
+    Tensor::from_slice(&out).view(shape)
+}
+
+fn max_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn parts_match_diffusers() {
+    let f = fixture();
+    let sd = load();
+    let texts = strings(&f["texts"]);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = sd.token_ids(&refs);
+    let want_ids: Vec<Vec<i64>> = serde_json::from_value(f["ids"].clone()).unwrap();
+    assert_eq!(Vec::<Vec<i64>>::try_from(ids).unwrap(), want_ids);
+
+    let states = sd.encode_prompts(&refs);
+    let n = texts.len() as i64;
+    let err = max_err(&states, &tensor(&f["text_states"], &[n, 77, 32]));
+    assert!(err < TOLERANCE, "text states: {err}");
+
+    let latents = tensor(&f["latents"], &[2, 4, 16, 16]);
+    let t = Tensor::from_slice(&[801i64, 41]);
+    // Prompts 0 and 1; the empty prompt (the last text) as the unconditional branch.
+    let policy = TextToImage::new(sd, &texts[..2], "");
+    let ids = Tensor::from_slice(&[0i64, 1]);
+    let (cond, guided) = tch::no_grad(|| {
+        (
+            policy.guided_output(&latents, &t, Some(&ids), 1.0),
+            policy.guided_output(&latents, &t, Some(&ids), 7.5),
+        )
+    });
+    let err = max_err(&cond, &tensor(&f["unet_cond"], &[2, 4, 16, 16]));
+    assert!(err < TOLERANCE, "UNet, conditional: {err}");
+    let err = max_err(&guided, &tensor(&f["unet_guided_7.5"], &[2, 4, 16, 16]));
+    assert!(err < TOLERANCE, "UNet, guidance 7.5: {err}");
+    assert_eq!(policy.step_evals(Some(&ids), 7.5, 2), 4);
+
+    let decoded = (policy.pipeline.decode_to_unit(&latents) / 2.0 + 0.5).clamp(0.0, 1.0);
+    let err = max_err(&decoded, &tensor(&f["vae_decoded"], &[2, 3, 32, 32]));
+    assert!(err < TOLERANCE, "VAE decode: {err}");
+}
+
+/// Samples `case` of the fixture with hrf's policy (the text states encoded for its negative
+/// prompt) from the fixture's initial latents; returns (final latents, images in [0, 1] HWC).
+fn sample_case(
+    sd: StableDiffusion,
+    case: &serde_json::Value,
+    latents: &Tensor,
+) -> (TextToImage, Tensor) {
+    let f = fixture();
+    let sched = DdimScheduler::new(sd.scheduler.clone(), 10, 1e-4).unwrap();
+    assert_eq!(
+        sched.timesteps().to_vec(),
+        serde_json::from_value::<Vec<i64>>(f["timesteps"].clone()).unwrap()
+    );
+    let prompts = strings(&f["prompts"]);
+    let policy = TextToImage::new(sd, &prompts, case["negative"].as_str().unwrap());
+    let ids = Tensor::from_slice(&[0i64, 1]);
+    let req = SampleRequest {
+        labels: Some(&ids),
+        keys: &[0, 1],
+        seed: 0,
+        eta: 0.0,
+        guidance: case["guidance"].as_f64().unwrap(),
+    };
+    let x0 = denoise_from(
+        &policy,
+        &sched,
+        latents.copy(),
+        0,
+        &req,
+        Device::Cpu,
+        &mut |_, _| {},
+    );
+    (policy, x0)
+}
+
+#[test]
+fn ten_step_ddim_samples_match_the_pipeline() {
+    let f = fixture();
+    let latents = tensor(&f["latents"], &[2, 4, 16, 16]);
+    let mut checked = Vec::new();
+    let mut sd = Some(load());
+    for name in ["cfg1", "cfg1.5", "cfg1.5-negative"] {
+        let case = &f["samples"][name];
+        assert_eq!(case["dtype"], "float32");
+        let (policy, x0) = sample_case(sd.take().unwrap(), case, &latents);
+        let err = max_err(&x0, &tensor(&case["latents"], &[2, 4, 16, 16]));
+        assert!(err < TOLERANCE, "{name}: final latents: {err}");
+        let images = (policy.pipeline.decode_to_unit(&x0) / 2.0 + 0.5)
+            .clamp(0.0, 1.0)
+            .permute([0, 2, 3, 1]);
+        let want = tensor(&case["images_hwc"], &[2, 32, 32, 3]);
+        let err_img = max_err(&images, &want);
+        assert!(err_img < TOLERANCE, "{name}: images: {err_img}");
+        // The 8-bit images the rewards see: the pipeline's (x · 255).round(), within one level.
+        let want_bytes = Vec::<f32>::try_from((want * 255.0).round().flatten(0, -1)).unwrap();
+        let got_bytes: Vec<u8> = policy
+            .decode(&x0)
+            .iter()
+            .flat_map(|im| im.data().to_vec())
+            .collect();
+        let worst = got_bytes
+            .iter()
+            .zip(&want_bytes)
+            .map(|(&g, &w)| (g as f32 - w).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1.0,
+            "{name}: 8-bit images differ by {worst} levels"
+        );
+        checked.push(format!("{name}: latents {err:.1e}, images {err_img:.1e}"));
+        sd = Some(policy.pipeline);
+    }
+    eprintln!("{}", checked.join("; "));
+}
+
+#[test]
+fn a_strongly_guided_chain_matches_the_pipeline_in_fp64() {
+    let f = fixture();
+    let name = "cfg7.5-negative-fp64";
+    let case = &f["samples"][name];
+    assert_eq!(case["dtype"], "float64");
+    let mut sd = load();
+    sd.unet.vs.double();
+    sd.text_encoder.vs.double();
+    sd.vae.vs.double();
+    let latents = tensor64(&f["latents"], &[2, 4, 16, 16]);
+    let (_, x0) = sample_case(sd, case, &latents);
+    assert_eq!(x0.kind(), tch::Kind::Double);
+    let err = max_err(&x0, &tensor64(&case["latents"], &[2, 4, 16, 16]));
+    assert!(err < TOLERANCE, "{name}: final latents: {err}");
+    eprintln!(
+        "{name}: latents {err:.1e} (diffusers' own fp32 vs fp64: {})",
+        f["diffusers_fp32_vs_fp64"]["7.5"]
+    );
+}
