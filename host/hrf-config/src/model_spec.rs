@@ -25,11 +25,11 @@ pub struct ModelSpecRaw {
     pub device: String,
     /// LoRA adapters on a Stable Diffusion pipeline's UNet: only they train, and best/ and
     /// final/ hold them as diffusers' LoRA file.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraSettings>,
     /// A Stable Diffusion pipeline's negative prompt: classifier-free guidance's unconditional
     /// branch, in sampling and evaluation (default: the empty prompt, as diffusers).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub negative_prompt: Option<String>,
 }
 
