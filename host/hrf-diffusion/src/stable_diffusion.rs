@@ -43,11 +43,6 @@ fn config_err(path: &Path, message: impl Into<String>) -> DiffusionError {
     }
 }
 
-/// Whether `dir` is a Stable Diffusion pipeline folder (has a model_index.json naming one).
-pub fn is_pipeline_folder(dir: &Path) -> bool {
-    dir.join(MODEL_INDEX).exists() && dir.join("unet").is_dir() && dir.join("vae").is_dir()
-}
-
 /// A string field of a tokenizer config: a plain string, or an AddedToken `{"content": …}`.
 fn token_field(v: &serde_json::Value, key: &str) -> Option<String> {
     match v.get(key)? {
@@ -62,19 +57,9 @@ fn token_field(v: &serde_json::Value, key: &str) -> Option<String> {
 pub fn load_tokenizer(dir: &Path) -> Result<ClipTokenizer, DiffusionError> {
     let read = |name: &str| -> Result<Option<serde_json::Value>, DiffusionError> {
         let path = dir.join(name);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| DiffusionError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        serde_json::from_str(&text).map(Some).map_err(|e| {
-            config_err(
-                &path,
-                format!("line {} column {}: {e}", e.line(), e.column()),
-            )
-        })
+        path.exists()
+            .then(|| crate::read_json_config::<serde_json::Value>(&path, |_| Ok(())))
+            .transpose()
     };
     let config = read("tokenizer_config.json")?;
     let special = read("special_tokens_map.json")?;
@@ -103,16 +88,7 @@ impl StableDiffusion {
         lora: Option<(&LoraSpec, u64)>,
     ) -> Result<Self, DiffusionError> {
         let index_path = dir.join(MODEL_INDEX);
-        let text = std::fs::read_to_string(&index_path).map_err(|source| DiffusionError::Io {
-            path: index_path.clone(),
-            source,
-        })?;
-        let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            config_err(
-                &index_path,
-                format!("line {} column {}: {e}", e.line(), e.column()),
-            )
-        })?;
+        let index: serde_json::Value = crate::read_json_config(&index_path, |_| Ok(()))?;
         let class = index
             .get("_class_name")
             .and_then(|v| v.as_str())
@@ -147,23 +123,27 @@ impl StableDiffusion {
         if unet.lora.is_some() {
             unet.vs.freeze();
         }
-        if text_encoder.config.hidden_size != unet.config.cross_attention_dim {
-            return Err(config_err(
-                &dir.join("unet").join("config.json"),
-                format!(
-                    "cross_attention_dim {} differs from the text encoder's hidden_size {}",
-                    unet.config.cross_attention_dim, text_encoder.config.hidden_size
-                ),
-            ));
-        }
-        if vae.config.latent_channels != unet.config.in_channels {
-            return Err(config_err(
-                &dir.join("unet").join("config.json"),
-                format!(
-                    "in_channels {} differs from the VAE's latent_channels {}",
-                    unet.config.in_channels, vae.config.latent_channels
-                ),
-            ));
+        let unet_config = dir.join("unet").join("config.json");
+        for (field, ours, other, theirs) in [
+            (
+                "cross_attention_dim",
+                unet.config.cross_attention_dim,
+                "the text encoder's hidden_size",
+                text_encoder.config.hidden_size,
+            ),
+            (
+                "in_channels",
+                unet.config.in_channels,
+                "the VAE's latent_channels",
+                vae.config.latent_channels,
+            ),
+        ] {
+            if ours != theirs {
+                return Err(config_err(
+                    &unet_config,
+                    format!("{field} {ours} differs from {other} {theirs}"),
+                ));
+            }
         }
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -83,10 +83,7 @@ impl TunedModel for TextToImage {
     }
 
     fn trainable(&self) -> Vec<(String, Tensor)> {
-        self.pipeline
-            .unet
-            .lora
-            .as_ref()
+        self.adapters()
             .map(|(_, vs)| sorted(vs.variables()))
             .unwrap_or_default()
     }

@@ -37,29 +37,20 @@ fn load() -> StableDiffusion {
     StableDiffusion::load(&dir, Device::Cpu, None).unwrap()
 }
 
-fn flat(v: &serde_json::Value, out: &mut Vec<f32>) {
-    match v {
-        serde_json::Value::Array(a) => a.iter().for_each(|x| flat(x, out)),
-        x => out.push(x.as_f64().unwrap() as f32),
+fn tensor64(v: &serde_json::Value, shape: &[i64]) -> Tensor {
+    fn flat(v: &serde_json::Value, out: &mut Vec<f64>) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().for_each(|x| flat(x, out)),
+            x => out.push(x.as_f64().unwrap()),
+        }
     }
-}
-
-fn tensor(v: &serde_json::Value, shape: &[i64]) -> Tensor {
     let mut out = Vec::new();
     flat(v, &mut out);
     Tensor::from_slice(&out).view(shape)
 }
 
-fn tensor64(v: &serde_json::Value, shape: &[i64]) -> Tensor {
-    fn flat64(v: &serde_json::Value, out: &mut Vec<f64>) {
-        match v {
-            serde_json::Value::Array(a) => a.iter().for_each(|x| flat64(x, out)),
-            x => out.push(x.as_f64().unwrap()),
-        }
-    }
-    let mut out = Vec::new();
-    flat64(v, &mut out);
-    Tensor::from_slice(&out).view(shape)
+fn tensor(v: &serde_json::Value, shape: &[i64]) -> Tensor {
+    tensor64(v, shape).to_kind(tch::Kind::Float)
 }
 
 fn max_err(a: &Tensor, b: &Tensor) -> f64 {
