@@ -11,7 +11,7 @@ mod commands;
 mod signals;
 mod usage;
 
-use commands::{compare, diagnose, doctor, eval, plugins, pretrain, run, sample, testbed};
+use commands::{compare, diagnose, doctor, eval, export, plugins, pretrain, run, sample, testbed};
 pub use usage::UsageError;
 
 #[derive(Parser)]
@@ -66,6 +66,9 @@ enum Command {
     /// Evaluate a model on fixed-seed samples: diversity, fidelity and class metrics with the
     /// independent evaluation classifier, and the mean of any named rewards.
     Eval(eval::EvalArgs),
+    /// Merge a LoRA folder a run wrote into its Stable Diffusion pipeline: a full diffusers
+    /// folder (`hrf export --merge RUN/final -o DIR`).
+    Export(export::ExportArgs),
     /// Finished runs side by side: a Markdown table (final reward, gain over the base model,
     /// diversity, fidelity, cost) with mean ± std over seeds, plots and sample grids.
     Compare(compare::CompareArgs),
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         Command::Schema => run::schema(),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Export(args) => export::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Diagnose(cmd) => diagnose::run(cmd),
         Command::Plugins(cmd) => plugins::run(cmd),

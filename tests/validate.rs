@@ -153,3 +153,25 @@ fn a_document_past_the_readers_budget_is_refused_in_words() {
     assert!(!t.contains("Nodes {"), "{t}");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// The Stable Diffusion templates (configs/templates/) are whole pipelines: pointed at the
+/// bundled tiny pipeline in place of the weights a user brings, each validates; as shipped, the
+/// missing folder is named.
+#[test]
+fn the_stable_diffusion_templates_validate() {
+    let templates = repo().join("configs/templates");
+    let tiny = repo().join("models/sd-tiny");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&templates).unwrap() {
+        let f = entry.unwrap().path();
+        let weights = format!("model.weights={}", tiny.display());
+        let o = hrf(&["validate", f.to_str().unwrap(), "--set", &weights], &[]);
+        assert!(o.status.success(), "{}: {}", f.display(), text(&o));
+        assert!(text(&o).contains("8 prompts"), "{}", text(&o));
+        let o = hrf(&["validate", f.to_str().unwrap()], &[]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("model.weights"), "{}", text(&o));
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}

@@ -5,6 +5,7 @@ pub mod compare;
 pub mod diagnose;
 pub mod doctor;
 pub mod eval;
+pub mod export;
 pub mod plugins;
 pub mod pretrain;
 pub mod run;

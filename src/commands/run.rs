@@ -505,7 +505,7 @@ fn dry_run(
             keys: &keys,
             seed: p.run.seed,
             eta: p.sampling.eta,
-            guidance: 1.0,
+            guidance: p.sampling.guidance,
         },
         dev,
     );

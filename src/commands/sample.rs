@@ -1,37 +1,55 @@
-//! `hrf sample`: a grid of samples from a model folder, deterministic per seed.
+//! `hrf sample`: a grid of samples from a model folder, deterministic per seed: a pixel
+//! UNet2DModel, a Stable Diffusion pipeline, or a LoRA folder a run wrote (final/, best/) on
+//! the pipeline it names.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use hrf_config::model_spec::FolderKind;
+use hrf_diffusion::stable_diffusion::StableDiffusion;
 use hrf_diffusion::{device, DdimScheduler, DiffusersModel};
 use hrf_train::evaluation::{generate, Generation};
+use hrf_train::policy::Policy;
+use hrf_train::sampling::{denoise_from, keyed_noise, SampleRequest};
+use hrf_train::text_to_image::TextToImage;
+use hrf_train::tuned::AdapterInfo;
+use tch::Tensor;
 
 use crate::usage::UsageError;
 
 #[derive(clap::Args)]
 pub struct SampleArgs {
-    /// A diffusers UNet2DModel folder.
+    /// A diffusers UNet2DModel folder, a Stable Diffusion pipeline folder (model_index.json),
+    /// or a LoRA folder written by `hrf run` (its hrf_adapter.json names the pipeline).
     #[arg(long)]
     pub model: PathBuf,
-    /// A prompt naming a class ("a photo of a sneaker"); default: unconditional.
+    /// A prompt: for the testbed, one naming a class ("a photo of a sneaker"; default:
+    /// unconditional); for Stable Diffusion, the text (default: a LoRA folder's training
+    /// prompts in turn, else the empty prompt).
     #[arg(long, conflicts_with = "class")]
     pub prompt: Option<String>,
+    /// Stable Diffusion: guidance's negative prompt (default: the run's, else empty).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
     /// A class index instead of a prompt.
     #[arg(long)]
     pub class: Option<usize>,
     /// Number of samples (1 or more).
     #[arg(short, default_value_t = 64)]
     pub n: usize,
-    #[arg(long, default_value_t = 40)]
-    pub steps: i64,
-    /// DDIM η in [0, 1], as `hrf eval`: 1 (ancestral-like, as DDPO samples) suits the small
-    /// testbed model better than the deterministic 0.
-    #[arg(long, default_value_t = DEFAULT_ETA)]
-    pub eta: f64,
-    /// Classifier-free guidance weight of a prompted class (1 = none; unconditional samples are
-    /// never guided), as `hrf eval`'s default: the base model's best.
-    #[arg(long, default_value_t = DEFAULT_GUIDANCE)]
-    pub guidance: f64,
+    /// DDIM steps (default 40; Stable Diffusion 50, as its pipeline).
+    #[arg(long)]
+    pub steps: Option<i64>,
+    /// DDIM η in [0, 1]. Default 1 for the testbed, as `hrf eval` (ancestral-like, as DDPO
+    /// samples, suits the small model better than the deterministic 0); 0 for Stable Diffusion,
+    /// as its pipeline.
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Classifier-free guidance weight (1 = none; unconditional testbed samples are never
+    /// guided). Default: 1.25 for the testbed (the base model's best, as `hrf eval`), 7.5 for
+    /// Stable Diffusion (its pipeline's).
+    #[arg(long)]
+    pub guidance: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(short, long, default_value = "samples.png")]
@@ -39,6 +57,15 @@ pub struct SampleArgs {
     /// Also write one PNG per sample into this folder.
     #[arg(long)]
     pub each: Option<PathBuf>,
+    /// Stable Diffusion: start from these initial latents (a safetensors file with a tensor
+    /// `latents` [N, C, h, w]; N replaces -n) instead of the seed's noise.
+    #[arg(long, value_name = "FILE")]
+    pub latents: Option<PathBuf>,
+    /// Stable Diffusion: also write the initial latents (`latents`) and the decoded images in
+    /// [0, 1] before 8-bit rounding (`images`, [N, 3, H, W] fp32) to this safetensors file, to
+    /// compare with diffusers from the same latents.
+    #[arg(long, value_name = "FILE")]
+    pub tensors: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -133,10 +160,31 @@ pub fn scheduler_for(model: &DiffusersModel, steps: i64) -> anyhow::Result<DdimS
 
 pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
     let dev = device::parse_device(&a.device).map_err(|e| UsageError(format!("--{e}")))?;
-    check_sampling_args(a.n, a.eta, a.guidance)?;
+    if let Some(t2i) = load_text_to_image(&a, dev)? {
+        return sample_text_to_image(&a, &t2i, dev);
+    }
+    for (flag, given) in [
+        ("--negative-prompt", a.negative_prompt.is_some()),
+        ("--latents", a.latents.is_some()),
+        ("--tensors", a.tensors.is_some()),
+    ] {
+        if given {
+            return Err(UsageError(format!(
+                "{flag}: only for a Stable Diffusion pipeline or LoRA folder ({} is a UNet2DModel folder)",
+                a.model.display()
+            ))
+            .into());
+        }
+    }
+    let (steps, eta, guidance) = (
+        a.steps.unwrap_or(40),
+        a.eta.unwrap_or(DEFAULT_ETA),
+        a.guidance.unwrap_or(DEFAULT_GUIDANCE),
+    );
+    check_sampling_args(a.n, eta, guidance)?;
     let model = load_model_arg(&a.model, dev)?;
     let labels = labels_for(&model, &a.model, a.prompt.as_deref(), a.class, a.n)?;
-    let sched = scheduler_for(&model, a.steps)?;
+    let sched = scheduler_for(&model, steps)?;
     let started = std::time::Instant::now();
     let images = generate(
         &model.unet,
@@ -145,15 +193,24 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
             labels: labels.as_deref(),
             n: a.n,
             seed: a.seed,
-            eta: a.eta,
-            guidance: a.guidance,
+            eta,
+            guidance,
             batch_size: 64,
         },
         dev,
     );
+    write_samples(&a, &images, steps, started)
+}
+
+fn write_samples(
+    a: &SampleArgs,
+    images: &[hrf_core::Image],
+    steps: i64,
+    started: std::time::Instant,
+) -> anyhow::Result<ExitCode> {
     let secs = started.elapsed().as_secs_f64();
-    let cols = (a.n as f64).sqrt().ceil() as usize;
-    hrf_data::grid::save_grid(&images, cols, 2, &a.output).map_err(anyhow::Error::msg)?;
+    let cols = (images.len() as f64).sqrt().ceil() as usize;
+    hrf_data::grid::save_grid(images, cols, 2, &a.output).map_err(anyhow::Error::msg)?;
     if let Some(dir) = &a.each {
         for (i, img) in images.iter().enumerate() {
             hrf_data::grid::save_png(img, &dir.join(format!("{i:05}.png")))
@@ -161,10 +218,121 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
         }
     }
     eprintln!(
-        "{} samples × {} steps in {secs:.1} s → {}",
-        a.n,
-        a.steps,
+        "{} samples × {steps} steps in {secs:.1} s → {}",
+        images.len(),
         a.output.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--model` as a text-to-image model: a LoRA folder a run wrote (with its pipeline), or a
+/// Stable Diffusion pipeline folder; None for a pixel UNet folder.
+fn load_text_to_image(a: &SampleArgs, dev: tch::Device) -> anyhow::Result<Option<TextToImage>> {
+    let dir = &a.model;
+    let model_err =
+        |e: hrf_diffusion::DiffusionError| UsageError(format!("--model {}: {e}", dir.display()));
+    let info = AdapterInfo::read(dir).map_err(model_err)?;
+    let prompts = match (&a.prompt, &info) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(info)) if !info.prompts.is_empty() => info.prompts.clone(),
+        _ => vec![String::new()],
+    };
+    if a.class.is_some() && (info.is_some() || FolderKind::of(dir) == FolderKind::StableDiffusion) {
+        return Err(
+            UsageError("--class: a Stable Diffusion pipeline takes --prompt".into()).into(),
+        );
+    }
+    if info.is_some() {
+        let t2i =
+            TextToImage::load_adapter_folder(dir, dev, &prompts, a.negative_prompt.as_deref())
+                .map_err(model_err)?;
+        return Ok(Some(t2i));
+    }
+    if FolderKind::of(dir) != FolderKind::StableDiffusion {
+        return Ok(None);
+    }
+    let sd = StableDiffusion::load(dir, dev, None).map_err(model_err)?;
+    let negative = a.negative_prompt.clone().unwrap_or_default();
+    Ok(Some(TextToImage::new(sd, &prompts, &negative)))
+}
+
+/// Reads `--latents`: a tensor `latents` of the pipeline's latent shape, any number of rows.
+fn read_latents(path: &std::path::Path, shape: [i64; 3]) -> anyhow::Result<Tensor> {
+    let err = |m: String| UsageError(format!("--latents {}: {m}", path.display()));
+    let tensors = Tensor::read_safetensors(path).map_err(|e| err(e.to_string()))?;
+    let (_, t) = tensors
+        .into_iter()
+        .find(|(k, _)| k == "latents")
+        .ok_or_else(|| err("no tensor named `latents`".into()))?;
+    let size = t.size();
+    if size.len() != 4 || size[1..] != shape || size[0] == 0 {
+        return Err(err(format!(
+            "latents {size:?}: expected [N, {}, {}, {}] with N ≥ 1",
+            shape[0], shape[1], shape[2]
+        ))
+        .into());
+    }
+    Ok(t.to_kind(tch::Kind::Float))
+}
+
+/// Samples a Stable Diffusion pipeline (LoRA-adapted or not): prompt i % P for sample i, the
+/// seed's keyed noise or `--latents`, guidance against the negative prompt, the VAE's RGB.
+fn sample_text_to_image(
+    a: &SampleArgs,
+    t2i: &TextToImage,
+    dev: tch::Device,
+) -> anyhow::Result<ExitCode> {
+    let (steps, eta, guidance) = (
+        a.steps.unwrap_or(50),
+        a.eta.unwrap_or(0.0),
+        a.guidance.unwrap_or(7.5),
+    );
+    let start = a
+        .latents
+        .as_ref()
+        .map(|p| read_latents(p, t2i.latent_shape()))
+        .transpose()?;
+    let n = start.as_ref().map_or(a.n, |l| l.size()[0] as usize);
+    check_sampling_args(n, eta, guidance)?;
+    let sched = DdimScheduler::new(t2i.pipeline.scheduler.clone(), steps, 1e-4)
+        .map_err(|e| UsageError(format!("--steps: {e}")))?
+        .to_device(dev);
+    let started = std::time::Instant::now();
+    let keys: Vec<u64> = (0..n as u64).collect();
+    let prompts = t2i.prompts().len() as i64;
+    let (mut initial, mut finals) = (Vec::new(), Vec::new());
+    for chunk in keys.chunks(16) {
+        let ids: Vec<i64> = chunk.iter().map(|&k| k as i64 % prompts).collect();
+        let labels = Tensor::from_slice(&ids);
+        let req = SampleRequest {
+            labels: Some(&labels),
+            keys: chunk,
+            seed: a.seed,
+            eta,
+            guidance,
+        };
+        let x_t = match &start {
+            Some(l) => l
+                .narrow(0, chunk[0] as i64, chunk.len() as i64)
+                .to_device(dev),
+            None => keyed_noise(a.seed, chunk, 0, &t2i.latent_shape(), dev),
+        };
+        initial.push(x_t.to_device(tch::Device::Cpu));
+        finals.push(denoise_from(t2i, &sched, x_t, 0, &req, dev, &mut |_, _| {}));
+    }
+    let x0 = Tensor::cat(&finals, 0);
+    if let Some(path) = &a.tensors {
+        let unit = (t2i.pipeline.decode_to_unit(&x0) / 2.0 + 0.5).clamp(0.0, 1.0);
+        let named = [
+            ("latents", Tensor::cat(&initial, 0)),
+            ("images", unit.to_device(tch::Device::Cpu).contiguous()),
+        ];
+        Tensor::write_safetensors(&named, path)
+            .map_err(|e| anyhow::anyhow!("--tensors {}: {e}", path.display()))?;
+    }
+    let images = t2i.decode(&x0);
+    for (i, p) in t2i.prompts().iter().enumerate().take(n) {
+        eprintln!("prompt {i}: {p:?}");
+    }
+    write_samples(a, &images, steps, started)
 }

@@ -212,15 +212,28 @@ pub(crate) fn load_part<C: serde::de::DeserializeOwned, M>(
         path: config_path,
         message,
     })?;
-    let weights = dir.join(weights);
-    if !weights.exists() {
-        return Err(DiffusionError::Io {
-            path: weights,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
-        });
-    }
+    let weights = weights_file(dir, weights).map_err(|path| DiffusionError::Io {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
+    })?;
     load_strict(vs(&model), &weights, rename)?;
     Ok(model)
+}
+
+/// The weights file `name` of a part folder, else its half-precision variant as
+/// `from_pretrained(…, variant="fp16")` downloads it (`name.fp16.safetensors`, or `.bf16`);
+/// the path of the file looked for when neither is there.
+pub fn weights_file(dir: &Path, name: &str) -> Result<PathBuf, PathBuf> {
+    let full = dir.join(name);
+    if full.exists() {
+        return Ok(full);
+    }
+    let stem = name.strip_suffix(".safetensors").unwrap_or(name);
+    ["fp16", "bf16"]
+        .iter()
+        .map(|v| dir.join(format!("{stem}.{v}.safetensors")))
+        .find(|p| p.exists())
+        .ok_or(full)
 }
 
 /// Copies the safetensors file `path` into the variables of `vs`, each file key passed through

@@ -24,7 +24,7 @@ pub use unet::UNet2DModel;
 use std::path::{Path, PathBuf};
 
 /// Reads a diffusers JSON config (unknown fields ignored, as diffusers does) and validates it.
-pub(crate) fn read_json_config<T: serde::de::DeserializeOwned>(
+pub fn read_json_config<T: serde::de::DeserializeOwned>(
     path: &Path,
     validate: impl FnOnce(&T) -> Result<(), String>,
 ) -> Result<T, DiffusionError> {

@@ -12,8 +12,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::clip_text::ClipTextModel;
 use crate::clip_tokenizer::ClipTokenizer;
-use crate::diffusers_model::SCHEDULER_FILE;
-use crate::lora::LoraSpec;
+use crate::diffusers_model::{write_folder, SCHEDULER_FILE, WEIGHTS_FILE};
+use crate::lora::{self, LoraSpec};
 use crate::unet_cond::UNet2DConditionModel;
 use crate::vae::VaeDecoder;
 use crate::{DiffusionError, SchedulerConfig};
@@ -186,6 +186,40 @@ impl StableDiffusion {
         tch::no_grad(|| self.text_encoder.forward(&ids))
     }
 
+    /// Writes the pipeline with the UNet's LoRA adapters merged into its weights
+    /// (W + alpha/rank·B·A) as a plain diffusers folder, which `StableDiffusionPipeline.
+    /// from_pretrained` loads without peft: every other file of the base folder copied as it is,
+    /// the UNet's weights written in their own precision. `out` appears whole or not at all.
+    pub fn export_merged(&self, out: &Path) -> Result<(), DiffusionError> {
+        let (spec, adapters) = self
+            .unet
+            .lora
+            .as_ref()
+            .ok_or_else(|| DiffusionError::Model {
+                message: "the pipeline has no LoRA adapters to merge".into(),
+            })?;
+        let merged = lora::merged_variables(&self.unet.vs, adapters, spec.scale());
+        write_folder(out, |tmp| {
+            copy_tree(&self.dir, tmp, &|rel| {
+                // The UNet's own weight files (any variant) are replaced by the merged ones.
+                rel.starts_with("unet")
+                    && rel
+                        .extension()
+                        .is_some_and(|e| e == "safetensors" || e == "bin")
+            })?;
+            let named: Vec<(String, Tensor)> = merged
+                .into_iter()
+                .map(|(k, v)| (k, v.to_device(Device::Cpu).contiguous()))
+                .collect();
+            let path = tmp.join("unet").join(WEIGHTS_FILE);
+            Tensor::write_safetensors(&named, &path).map_err(|source| DiffusionError::Torch {
+                op: "writing",
+                path,
+                source,
+            })
+        })
+    }
+
     /// Final latents to images in [−1, 1] `[B, 3, H, W]` (÷ scaling_factor, the VAE decoder,
     /// clamped), in fp32.
     pub fn decode_to_unit(&self, latents: &Tensor) -> Tensor {
@@ -194,4 +228,36 @@ impl StableDiffusion {
             .to_kind(Kind::Float)
             .clamp(-1.0, 1.0)
     }
+}
+
+/// Copies the files under `from` into `to` (symbolic links followed, as a hub snapshot's are),
+/// leaving out those whose path relative to `from` `skip` names.
+fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<(), DiffusionError> {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        to: &Path,
+        skip: &dyn Fn(&Path) -> bool,
+    ) -> Result<(), DiffusionError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DiffusionError::Io { path, source }
+        };
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let path = entry.map_err(io(dir))?.path();
+            let rel = path.strip_prefix(root).expect("under root");
+            if skip(rel) {
+                continue;
+            }
+            let dest = to.join(rel);
+            if path.is_dir() {
+                std::fs::create_dir_all(&dest).map_err(io(&dest))?;
+                walk(root, &path, to, skip)?;
+            } else {
+                std::fs::copy(&path, &dest).map_err(io(&dest))?;
+            }
+        }
+        Ok(())
+    }
+    walk(from, from, to, skip)
 }

@@ -3,11 +3,13 @@
 //! Stable Diffusion pipeline trains its LoRA adapters and is written as diffusers' LoRA file
 //! (`pytorch_lora_weights.safetensors`, read by `pipe.load_lora_weights(folder)`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hrf_diffusion::diffusers_model::write_folder;
 use hrf_diffusion::lora::{self, LORA_FILE};
+use hrf_diffusion::stable_diffusion::StableDiffusion;
 use hrf_diffusion::{DiffusersModel, DiffusionError, SchedulerConfig};
+use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::policy::Policy;
@@ -15,6 +17,50 @@ use crate::text_to_image::TextToImage;
 
 /// The file beside the LoRA that names the pipeline it adapts and the adapter's settings.
 pub const ADAPTER_INFO_FILE: &str = "hrf_adapter.json";
+
+/// `hrf_adapter.json`: which pipeline a LoRA folder adapts, with what, and the run's prompts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdapterInfo {
+    /// The Stable Diffusion folder the adapters were trained on (absolute when it was written).
+    pub base_pipeline: PathBuf,
+    pub lora: lora::LoraSpec,
+    pub negative_prompt: String,
+    /// The prompts the run trained on (defaults for `hrf sample`).
+    #[serde(default)]
+    pub prompts: Vec<String>,
+}
+
+impl AdapterInfo {
+    /// Reads `dir/hrf_adapter.json`; None when the folder has none (not an adapter folder).
+    pub fn read(dir: &Path) -> Result<Option<Self>, DiffusionError> {
+        let path = dir.join(ADAPTER_INFO_FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        hrf_diffusion::read_json_config(&path, |_| Ok(())).map(Some)
+    }
+}
+
+impl TextToImage {
+    /// The pipeline an adapter folder (a run's final/ or best/) names, with its LoRA file
+    /// loaded into fresh adapters: the fine-tuned model, ready to sample.
+    pub fn load_adapter_folder(
+        dir: &Path,
+        device: Device,
+        prompts: &[String],
+        negative_prompt: Option<&str>,
+    ) -> Result<Self, DiffusionError> {
+        let info = AdapterInfo::read(dir)?.ok_or_else(|| DiffusionError::Config {
+            path: dir.join(ADAPTER_INFO_FILE),
+            message: "missing: not a LoRA folder written by hrf".into(),
+        })?;
+        let sd = StableDiffusion::load(&info.base_pipeline, device, Some((&info.lora, 0)))?;
+        let negative = negative_prompt.unwrap_or(&info.negative_prompt);
+        let t2i = TextToImage::new(sd, prompts, negative);
+        t2i.restore(dir)?;
+        Ok(t2i)
+    }
+}
 
 pub trait TunedModel {
     fn policy(&self) -> &dyn Policy;
@@ -92,11 +138,13 @@ impl TunedModel for TextToImage {
         let (spec, vs) = self.adapters()?;
         write_folder(dir, |tmp| {
             lora::save_diffusers(vs, spec, &tmp.join(LORA_FILE))?;
-            let info = serde_json::json!({
-                "base_pipeline": self.pipeline.dir,
-                "lora": spec,
-                "negative_prompt": self.negative_prompt(),
-            });
+            let info = AdapterInfo {
+                base_pipeline: std::fs::canonicalize(&self.pipeline.dir)
+                    .unwrap_or_else(|_| self.pipeline.dir.clone()),
+                lora: spec.clone(),
+                negative_prompt: self.negative_prompt().to_string(),
+                prompts: self.prompts().to_vec(),
+            };
             let path = tmp.join(ADAPTER_INFO_FILE);
             std::fs::write(
                 &path,

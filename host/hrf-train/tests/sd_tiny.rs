@@ -6,15 +6,19 @@
 //! random model amplifies rounding so much that diffusers' own fp32 sample is 1.3e-3 from its
 //! fp64 one; that chain is compared in fp64 (hrf's pipeline converted), also within 1e-4 (both
 //! sides keep the scheduler's ᾱ in fp32, as diffusers does, so fp64 chains agree to its
-//! rounding, amplified).
+//! rounding, amplified). And the PPO ratio of the text-to-image policy with active LoRA
+//! adapters is 1 before the first update.
 
 use std::path::PathBuf;
 
+use hrf_diffusion::lora::LoraSpec;
 use hrf_diffusion::stable_diffusion::StableDiffusion;
 use hrf_diffusion::DdimScheduler;
 use hrf_train::policy::Policy;
+use hrf_train::ppo::{ppo_loss, StepBatch};
 use hrf_train::sampling::{denoise_from, SampleRequest};
 use hrf_train::text_to_image::TextToImage;
+use hrf_train::trajectory::sample_trajectories;
 use tch::{Device, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -197,4 +201,89 @@ fn a_strongly_guided_chain_matches_the_pipeline_in_fp64() {
         "{name}: latents {err:.1e} (diffusers' own fp32 vs fp64: {})",
         f["diffusers_fp32_vs_fp64"]["7.5"]
     );
+}
+
+/// DDPO's first inner epoch on the text-to-image policy: with LoRA adapters that act (B drawn,
+/// not zero) and guidance 3, the log-probs the trainer recomputes — in train batches of another
+/// composition than the sampling batch, under autograd as training runs — equal the
+/// sampling-time ones, so every PPO ratio is 1 (fp32, CPU; within 1e-5 as for the pixel UNet).
+#[test]
+fn the_ppo_ratio_is_one_before_the_first_update() {
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 4.0,
+        targets: ["to_q", "to_k", "to_v", "to_out.0"]
+            .map(String::from)
+            .to_vec(),
+    };
+    let dir = repo().join("models/sd-tiny");
+    let sd = StableDiffusion::load(&dir, Device::Cpu, Some((&spec, 3))).unwrap();
+    let prompts = [
+        "a photo of a cat".to_string(),
+        "a photo of a dog".to_string(),
+    ];
+    let policy = TextToImage::new(sd, &prompts, "");
+    let sched = DdimScheduler::new(policy.pipeline.scheduler.clone(), 4, 1e-4).unwrap();
+    let (guidance, eta) = (3.0, 1.0);
+    let labels = Tensor::from_slice(&[0i64, 1, 1, 0]);
+    let x = hrf_diffusion::init::keyed_normal(&[41], &[4, 4, 16, 16]);
+    let t = Tensor::from_slice(&[501i64; 4]);
+    let plain = tch::no_grad(|| policy.guided_output(&x, &t, Some(&labels), guidance));
+    let adapters = &policy.pipeline.unet.lora.as_ref().unwrap().1;
+    hrf_diffusion::init::init_keyed(adapters, 77);
+    let adapted = tch::no_grad(|| policy.guided_output(&x, &t, Some(&labels), guidance));
+    let moved = max_err(&plain, &adapted);
+    assert!(
+        moved > 1e-3,
+        "the adapters do not change the output ({moved})"
+    );
+
+    let keys: Vec<u64> = (0..4).collect();
+    let tr = sample_trajectories(
+        &policy,
+        &sched,
+        &SampleRequest {
+            labels: Some(&labels),
+            keys: &keys,
+            seed: 9,
+            eta,
+            guidance,
+        },
+        None,
+        Device::Cpu,
+    );
+    let mut worst = 0f64;
+    for rows in [vec![3i64, 0, 2], vec![1]] {
+        let idx = Tensor::from_slice(&rows);
+        for step in sched.trainable_steps(0) {
+            let i = step as i64;
+            let at = |t: &Tensor, j: i64| t.index_select(0, &idx).select(1, j);
+            let old = at(&tr.log_probs, i);
+            let ids = labels.index_select(0, &idx);
+            let out = ppo_loss(
+                &policy,
+                &sched,
+                &StepBatch {
+                    sample: &at(&tr.latents, i),
+                    prev: &at(&tr.latents, i + 1),
+                    step_index: &Tensor::full(
+                        [rows.len() as i64],
+                        i,
+                        (tch::Kind::Int64, Device::Cpu),
+                    ),
+                    labels: Some(&ids),
+                    old_log_prob: &old,
+                    advantages: &old.ones_like(),
+                },
+                eta,
+                guidance,
+                1e-4,
+            );
+            assert!(out.loss.requires_grad(), "recomputed under autograd");
+            let ratio = (&out.log_prob.detach() - &old).exp();
+            worst = worst.max((ratio - 1.0).abs().max().double_value(&[]));
+        }
+    }
+    eprintln!("text-to-image PPO ratio before the first update: worst |ratio − 1| = {worst:.1e}");
+    assert!(worst <= 1e-5, "worst |ratio − 1| = {worst:e}");
 }

@@ -28,6 +28,11 @@ impl Run<'_> {
         )
     }
 
+    /// The prompts of an evaluation's first `n` samples (keys 0..n), for its grid.
+    pub(super) fn eval_prompts(&self, n: usize) -> Vec<Option<String>> {
+        (0..n as u64).map(|k| self.prompt_for(k)).collect()
+    }
+
     fn prompt_for(&self, key: u64) -> Option<String> {
         (!self.prompts.is_empty())
             .then(|| self.prompts[key as usize % self.prompts.len()].0.clone())

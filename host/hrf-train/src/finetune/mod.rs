@@ -194,13 +194,39 @@ impl Run<'_> {
         f.sync_data().map_err(io_err(&path))
     }
 
-    fn write_grid(&self, images: &[Image], name: &str) -> Result<(), RunError> {
-        let path = self.dir.join("samples").join(name);
+    /// Writes up to 64 images as an 8-column grid `samples/NAME.png`; with prompts, also
+    /// `samples/NAME.prompts.json`: the prompt of every cell, row by row.
+    fn write_grid(
+        &self,
+        images: &[Image],
+        prompts: &[Option<String>],
+        name: &str,
+    ) -> Result<(), RunError> {
+        const COLUMNS: usize = 8;
+        let path = self.dir.join("samples").join(format!("{name}.png"));
         let n = images.len().min(64);
-        hrf_data::grid::save_grid(&images[..n], 8, 2, &path).map_err(|message| RunError::Io {
-            path: path.clone(),
-            message,
-        })
+        hrf_data::grid::save_grid(&images[..n], COLUMNS, 2, &path).map_err(|message| {
+            RunError::Io {
+                path: path.clone(),
+                message,
+            }
+        })?;
+        if prompts.iter().take(n).all(Option::is_none) {
+            return Ok(());
+        }
+        let rows: Vec<&[Option<String>]> =
+            prompts[..n.min(prompts.len())].chunks(COLUMNS).collect();
+        let text =
+            serde_json::json!({"grid": format!("{name}.png"), "columns": COLUMNS, "prompts": rows});
+        let path = self
+            .dir
+            .join("samples")
+            .join(format!("{name}.prompts.json"));
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&text).expect("json") + "\n",
+        )
+        .map_err(io_err(&path))
     }
 
     fn update_plots(&self) {
@@ -261,7 +287,7 @@ impl Run<'_> {
                 }
                 let (report, images) = self.evaluate(scheduler, 0, p.evaluation.samples)?;
                 self.append_metrics(&serde_json::json!({"kind": "eval", "report": report}))?;
-                self.write_grid(&images, "eval-0000.png")?;
+                self.write_grid(&images, &self.eval_prompts(images.len()), "eval-0000")?;
                 if self.verbosity != Verbosity::Quiet {
                     eprintln!("{}", describe_eval("base model", &report));
                 }
@@ -357,7 +383,9 @@ impl Run<'_> {
             line["kind"] = "epoch".into();
             line["class_histogram"] = serde_json::to_value(&histogram).expect("histogram");
             self.append_metrics(&line)?;
-            self.write_grid(&images, &format!("epoch-{:04}.png", epoch + 1))?;
+            let prompts: Vec<Option<String>> =
+                outcome.samples.iter().map(|s| s.prompt.clone()).collect();
+            self.write_grid(&images, &prompts, &format!("epoch-{:04}", epoch + 1))?;
             if outcome.stats.skipped > 0 {
                 eprintln!(
                     "warning: epoch {}: {} of {} samples skipped (on_error: skip): {}",
@@ -379,7 +407,11 @@ impl Run<'_> {
             if every > 0 && (epoch + 1) % every == 0 && !last {
                 let (report, images) = self.evaluate(scheduler, epoch + 1, p.evaluation.samples)?;
                 self.append_metrics(&serde_json::json!({"kind": "eval", "report": report}))?;
-                self.write_grid(&images, &format!("eval-{:04}.png", epoch + 1))?;
+                self.write_grid(
+                    &images,
+                    &self.eval_prompts(images.len()),
+                    &format!("eval-{:04}", epoch + 1),
+                )?;
                 if self.verbosity != Verbosity::Quiet {
                     eprintln!(
                         "{}",
@@ -426,7 +458,7 @@ impl Run<'_> {
         let (report, images, gold_values) =
             self.evaluate_with_gold(scheduler, done, p.evaluation.final_samples)?;
         self.append_metrics(&serde_json::json!({"kind": "final", "report": report}))?;
-        self.write_grid(&images, "final.png")?;
+        self.write_grid(&images, &self.eval_prompts(images.len()), "final")?;
         // The guards judge the final model on the seeds of the evaluations during training.
         let passed = match p.guard {
             Some(_) => {
