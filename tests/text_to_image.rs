@@ -146,7 +146,8 @@ fn ddpo_with_lora_resumes_exactly_and_loads_in_diffusers() {
         "the final LoRA differs after the resume"
     );
 
-    // The trained LoRA, sampled by hrf from the seed's latents, then by diffusers from them.
+    // The trained LoRA, sampled by hrf from the seed's latents, then by diffusers from them (at
+    // guidance 1.5: stronger guidance amplifies fp32 rounding on a random model, README).
     let io = d.join("io.safetensors");
     let grid = d.join("lora.png");
     let final_dir = whole.join("final");
@@ -165,7 +166,7 @@ fn ddpo_with_lora_resumes_exactly_and_loads_in_diffusers() {
             "--eta",
             "0",
             "--guidance",
-            "3",
+            "1.5",
             "--tensors",
             io.to_str().unwrap(),
             "-o",
@@ -223,7 +224,7 @@ fn ddpo_with_lora_resumes_exactly_and_loads_in_diffusers() {
         .arg(repo().join("tools/parity/check_sd_lora.py"))
         .arg(repo().join("models/sd-tiny"))
         .args([&final_dir, &merged, &io])
-        .args([prompt, "3", "10"])
+        .args([prompt, "1.5", "10"])
         .output()
         .unwrap();
     eprintln!("{}", text(&o));

@@ -35,7 +35,10 @@ class Warnings(logging.Handler):
 
 
 def pipeline(folder):
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    # fp32 throughout (the tiny pipeline keeps its text encoder in fp16 on disk).
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+    )
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -74,7 +77,7 @@ def main(base, lora_dir, merged_dir, tensors, prompt, guidance, steps):
     keys = {k.removeprefix("unet.") for k in file}
     extra, missing = sorted(keys - set(loaded)), sorted(set(loaded) - keys)
     diff = max((file["unet." + k] - loaded[k].float()).abs().max().item() for k in keys & set(loaded))
-    problems = [w for w in warnings.lines if "unexpected" in w.lower() or "missing" in w.lower()]
+    problems = [w for w in warnings.lines if "unexpected keys" in w.lower() or "missing keys" in w.lower()]
     config = pipe.unet.peft_config["hrf"]
     report(
         "load_lora_weights",

@@ -95,6 +95,9 @@ impl LoraSpec {
             ("bias", serde_json::json!("none")),
             ("init_lora_weights", serde_json::json!(true)),
             ("use_dora", serde_json::json!(false)),
+            // One rank and alpha for every layer (diffusers reads both maps).
+            ("rank_pattern", serde_json::json!({})),
+            ("alpha_pattern", serde_json::json!({})),
         ]
         .into_iter()
         .map(|(k, v)| (format!("unet.{k}"), v))
@@ -253,12 +256,9 @@ pub fn save_diffusers(
         })
         .collect();
     let meta = serde_json::to_string_pretty(&spec.diffusers_metadata()).expect("json");
-    let info: HashMap<String, String> = [
-        ("format".to_string(), "pt".to_string()),
-        (METADATA_KEY.to_string(), meta),
-    ]
-    .into_iter()
-    .collect();
+    // One metadata key: safetensors keeps the metadata in a HashMap, whose order (so the file's
+    // bytes) would change from process to process with two.
+    let info: HashMap<String, String> = [(METADATA_KEY.to_string(), meta)].into_iter().collect();
     let io = |source| DiffusionError::Io {
         path: path.to_path_buf(),
         source,
