@@ -96,13 +96,17 @@ fn sampling_options_and_missing_models_are_usage_errors() {
 #[test]
 fn sample_and_eval_share_defaults_and_run_help_names_every_method() {
     let help = |cmd: &str| text(&hrf(&[cmd, "--help"]));
-    for cmd in ["sample", "eval"] {
-        let h = help(cmd);
-        assert!(
-            h.contains("--eta <ETA>") && h.contains("[default: 1]"),
-            "{cmd}: {h}"
-        );
-        assert!(h.contains("[default: 1.25]"), "{cmd}: {h}");
+    let eval = help("eval");
+    assert!(
+        eval.contains("--eta <ETA>") && eval.contains("[default: 1]"),
+        "{eval}"
+    );
+    assert!(eval.contains("[default: 1.25]"), "{eval}");
+    // `hrf sample` also samples Stable Diffusion pipelines (η 0, guidance 7.5 there), so its
+    // testbed defaults are stated in the help text rather than as clap defaults.
+    let sample = help("sample");
+    for says in ["Default 1 for the testbed", "1.25 for the testbed"] {
+        assert!(sample.contains(says), "{says}: {sample}");
     }
     let run = help("run");
     for method in ["ddpo-is", "ddpo-sf", "hrf or hrf-d"] {
