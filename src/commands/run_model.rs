@@ -14,14 +14,14 @@ use hrf_train::tuned::TunedModel;
 use crate::usage::UsageError;
 
 pub enum RunModel {
-    Pixel(DiffusersModel),
+    Pixel(Box<DiffusersModel>),
     TextToImage(Box<TextToImage>),
 }
 
 impl RunModel {
     pub fn tuned(&self) -> &dyn TunedModel {
         match self {
-            Self::Pixel(m) => m,
+            Self::Pixel(m) => m.as_ref(),
             Self::TextToImage(t) => t.as_ref(),
         }
     }
@@ -56,7 +56,7 @@ impl RunModel {
     /// names, the evaluation classifier).
     pub fn pixel(&self) -> Option<&DiffusersModel> {
         match self {
-            Self::Pixel(m) => Some(m),
+            Self::Pixel(m) => Some(m.as_ref()),
             Self::TextToImage(_) => None,
         }
     }
@@ -95,7 +95,7 @@ pub fn load(
         (source, _) => {
             let m = super::pretrain::load_model(source, dev, seed)?;
             let own = m.scheduler.clone();
-            (RunModel::Pixel(m), own)
+            (RunModel::Pixel(Box::new(m)), own)
         }
     };
     let scheduler = match (own, &p.scheduler) {
