@@ -104,6 +104,16 @@ fn check_run_folder(run: &Path) {
     for e in of_kind(&lines, "epoch") {
         assert!(e["loss"].as_f64().unwrap().is_finite(), "{e}");
     }
+    // Diversity in the fallback pixel features, named weak; per prompt too; no class metrics.
+    let d = &fin["report"]["diversity"];
+    assert_eq!(d["features"], "pixels 16×16 (weak)", "{d}");
+    let vendi = d["vendi"].as_f64().unwrap();
+    let samples = d["samples"].as_f64().unwrap();
+    assert!(vendi > 1.0 && vendi <= samples, "{d}");
+    assert!(d.get("class_entropy").is_none(), "{d}");
+    let per_prompt = fin["report"]["per_prompt_vendi"].as_f64().unwrap();
+    assert!(per_prompt >= 1.0 && per_prompt.is_finite(), "{per_prompt}");
+    assert!(fin["report"]["class_accuracy"].is_null(), "{fin}");
 }
 
 #[test]

@@ -120,7 +120,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         let mut v = serde_json::to_value(&div)?;
         let fid = div.fid_like.unwrap_or(f64::NAN);
         v["fid_like_ratio"] = json!(fid / fid_ref);
-        v["class_entropy_ratio"] = json!(div.class_entropy / (ev.class_names.len() as f64).ln());
+        v["class_entropy_ratio"] =
+            json!(div.class_entropy().unwrap_or(f64::NAN) / (ev.class_names.len() as f64).ln());
         v["guidance"] = json!(guidance);
         let prompts: Vec<Option<String>> = match &labels {
             Some(l) if name == "conditional" => l

@@ -215,7 +215,7 @@ fn load_all(p: &RunPipeline, dev: tch::Device, allow_native: bool) -> anyhow::Re
         .iter()
         .map(|spec| hrf_plugins::build_rewards(std::slice::from_ref(spec), &cx))
         .collect::<Result<Vec<_>, _>>()?;
-    let evaluator = evaluator_for(&model)?;
+    let evaluator = evaluator_for(p, &model)?;
     if let Some(g) = &p.guard {
         let floors = [
             ("vendi_floor", g.vendi_floor.is_some()),
@@ -452,9 +452,29 @@ fn describe_summary(s: &hrf_report::records::RunSummary) -> String {
     )
 }
 
-/// The independent evaluation classifier with the real Fashion-MNIST test split as reference,
-/// when the model makes images it can judge (one channel) and the data is installed.
-fn evaluator_for(model: &RunModel) -> anyhow::Result<Option<Evaluator>> {
+/// The extractor `evaluation.features` names. The classifier (the independent evaluation
+/// classifier with the real Fashion-MNIST test split as reference) only when the model makes
+/// images it can judge (one channel) and the data is installed; else no diversity is measured.
+fn evaluator_for(p: &RunPipeline, model: &RunModel) -> anyhow::Result<Option<Evaluator>> {
+    use hrf_config::features::FeatureExtractor;
+    let named = p.evaluation.features.describe();
+    match &p.evaluation.features {
+        FeatureExtractor::Classifier => {}
+        FeatureExtractor::Onnx {
+            model: file,
+            output,
+            input,
+        } => {
+            let ev = Evaluator::encoder(file, output, input.clone(), named).map_err(|e| {
+                UsageError(format!("{}: evaluation.features: {e}", p.file.display()))
+            })?;
+            return Ok(Some(ev));
+        }
+        FeatureExtractor::Pixels { size } => {
+            eprintln!("note: diversity is measured in downsampled pixels, a weak measure: give evaluation.features {{kind: onnx, model: …}} (an image encoder such as CLIP's) for a meaningful one");
+            return Ok(Some(Evaluator::pixels(*size, named)));
+        }
+    }
     let Some(model) = model.pixel() else {
         eprintln!("note: no diversity metrics (the evaluation classifier judges the testbed's 1-channel images)");
         return Ok(None);

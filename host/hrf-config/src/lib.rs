@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 mod check;
+pub mod features;
 pub mod guard;
 pub mod limits;
 pub mod model_spec;

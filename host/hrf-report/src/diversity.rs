@@ -77,8 +77,10 @@ fn unit_rows(features: &[Vec<f32>]) -> Vec<Vec<f64>> {
 }
 
 /// Vendi score with the cosine kernel: exp of the Shannon entropy of the eigenvalues of K/n,
-/// K_ij = cos(f_i, f_j). Computed from the d×d matrix XᵀX/n, which has the same non-zero
-/// eigenvalues as K/n = XXᵀ/n for unit rows X. 1 for n identical samples, n for n orthogonal ones.
+/// K_ij = cos(f_i, f_j). For unit rows X, K/n = XXᵀ/n (n×n) and XᵀX/n (d×d) have the same
+/// non-zero eigenvalues, so the smaller of the two is decomposed (an encoder's or pixel features
+/// have hundreds of dimensions; an evaluation has up to thousands of samples). 1 for n
+/// identical samples, n for n orthogonal ones.
 pub fn vendi_score(features: &[Vec<f32>]) -> f64 {
     let n = features.len();
     if n == 0 {
@@ -86,21 +88,34 @@ pub fn vendi_score(features: &[Vec<f32>]) -> f64 {
     }
     let x = unit_rows(features);
     let d = x[0].len();
-    let mut g = vec![0.0; d * d];
-    for row in &x {
-        for i in 0..d {
-            for j in i..d {
-                g[i * d + j] += row[i] * row[j];
+    let (m, g) = if n <= d {
+        let mut g = vec![0.0; n * n];
+        for i in 0..n {
+            for j in i..n {
+                let dot: f64 = x[i].iter().zip(&x[j]).map(|(a, b)| a * b).sum();
+                g[i * n + j] = dot / n as f64;
+                g[j * n + i] = g[i * n + j];
             }
         }
-    }
-    for i in 0..d {
-        for j in i..d {
-            g[i * d + j] /= n as f64;
-            g[j * d + i] = g[i * d + j];
+        (n, g)
+    } else {
+        let mut g = vec![0.0; d * d];
+        for row in &x {
+            for i in 0..d {
+                for j in i..d {
+                    g[i * d + j] += row[i] * row[j];
+                }
+            }
         }
-    }
-    let entropy: f64 = symmetric_eigenvalues(&g, d)
+        for i in 0..d {
+            for j in i..d {
+                g[i * d + j] /= n as f64;
+                g[j * d + i] = g[i * d + j];
+            }
+        }
+        (d, g)
+    };
+    let entropy: f64 = symmetric_eigenvalues(&g, m)
         .into_iter()
         .filter(|&l| l > 1e-12)
         .map(|l| -l * l.ln())
@@ -248,30 +263,64 @@ pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 pub struct Diversity {
     pub samples: usize,
     pub vendi: f64,
+    /// The image features Vendi and the Fréchet distance are measured in (see
+    /// [`FEATURES_CLASSIFIER`]; older records, which had no field, were all the classifier's).
+    #[serde(default = "classifier_features")]
+    pub features: String,
+    /// The class metrics, when the features come with class probabilities (the testbed's
+    /// evaluation classifier); none for an image encoder's or pixel features.
+    #[serde(flatten)]
+    pub classes: Option<ClassCoverage>,
+    /// Fréchet distance to the reference (real) features, when given.
+    pub fid_like: Option<f64>,
+}
+
+/// How the sampled classes cover the label set.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ClassCoverage {
     pub class_entropy: f64,
     /// Classes holding at least 1% of the samples.
     pub classes_covered: usize,
     pub class_histogram: Vec<usize>,
     pub is_like: f64,
-    /// Fréchet distance to the reference (real) features, when given.
-    pub fid_like: Option<f64>,
 }
 
+/// [`Diversity::features`] of the testbed's evaluation classifier.
+pub const FEATURES_CLASSIFIER: &str = "classifier";
+
+fn classifier_features() -> String {
+    FEATURES_CLASSIFIER.into()
+}
+
+impl Diversity {
+    pub fn class_entropy(&self) -> Option<f64> {
+        self.classes.as_ref().map(|c| c.class_entropy)
+    }
+}
+
+/// The diversity of a set from its features (one row per sample), with the class metrics when
+/// `probs` holds each sample's class probabilities (empty: none).
 pub fn diversity(
+    features_name: &str,
     probs: &[Vec<f32>],
     features: &[Vec<f32>],
     reference: Option<&[Vec<f32>]>,
 ) -> Diversity {
-    let classes = probs.first().map_or(0, |r| r.len());
-    let hist = class_histogram(probs, classes);
-    let n = probs.len();
+    let n = features.len();
+    let classes = (!probs.is_empty()).then(|| {
+        let hist = class_histogram(probs, probs[0].len());
+        ClassCoverage {
+            class_entropy: entropy(&hist),
+            classes_covered: hist.iter().filter(|&&c| c * 100 >= n && c > 0).count(),
+            class_histogram: hist,
+            is_like: inception_like_score(probs),
+        }
+    });
     Diversity {
         samples: n,
         vendi: vendi_score(features),
-        class_entropy: entropy(&hist),
-        classes_covered: hist.iter().filter(|&&c| c * 100 >= n && c > 0).count(),
-        class_histogram: hist,
-        is_like: inception_like_score(probs),
+        features: features_name.into(),
+        classes,
         fid_like: reference.map(|r| frechet_distance(features, r)),
     }
 }
@@ -299,6 +348,59 @@ mod tests {
             })
             .collect();
         assert!((vendi_score(&two) - 2.0).abs() < 1e-9);
+    }
+
+    /// The n×n and d×d forms give one score: 8 rows in 12 dimensions (fewer samples than
+    /// dimensions: the n×n kernel is decomposed) against the 12×12 covariance's eigenvalues,
+    /// and 40 rows (the covariance path) within its bounds.
+    #[test]
+    fn vendi_from_the_kernel_and_from_the_covariance_agree() {
+        let rows: Vec<Vec<f32>> = (0..40)
+            .map(|i| {
+                (0..12)
+                    .map(|j| (((i * 7 + j * 3) % 11) as f32 - 5.0) + 0.1 * j as f32)
+                    .collect()
+            })
+            .collect();
+        let wide = vendi_score(&rows);
+        let narrow = vendi_score(&rows[..8]);
+        // The d×d form on the 8 rows, by hand: the same eigenvalues.
+        let x = unit_rows(&rows[..8]);
+        let mut g = vec![0.0; 144];
+        for r in &x {
+            for i in 0..12 {
+                for j in 0..12 {
+                    g[i * 12 + j] += r[i] * r[j] / 8.0;
+                }
+            }
+        }
+        let by_cov: f64 = symmetric_eigenvalues(&g, 12)
+            .into_iter()
+            .filter(|&l| l > 1e-12)
+            .map(|l| -l * l.ln())
+            .sum::<f64>()
+            .exp();
+        assert!((narrow - by_cov).abs() < 1e-9, "{narrow} vs {by_cov}");
+        assert!(wide > 1.0 && wide <= 12.0 && narrow > 1.0 && narrow <= 8.0);
+    }
+
+    #[test]
+    fn records_without_features_read_as_the_classifiers_and_classless_ones_round_trip() {
+        let old = r#"{"samples": 4, "vendi": 2.5, "class_entropy": 1.2, "classes_covered": 3,
+            "class_histogram": [1, 2, 1], "is_like": 2.0, "fid_like": 7.0}"#;
+        let d: Diversity = serde_json::from_str(old).unwrap();
+        assert_eq!(d.features, FEATURES_CLASSIFIER);
+        assert_eq!(d.class_entropy(), Some(1.2));
+        assert_eq!(d.classes.as_ref().unwrap().class_histogram, [1, 2, 1]);
+        let f = vec![vec![1.0f32, 0.0], vec![0.0, 1.0]];
+        let d = diversity("pixels 16×16 (weak)", &[], &f, None);
+        assert_eq!((d.samples, d.class_entropy()), (2, None));
+        assert!((d.vendi - 2.0).abs() < 1e-9);
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(!text.contains("class_entropy"), "{text}");
+        let back: Diversity = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.features, "pixels 16×16 (weak)");
+        assert!(back.classes.is_none());
     }
 
     #[test]

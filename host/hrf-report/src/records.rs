@@ -243,10 +243,16 @@ pub fn describe_eval(what: &str, r: &EvalReport) -> String {
         r.samples, r.reward_mean, r.reward_sem
     );
     if let Some(d) = &r.diversity {
-        s += &format!(
-            ", Vendi {:.2}, class entropy {:.3}, {} classes",
-            d.vendi, d.class_entropy, d.classes_covered
-        );
+        s += &format!(", Vendi {:.2}", d.vendi);
+        match &d.classes {
+            Some(c) => {
+                s += &format!(
+                    ", class entropy {:.3}, {} classes",
+                    c.class_entropy, c.classes_covered
+                )
+            }
+            None => s += &format!(" ({} features)", d.features),
+        }
         if let Some(f) = d.fid_like {
             s += &format!(", FID-like {f:.2}");
         }

@@ -56,6 +56,8 @@ struct Eval {
     entropy: Option<f64>,
     entropy_se: Option<f64>,
     classes: Option<usize>,
+    /// What the Vendi score's features are (older records: the classifier's).
+    features: String,
 }
 
 impl Eval {
@@ -80,6 +82,10 @@ impl Eval {
             entropy: d["class_entropy"].as_f64(),
             entropy_se: hist.as_deref().and_then(entropy_standard_error),
             classes: hist.as_ref().map(|h| h.len()).filter(|&k| k > 1),
+            features: d["features"]
+                .as_str()
+                .unwrap_or(crate::diversity::FEATURES_CLASSIFIER)
+                .to_string(),
         })
     }
 }
@@ -287,7 +293,10 @@ pub fn run_charts(all: &[Value]) -> Vec<(&'static str, Chart)> {
     charts.push((
         DIVERSITY_PLOT,
         epoch_axis(
-            titled("Diversity (Vendi score of classifier features)"),
+            titled(&format!(
+                "Diversity (Vendi score of {} features)",
+                evals.last().map_or("classifier", |e| e.features.as_str())
+            )),
             "Vendi score",
             series.clone(),
             [base_line(base), floor("vendi_floor")].concat(),

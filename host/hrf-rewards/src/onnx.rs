@@ -98,7 +98,8 @@ impl OnnxModel {
         &self.input_names
     }
 
-    fn output_index(&self, sel: &OutputSel) -> Result<usize, OnnxError> {
+    /// The index of the output `sel` names, or an error naming the model's outputs.
+    pub fn output_index(&self, sel: &OutputSel) -> Result<usize, OnnxError> {
         match sel {
             OutputSel::Index(i) if *i < self.output_names.len() => Ok(*i),
             OutputSel::Index(i) => Err(model_err(&self.path)(format!(

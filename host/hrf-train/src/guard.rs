@@ -69,9 +69,13 @@ pub fn checks(
 ) -> Vec<GuardCheck> {
     let mut out = Vec::new();
     let diversity = |r: &EvalReport, vendi: bool| {
-        r.diversity
-            .as_ref()
-            .map(|d| if vendi { d.vendi } else { d.class_entropy })
+        r.diversity.as_ref().and_then(|d| {
+            if vendi {
+                Some(d.vendi)
+            } else {
+                d.class_entropy()
+            }
+        })
     };
     for (name, floor, vendi) in [
         ("vendi_floor", g.vendi_floor, true),
@@ -218,7 +222,7 @@ impl GuardState {
 mod tests {
     use super::*;
     use hrf_config::guard::{Floor, FloorGiven};
-    use hrf_report::diversity::Diversity;
+    use hrf_report::diversity::{ClassCoverage, Diversity, FEATURES_CLASSIFIER};
 
     fn report(
         epoch: u64,
@@ -237,10 +241,13 @@ mod tests {
             diversity: Some(Diversity {
                 samples: 16,
                 vendi,
-                class_entropy: entropy,
-                classes_covered: 10,
-                class_histogram: vec![],
-                is_like: 1.0,
+                features: FEATURES_CLASSIFIER.into(),
+                classes: Some(ClassCoverage {
+                    class_entropy: entropy,
+                    classes_covered: 10,
+                    class_histogram: vec![],
+                    is_like: 1.0,
+                }),
                 fid_like: None,
             }),
             per_prompt_vendi: None,

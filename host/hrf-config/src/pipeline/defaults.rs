@@ -169,6 +169,7 @@ impl Default for EvaluationRaw {
             eta: 0.0,
             guidance: None,
             best_by: BestBy::Reward,
+            features: None,
             gold: Vec::new(),
         }
     }

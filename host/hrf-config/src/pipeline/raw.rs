@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::features::FeatureExtractor;
 use crate::guard::GuardSettings;
 use crate::model_spec::ModelSpecRaw;
 use crate::reward::{HttpInputs, ImageEncoding, ImageInput, StageSpec};
@@ -461,6 +462,12 @@ pub struct EvaluationRaw {
     pub guidance: Option<f64>,
     /// How the best checkpoint is chosen.
     pub best_by: BestBy,
+    /// The image features diversity is measured in: `{kind: classifier}` (the testbed's
+    /// evaluation classifier; the default for pixel models), `{kind: onnx, model: …}` (an image
+    /// encoder of yours) or `{kind: pixels}` (downsampled pixels, weak; the default for Stable
+    /// Diffusion pipelines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<FeatureExtractor>,
     /// Gold rewards: scored on every evaluation's samples and logged beside the training
     /// reward, never trained on. Entries as in `rewards:`, names unique among them.
     #[serde(skip_serializing)]

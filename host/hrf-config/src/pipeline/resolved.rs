@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::raw::{BestBy, OnError, ScoreRaw, Transform};
+use crate::features::FeatureExtractor;
 use crate::guard::GuardSettings;
 use crate::model_spec::{ModelSource, ModelSpec};
 use crate::reward::{HttpInputs, ImageEncoding, ImageInput, StageSpec};
@@ -182,6 +183,9 @@ pub struct EvaluationSettings {
     pub eta: f64,
     pub guidance: f64,
     pub best_by: BestBy,
+    /// The model's default filled in (`FeatureExtractor::default_for`); an ONNX encoder's
+    /// path resolved against the YAML's folder.
+    pub features: FeatureExtractor,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

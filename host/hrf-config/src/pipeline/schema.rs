@@ -14,17 +14,21 @@ pub fn run_schema() -> Value {
     s
 }
 
-/// An enum variant with data (`{column: 1}`, `{fixed: 3}`) is an object of one key; schemars
-/// puts the variant's doc comment on the object, and this copies it to the key, so that every
-/// property of the schema says what it is.
+/// An enum variant with data (`{column: 1}`, `{fixed: 3}`) is an object of one key, and an
+/// internally tagged variant (`{kind: pixels, size: 8}`) an object whose tag is a `const`;
+/// schemars puts the variant's doc comment on the object, and this copies it to the key or the
+/// tag, so that every property of the schema says what it is.
 fn describe_variant_keys(v: &mut Value) {
     match v {
         Value::Object(m) => {
             let desc = m.get("description").cloned();
             if let (Some(desc), Some(Value::Object(props))) = (desc, m.get_mut("properties")) {
-                if props.len() == 1 {
-                    if let Some(Value::Object(p)) = props.values_mut().next() {
-                        p.entry("description").or_insert(desc);
+                let one_key = props.len() == 1;
+                for p in props.values_mut() {
+                    if let Value::Object(p) = p {
+                        if one_key || p.contains_key("const") {
+                            p.entry("description").or_insert(desc.clone());
+                        }
                     }
                 }
             }

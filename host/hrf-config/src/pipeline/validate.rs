@@ -17,6 +17,7 @@ use super::raw::{
 };
 use super::resolved::{EvaluationSettings, RewardSpec, RunPipeline, RunSettings};
 use super::{rewards, sizes, window};
+use crate::features::{FeatureExtractor, PIXEL_FEATURES_MAX_SIZE};
 use crate::guard::{Floor, GuardAction, GuardSettings};
 use crate::limits::{self, canonical};
 use crate::model_spec::{ModelSource, ModelSpec, ModelSpecRaw};
@@ -52,7 +53,14 @@ impl RunFile {
                 .saturating_mul(self.sampling.batches_per_epoch),
         );
         let rewards = rewards::validate(&mut p, self.rewards, &base, conditional);
-        let evaluation = evaluation(&mut p, &self.evaluation, self.sampling.guidance);
+        let text_to_image = model.as_ref().is_some_and(ModelSpec::is_text_to_image);
+        let evaluation = evaluation(
+            &mut p,
+            &self.evaluation,
+            self.sampling.guidance,
+            text_to_image,
+            &base,
+        );
         let gold = rewards::validate_gold(&mut p, self.evaluation.gold, &base, conditional);
         if let Some(g) = &self.guard {
             guard(&mut p, g, &evaluation, &gold);
@@ -432,11 +440,14 @@ fn advantages(
     }
 }
 
-/// `evaluation:`: sample counts, η, guidance (by default `sampling.guidance`), the best-by rule.
+/// `evaluation:`: sample counts, η, guidance (by default `sampling.guidance`), the best-by rule,
+/// the diversity features (by default the model's kind's).
 fn evaluation(
     p: &mut Problems<'_>,
     e: &EvaluationRaw,
     sampling_guidance: f64,
+    text_to_image: bool,
+    base: &Base,
 ) -> EvaluationSettings {
     p.at_least("evaluation.samples", e.samples, 2);
     p.at_least("evaluation.final_samples", e.final_samples, 2);
@@ -470,6 +481,71 @@ fn evaluation(
         eta: e.eta,
         guidance,
         best_by: e.best_by,
+        features: features(p, e.features.as_ref(), text_to_image, base),
+    }
+}
+
+/// `evaluation.features`: the encoder file exists, the pixel size is in range, and the testbed's
+/// classifier judges only the pixel models it was trained for.
+fn features(
+    p: &mut Problems<'_>,
+    f: Option<&FeatureExtractor>,
+    text_to_image: bool,
+    base: &Base,
+) -> FeatureExtractor {
+    let Some(f) = f else {
+        return FeatureExtractor::default_for(text_to_image);
+    };
+    match f.clone() {
+        FeatureExtractor::Classifier if text_to_image => {
+            p.push(
+                "evaluation.features",
+                "the testbed's evaluation classifier judges 1-channel pixel images, not a Stable \
+                 Diffusion pipeline's: give {kind: onnx, model: …} (an image encoder) or {kind: pixels}",
+            );
+            FeatureExtractor::Classifier
+        }
+        FeatureExtractor::Onnx {
+            model,
+            output,
+            input,
+        } => {
+            let model = base.at(&model);
+            if !model.is_file() {
+                p.push(
+                    "evaluation.features.model",
+                    format!("{} not found", model.display()),
+                );
+            }
+            if let Some(wh) = input.size {
+                if wh.iter().any(|&v| v == 0 || v > limits::MAX_IMAGE_SIDE) {
+                    p.push(
+                        "evaluation.features.input.size",
+                        format!(
+                            "width and height must be in 1..={}, got [{}, {}]",
+                            limits::MAX_IMAGE_SIDE,
+                            wh[0],
+                            wh[1]
+                        ),
+                    );
+                }
+            }
+            FeatureExtractor::Onnx {
+                model,
+                output,
+                input,
+            }
+        }
+        FeatureExtractor::Pixels { size } => {
+            if !(1..=PIXEL_FEATURES_MAX_SIZE).contains(&size) {
+                p.push(
+                    "evaluation.features.size",
+                    format!("must be in 1..={PIXEL_FEATURES_MAX_SIZE}, got {size}"),
+                );
+            }
+            FeatureExtractor::Pixels { size }
+        }
+        other => other,
     }
 }
 
@@ -485,6 +561,15 @@ fn guard(
         p.push(
             "guard",
             "give at least one check: vendi_floor, class_entropy_floor or gold_drop",
+        );
+    }
+    if g.class_entropy_floor.is_some() && !evaluation.features.has_classes() {
+        p.push(
+            "guard.class_entropy_floor",
+            format!(
+                "needs class probabilities, which evaluation.features {} does not give: use guard.vendi_floor",
+                evaluation.features.describe()
+            ),
         );
     }
     for (field, floor) in [

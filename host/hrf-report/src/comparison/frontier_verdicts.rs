@@ -55,7 +55,7 @@ impl SeedCurve {
                 epoch: e.epoch,
                 reward: e.reward_mean,
                 vendi_vs_base: ratio(|e| Some(e.diversity.as_ref()?.vendi)),
-                entropy_vs_base: ratio(|e| Some(e.diversity.as_ref()?.class_entropy)),
+                entropy_vs_base: ratio(|e| e.diversity.as_ref()?.class_entropy()),
                 final_eval,
             }
         };

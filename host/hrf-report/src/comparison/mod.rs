@@ -260,7 +260,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::diversity::Diversity;
+    use crate::diversity::{ClassCoverage, Diversity, FEATURES_CLASSIFIER};
 
     pub(super) fn report(
         epoch: u64,
@@ -279,10 +279,13 @@ mod tests {
             diversity: Some(Diversity {
                 samples,
                 vendi,
-                class_entropy: entropy,
-                classes_covered: 10,
-                class_histogram: vec![],
-                is_like: 2.0,
+                features: FEATURES_CLASSIFIER.into(),
+                classes: Some(ClassCoverage {
+                    class_entropy: entropy,
+                    classes_covered: 10,
+                    class_histogram: vec![],
+                    is_like: 2.0,
+                }),
                 fid_like: Some(1.0),
             }),
             per_prompt_vendi: None,

@@ -60,14 +60,15 @@ pub struct Finals {
 impl Finals {
     pub fn of(r: &EvalReport) -> Self {
         let d = r.diversity.as_ref();
+        let c = d.and_then(|d| d.classes.as_ref());
         let nan = f64::NAN;
         Finals {
             reward: r.reward_mean,
             vendi: d.map_or(nan, |d| d.vendi),
-            class_entropy: d.map_or(nan, |d| d.class_entropy),
-            classes_covered: d.map_or(nan, |d| d.classes_covered as f64),
+            class_entropy: c.map_or(nan, |c| c.class_entropy),
+            classes_covered: c.map_or(nan, |c| c.classes_covered as f64),
             fid_like: d.and_then(|d| d.fid_like).unwrap_or(nan),
-            is_like: d.map_or(nan, |d| d.is_like),
+            is_like: c.map_or(nan, |c| c.is_like),
         }
     }
 }

@@ -147,20 +147,28 @@ impl Run<'_> {
         if let Some(evaluator) = self.evaluator.as_mut() {
             let (d, classified) = evaluator.diversity(&images)?;
             if !self.prompts.is_empty() {
-                let predicted = classified.predicted();
                 let mut by_prompt: BTreeMap<usize, Vec<Vec<f32>>> = BTreeMap::new();
-                let mut hits = 0usize;
                 for (i, f) in classified.features.iter().enumerate() {
-                    let p = i % self.prompts.len();
-                    by_prompt.entry(p).or_default().push(f.clone());
-                    hits += (predicted[i] as i64 == self.prompts[p].1) as usize;
+                    by_prompt
+                        .entry(i % self.prompts.len())
+                        .or_default()
+                        .push(f.clone());
                 }
                 let vendis: Vec<f64> = by_prompt
                     .values()
                     .map(|f| diversity::vendi_score(f))
                     .collect();
                 per_prompt_vendi = Some(vendis.iter().sum::<f64>() / vendis.len().max(1) as f64);
-                class_accuracy = Some(hits as f64 / n.max(1) as f64);
+                // The prompt's class is the classifier's label only for the testbed's prompts.
+                if !classified.probs.is_empty() {
+                    let hits = classified
+                        .predicted()
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, &k)| k as i64 == self.prompts[i % self.prompts.len()].1)
+                        .count();
+                    class_accuracy = Some(hits as f64 / n.max(1) as f64);
+                }
             }
             diversity = Some(d);
         }

@@ -373,11 +373,11 @@ impl Run<'_> {
             progress.bar.finish_and_clear();
             let images: Vec<Image> = outcome.samples.iter().map(|s| s.image.clone()).collect();
             let histogram = match self.evaluator.as_mut() {
-                Some(ev) => Some(diversity::class_histogram(
+                Some(ev) if !ev.class_names.is_empty() => Some(diversity::class_histogram(
                     &ev.classify(&images)?.probs,
                     ev.class_names.len(),
                 )),
-                None => None,
+                _ => None,
             };
             let mut line = serde_json::to_value(&outcome.stats).expect("stats serialise");
             line["kind"] = "epoch".into();

@@ -15,6 +15,7 @@ use crate::training::{
     AdvantageMode, AdvantageSettings, SamplingSettings, StartIndex, StepReduction, TrainingSettings,
 };
 
+mod features;
 mod guard;
 mod http;
 mod overrides;
