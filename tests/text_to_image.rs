@@ -242,6 +242,8 @@ fn ddpo_with_lora_resumes_exactly_and_loads_in_diffusers() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// HRF on the tiny pipeline with its frozen weights in bfloat16: both windows' starts are
+/// latent anchors of their window.
 #[test]
 fn hrf_with_lora_runs_on_latent_anchors() {
     let d = tmp("hrf-t2i", "hrf");
@@ -254,6 +256,8 @@ fn hrf_with_lora_runs_on_latent_anchors() {
             &[
                 "training.epochs=2",
                 "sampling.batch_size=10",
+                // The frozen weights in bfloat16 (the adapters and the DDIM arithmetic fp32).
+                "model.dtype=bf16",
                 "evaluation.every=0",
                 "evaluation.samples=16",
                 "evaluation.final_samples=16",
@@ -264,6 +268,8 @@ fn hrf_with_lora_runs_on_latent_anchors() {
     );
     assert!(o.status.success(), "{}", text(&o));
     check_run_folder(&run);
+    let resolved = std::fs::read_to_string(run.join("pipeline.resolved.yaml")).unwrap();
+    assert!(resolved.contains("dtype: bf16"), "{resolved}");
     let lines = metrics_lines(&run);
     let epochs = of_kind(&lines, "epoch");
     assert_eq!(epochs.len(), 2);

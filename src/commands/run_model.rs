@@ -2,7 +2,7 @@
 //! named architecture; every weight trains) or a Stable Diffusion pipeline folder (LoRA adapters
 //! train; prompts are encoded once, the negative prompt is guidance's unconditional branch).
 
-use hrf_config::model_spec::ModelSource;
+use hrf_config::model_spec::{ModelSource, Precision};
 use hrf_config::pipeline::RunPipeline;
 use hrf_diffusion::lora::LoraSpec;
 use hrf_diffusion::stable_diffusion::StableDiffusion;
@@ -86,8 +86,13 @@ pub fn load(
             spec.validate()
                 .map_err(|e| UsageError(format!("{file}: model.lora: {e}")))?;
             let lora_seed = hrf_train::sampling::mix_seed(&[p.run.seed, 0x10a]) as u64;
-            let sd = StableDiffusion::load(dir, dev, adapters.then_some((&spec, lora_seed)))
+            let mut sd = StableDiffusion::load(dir, dev, adapters.then_some((&spec, lora_seed)))
                 .map_err(|e| UsageError(format!("{file}: model.weights: {e}")))?;
+            if let Some(kind) = frozen_kind(p.model.dtype, dev)
+                .map_err(|e| UsageError(format!("{file}: model.dtype: {e}")))?
+            {
+                sd.set_precision(kind);
+            }
             let own = Some(sd.scheduler.clone());
             let t2i = TextToImage::new(sd, &p.prompts, &p.model.negative_prompt);
             (RunModel::TextToImage(Box::new(t2i)), own)
@@ -108,4 +113,17 @@ pub fn load(
         .validate()
         .map_err(|e| UsageError(format!("{file}: scheduler: {e}")))?;
     Ok((model, scheduler))
+}
+
+/// The libtorch kind of `model.dtype` on `dev` (`None`: fp32, nothing to cast). fp16 needs CUDA
+/// (validation refuses `device: cpu`; this catches `auto` on a machine without a GPU).
+pub fn frozen_kind(dtype: Precision, dev: tch::Device) -> Result<Option<tch::Kind>, String> {
+    match dtype {
+        Precision::Fp32 => Ok(None),
+        Precision::Bf16 => Ok(Some(tch::Kind::BFloat16)),
+        Precision::Fp16 if dev.is_cuda() => Ok(Some(tch::Kind::Half)),
+        Precision::Fp16 => Err(
+            "fp16 runs on CUDA only, and this run's device is the CPU: use bf16 (or fp32)".into(),
+        ),
+    }
 }

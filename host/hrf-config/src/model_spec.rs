@@ -31,6 +31,24 @@ pub struct ModelSpecRaw {
     /// branch, in sampling and evaluation (default: the empty prompt, as diffusers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub negative_prompt: Option<String>,
+    /// A Stable Diffusion pipeline's frozen weights (UNet, VAE, text encoder): `fp32`
+    /// (default), `bf16`, or `fp16` (CUDA only). LoRA adapters, their optimiser, the DDIM
+    /// arithmetic and the log-probs stay fp32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<Precision>,
+}
+
+/// The precision of a pipeline's frozen weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats.
+    #[default]
+    Fp32,
+    /// bfloat16: fp32's range at 8 bits of mantissa; on CUDA and CPU.
+    Bf16,
+    /// IEEE half precision: CUDA only (libtorch's CPU kernels lack much of it).
+    Fp16,
 }
 
 /// `model.lora:` (peft's LoraConfig, as diffusers' training scripts set it).
@@ -91,6 +109,8 @@ pub struct ModelSpec {
     /// For a Stable Diffusion pipeline: its adapters (alpha resolved) and negative prompt.
     pub lora: Option<LoraSettings>,
     pub negative_prompt: String,
+    /// The frozen weights' precision (fp32 for every pixel model).
+    pub dtype: Precision,
 }
 
 impl ModelSpec {
@@ -202,12 +222,26 @@ impl ModelSpecRaw {
                 "only a Stable Diffusion pipeline has a negative prompt".into(),
             ));
         }
+        let dtype = self.dtype.unwrap_or_default();
+        if dtype != Precision::Fp32 && !pipeline {
+            problems.push(err(
+                "model.dtype",
+                "only a Stable Diffusion pipeline's frozen weights take another precision (a pixel UNet2DModel trains all its weights, in fp32)".into(),
+            ));
+        }
+        if dtype == Precision::Fp16 && dev == "cpu" {
+            problems.push(err(
+                "model.dtype",
+                "fp16 runs on CUDA only: on CPU use bf16 (or fp32)".into(),
+            ));
+        }
         match source {
             Some(source) if problems.is_empty() => Ok(ModelSpec {
                 source,
                 device: self.device.clone(),
                 lora,
                 negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
+                dtype,
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -250,6 +284,7 @@ mod tests {
             device: "gpu".into(),
             lora: None,
             negative_prompt: None,
+            dtype: None,
         };
         let e = raw.validate(Path::new("dir/p.yaml")).unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
@@ -267,6 +302,7 @@ mod tests {
             device: "cpu".into(),
             lora: None,
             negative_prompt: None,
+            dtype: None,
         };
         let spec = raw.validate(&dir.join("p.yaml")).unwrap();
         assert_eq!(spec.source, ModelSource::Folder(dir.join("m")));
@@ -297,6 +333,7 @@ mod tests {
             device: "cpu".into(),
             lora,
             negative_prompt: neg.map(String::from),
+            dtype: None,
         };
         let yaml = dir.join("p.yaml");
         let lora = |rank, alpha| LoraSettings {
@@ -341,6 +378,30 @@ mod tests {
             .validate(&yaml)
             .unwrap()
             .is_text_to_image());
+        // model.dtype: a pipeline's frozen weights; fp16 on CUDA only.
+        let with = |w: &str, dtype: Precision, device: &str| ModelSpecRaw {
+            dtype: Some(dtype),
+            device: device.into(),
+            ..raw(w, (w == "sd").then(|| lora(4, None)), None)
+        };
+        assert_eq!(spec.dtype, Precision::Fp32);
+        let bf16 = with("sd", Precision::Bf16, "cpu").validate(&yaml).unwrap();
+        assert_eq!(bf16.dtype, Precision::Bf16);
+        assert!(with("sd", Precision::Fp16, "cuda").validate(&yaml).is_ok());
+        let e = with("sd", Precision::Fp16, "cpu")
+            .validate(&yaml)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("model.dtype") && e.to_string().contains("on CPU use bf16"),
+            "{e}"
+        );
+        let e = with("px", Precision::Bf16, "cpu")
+            .validate(&yaml)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("model.dtype") && e.to_string().contains("pixel UNet2DModel"),
+            "{e}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -155,6 +155,15 @@ impl StableDiffusion {
         })
     }
 
+    /// Casts the frozen weights (UNet, VAE, text encoder) to `kind` (e.g. `Kind::BFloat16`);
+    /// the LoRA adapters keep theirs (fp32), and each forward casts its inputs to its part's
+    /// precision and returns what the caller works in.
+    pub fn set_precision(&mut self, kind: Kind) {
+        self.unet.vs.set_kind(kind);
+        self.vae.vs.set_kind(kind);
+        self.text_encoder.vs.set_kind(kind);
+    }
+
     /// The shape of one latent `[C, h, w]`: the UNet's `sample_size` (64 for SD 1.5 at 512 px).
     pub fn latent_shape(&self) -> [i64; 3] {
         let size = self.unet.config.sample_size.unwrap_or(64);

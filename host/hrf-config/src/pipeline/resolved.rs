@@ -259,6 +259,8 @@ struct ResolvedModel<'a> {
     lora: Option<&'a crate::model_spec::LoraSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     negative_prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dtype: Option<crate::model_spec::Precision>,
 }
 
 #[derive(Serialize)]
@@ -305,6 +307,7 @@ impl Serialize for RunPipeline {
                     .model
                     .is_text_to_image()
                     .then_some(self.model.negative_prompt.as_str()),
+                dtype: self.model.is_text_to_image().then_some(self.model.dtype),
             },
             scheduler: self.scheduler.as_ref(),
             sampling: &self.sampling,
