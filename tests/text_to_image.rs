@@ -124,6 +124,8 @@ fn ddpo_with_lora_resumes_exactly_and_loads_in_diffusers() {
     let sets = [
         "training.epochs=3",
         "sampling.batch_size=8",
+        // The UNet's levels recomputed in the backward pass (resume must stay exact with it).
+        "model.gradient_checkpointing=true",
         "evaluation.every=2",
         "evaluation.samples=16",
         "evaluation.final_samples=16",

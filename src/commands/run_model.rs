@@ -94,7 +94,8 @@ pub fn load(
                 sd.set_precision(kind);
             }
             let own = Some(sd.scheduler.clone());
-            let t2i = TextToImage::new(sd, &p.prompts, &p.model.negative_prompt);
+            let mut t2i = TextToImage::new(sd, &p.prompts, &p.model.negative_prompt);
+            t2i.set_checkpointing(p.model.gradient_checkpointing);
             (RunModel::TextToImage(Box::new(t2i)), own)
         }
         (source, _) => {

@@ -36,6 +36,11 @@ pub struct ModelSpecRaw {
     /// arithmetic and the log-probs stay fp32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<Precision>,
+    /// A Stable Diffusion pipeline's UNet keeps only each level's inputs while training and
+    /// recomputes the levels in the backward pass: less memory, about one more forward's time;
+    /// the same gradients (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_checkpointing: Option<bool>,
 }
 
 /// The precision of a pipeline's frozen weights.
@@ -111,6 +116,8 @@ pub struct ModelSpec {
     pub negative_prompt: String,
     /// The frozen weights' precision (fp32 for every pixel model).
     pub dtype: Precision,
+    /// Gradient checkpointing of a pipeline's UNet (false for every pixel model).
+    pub gradient_checkpointing: bool,
 }
 
 impl ModelSpec {
@@ -229,6 +236,13 @@ impl ModelSpecRaw {
                 "only a Stable Diffusion pipeline's frozen weights take another precision (a pixel UNet2DModel trains all its weights, in fp32)".into(),
             ));
         }
+        let gradient_checkpointing = self.gradient_checkpointing.unwrap_or(false);
+        if gradient_checkpointing && !pipeline {
+            problems.push(err(
+                "model.gradient_checkpointing",
+                "is built for a Stable Diffusion pipeline's UNet; this model is a pixel UNet2DModel".into(),
+            ));
+        }
         if dtype == Precision::Fp16 && dev == "cpu" {
             problems.push(err(
                 "model.dtype",
@@ -242,6 +256,7 @@ impl ModelSpecRaw {
                 lora,
                 negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
                 dtype,
+                gradient_checkpointing,
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -285,6 +300,7 @@ mod tests {
             lora: None,
             negative_prompt: None,
             dtype: None,
+            gradient_checkpointing: None,
         };
         let e = raw.validate(Path::new("dir/p.yaml")).unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
@@ -303,6 +319,7 @@ mod tests {
             lora: None,
             negative_prompt: None,
             dtype: None,
+            gradient_checkpointing: None,
         };
         let spec = raw.validate(&dir.join("p.yaml")).unwrap();
         assert_eq!(spec.source, ModelSource::Folder(dir.join("m")));
@@ -334,6 +351,7 @@ mod tests {
             lora,
             negative_prompt: neg.map(String::from),
             dtype: None,
+            gradient_checkpointing: None,
         };
         let yaml = dir.join("p.yaml");
         let lora = |rank, alpha| LoraSettings {
@@ -393,6 +411,22 @@ mod tests {
             .unwrap_err();
         assert!(
             e.to_string().contains("model.dtype") && e.to_string().contains("on CPU use bf16"),
+            "{e}"
+        );
+        let checkpointed = |w: &str| ModelSpecRaw {
+            gradient_checkpointing: Some(true),
+            ..raw(w, (w == "sd").then(|| lora(4, None)), None)
+        };
+        assert!(
+            checkpointed("sd")
+                .validate(&yaml)
+                .unwrap()
+                .gradient_checkpointing
+        );
+        assert!(!spec.gradient_checkpointing);
+        let e = checkpointed("px").validate(&yaml).unwrap_err();
+        assert!(
+            e.to_string().contains("model.gradient_checkpointing"),
             "{e}"
         );
         let e = with("px", Precision::Bf16, "cpu")

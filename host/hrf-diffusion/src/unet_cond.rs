@@ -441,42 +441,270 @@ impl UNet2DConditionModel {
     /// The predicted noise [B, out, H, W] of latents x [B, in, H, W] at timesteps t [B], given
     /// the text encoder's states [B, L, cross_attention_dim].
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Tensor {
+        let emb = self.time_embedding(t, x.kind());
+        // Skips: conv_in's output, then every down resnet's (attention's) and downsampler's; the
+        // last of them is what the next down level, then the mid block, takes.
+        let mut skips = vec![x.apply(&self.conv_in)];
+        for i in 0..self.down.len() {
+            let h = skips.last().expect("conv_in's output").shallow_clone();
+            let made = self.down_level(i, &h, &emb, context);
+            skips.extend(made);
+        }
+        let mut h = self.mid(skips.last().expect("a skip"), &emb, context);
+        for j in 0..self.up.len() {
+            let taken = self.skips_of(j, &mut skips);
+            h = self.up_level(j, &h, &taken, &emb, context);
+        }
+        self.head(&h)
+    }
+
+    /// The time embedding [B, time_embed_dim] of timesteps t, in `kind`.
+    fn time_embedding(&self, t: &Tensor, kind: tch::Kind) -> Tensor {
         let c = &self.config;
-        let emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
-            .to_kind(x.kind())
+        timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
+            .to_kind(kind)
             .apply(&self.time_linear_1)
             .silu()
-            .apply(&self.time_linear_2);
-        let mut h = x.apply(&self.conv_in);
-        let mut skips = vec![h.shallow_clone()];
-        for level in &self.down {
-            for (j, r) in level.resnets.iter().enumerate() {
-                h = r.forward(&h, Some(&emb));
-                if let Some(a) = level.attentions.get(j) {
-                    h = a.forward(&h, context);
-                }
-                skips.push(h.shallow_clone());
+            .apply(&self.time_linear_2)
+    }
+
+    /// Down level i from its input h: the skips it makes, its output last.
+    fn down_level(&self, i: usize, h: &Tensor, emb: &Tensor, context: &Tensor) -> Vec<Tensor> {
+        let level = &self.down[i];
+        let mut h = h.shallow_clone();
+        let mut made = Vec::new();
+        for (j, r) in level.resnets.iter().enumerate() {
+            h = r.forward(&h, Some(emb));
+            if let Some(a) = level.attentions.get(j) {
+                h = a.forward(&h, context);
             }
-            if let Some(conv) = &level.sampler {
-                h = h.apply(conv);
-                skips.push(h.shallow_clone());
+            made.push(h.shallow_clone());
+        }
+        if let Some(conv) = &level.sampler {
+            made.push(h.apply(conv));
+        }
+        made
+    }
+
+    fn mid(&self, h: &Tensor, emb: &Tensor, context: &Tensor) -> Tensor {
+        let h = self.mid_resnets[0].forward(h, Some(emb));
+        let h = self.mid_attention.forward(&h, context);
+        self.mid_resnets[1].forward(&h, Some(emb))
+    }
+
+    /// The skips up level j takes, popped from the end (one per resnet), in the order it uses them.
+    fn skips_of<T>(&self, j: usize, skips: &mut Vec<T>) -> Vec<T> {
+        (0..self.up[j].resnets.len())
+            .map(|_| skips.pop().expect("one skip per up resnet"))
+            .collect()
+    }
+
+    /// Up level j from its input h and the skips it takes.
+    fn up_level(
+        &self,
+        j: usize,
+        h: &Tensor,
+        taken: &[Tensor],
+        emb: &Tensor,
+        context: &Tensor,
+    ) -> Tensor {
+        let level = &self.up[j];
+        let mut h = h.shallow_clone();
+        for (k, (r, skip)) in level.resnets.iter().zip(taken).enumerate() {
+            h = r.forward(&Tensor::cat(&[&h, skip], 1), Some(emb));
+            if let Some(a) = level.attentions.get(k) {
+                h = a.forward(&h, context);
             }
         }
-        h = self.mid_resnets[0].forward(&h, Some(&emb));
-        h = self.mid_attention.forward(&h, context);
-        h = self.mid_resnets[1].forward(&h, Some(&emb));
-        for level in &self.up {
-            for (j, r) in level.resnets.iter().enumerate() {
-                let skip = skips.pop().expect("one skip per up resnet");
-                h = r.forward(&Tensor::cat(&[h, skip], 1), Some(&emb));
-                if let Some(a) = level.attentions.get(j) {
-                    h = a.forward(&h, context);
-                }
-            }
-            if let Some(conv) = &level.sampler {
-                h = upsample2x(&h, conv);
-            }
+        if let Some(conv) = &level.sampler {
+            h = upsample2x(&h, conv);
         }
+        h
+    }
+
+    fn head(&self, h: &Tensor) -> Tensor {
         h.apply(&self.conv_norm_out).silu().apply(&self.conv_out)
     }
+
+    /// The noise prediction with gradient checkpointing (diffusers'
+    /// `enable_gradient_checkpointing`, here per UNet level): the levels run without keeping
+    /// their activations, only each level's inputs are kept, and [`Self::backward_checkpointed`]
+    /// recomputes one level at a time to backpropagate. Returns the prediction as a leaf that
+    /// requires grad (build the loss on it, run the loss's backward, then hand the leaf's
+    /// gradient to `backward_checkpointed`) and the record of the pass.
+    pub fn forward_checkpointed(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+    ) -> (Tensor, Checkpoint) {
+        // The time embedding keeps its graph (it is small); the levels see a leaf of it whose
+        // gradient the recomputations accumulate.
+        let emb = self.time_embedding(t, x.kind());
+        let emb_leaf = emb.detach().set_requires_grad(emb.requires_grad());
+        let context = context.detach();
+        let (skips, down_ends, levels, eps) = tch::no_grad(|| {
+            let mut skips = vec![x.apply(&self.conv_in)];
+            let mut down_ends = Vec::with_capacity(self.down.len());
+            for i in 0..self.down.len() {
+                let h = skips.last().expect("conv_in's output").shallow_clone();
+                let made = self.down_level(i, &h, &emb_leaf, &context);
+                skips.extend(made);
+                down_ends.push(skips.len());
+            }
+            let mut pending: Vec<usize> = (0..skips.len()).collect();
+            let mut h = self.mid(skips.last().expect("a skip"), &emb_leaf, &context);
+            let mut up_inputs = Vec::with_capacity(self.up.len());
+            for j in 0..self.up.len() {
+                let idx = self.skips_of(j, &mut pending);
+                let taken: Vec<Tensor> = idx.iter().map(|&k| skips[k].shallow_clone()).collect();
+                up_inputs.push((h.shallow_clone(), idx));
+                h = self.up_level(j, &h, &taken, &emb_leaf, &context);
+            }
+            up_inputs.push((h.shallow_clone(), Vec::new()));
+            let eps = self.head(&h);
+            (skips, down_ends, up_inputs, eps)
+        });
+        let eps = eps.set_requires_grad(true);
+        (
+            eps.shallow_clone(),
+            Checkpoint {
+                x: x.shallow_clone(),
+                emb,
+                emb_leaf,
+                context,
+                skips,
+                down_ends,
+                levels,
+                eps,
+            },
+        )
+    }
+
+    /// Backpropagates a [`Self::forward_checkpointed`] pass given the gradient of its output:
+    /// each level is recomputed from its kept inputs and its vector-Jacobian product taken, so
+    /// the trained weights (LoRA adapters) accumulate the gradients the plain forward's
+    /// backward would give them.
+    pub fn backward_checkpointed(&self, ck: Checkpoint, grad: &Tensor) {
+        let Checkpoint {
+            x,
+            emb,
+            emb_leaf,
+            context,
+            skips,
+            down_ends,
+            mut levels,
+            eps: _,
+        } = ck;
+        let mut g_skips: Vec<Option<Tensor>> = (0..skips.len()).map(|_| None).collect();
+        let add = |slot: &mut Option<Tensor>, g: Option<Tensor>| {
+            if let Some(g) = g {
+                *slot = Some(match slot.take() {
+                    Some(s) => s + g,
+                    None => g,
+                });
+            }
+        };
+        // The head, then the up levels in reverse.
+        let (head_in, _) = levels.pop().expect("the head's input");
+        let mut g_h = vjp(&[&head_in], &[Some(grad.shallow_clone())], |v| {
+            vec![self.head(&v[0])]
+        })
+        .remove(0);
+        for j in (0..self.up.len()).rev() {
+            let (h_in, idx) = levels.pop().expect("one input per up level");
+            let mut inputs = vec![&h_in];
+            inputs.extend(idx.iter().map(|&k| &skips[k]));
+            let mut grads = vjp(&inputs, &[g_h.take()], |v| {
+                vec![self.up_level(j, &v[0], &v[1..], &emb_leaf, &context)]
+            });
+            for (&k, g) in idx.iter().zip(grads.drain(1..)) {
+                add(&mut g_skips[k], g);
+            }
+            g_h = grads.remove(0);
+        }
+        // The mid block's input is the last skip.
+        let last = skips.len() - 1;
+        let g_mid = vjp(&[&skips[last]], &[g_h.take()], |v| {
+            vec![self.mid(&v[0], &emb_leaf, &context)]
+        })
+        .remove(0);
+        add(&mut g_skips[last], g_mid);
+        // The down levels in reverse: level i made skips[start..end], from input skips[start − 1].
+        for i in (0..self.down.len()).rev() {
+            let end = down_ends[i];
+            let start = if i == 0 { 1 } else { down_ends[i - 1] };
+            let outs: Vec<Option<Tensor>> = (start..end).map(|k| g_skips[k].take()).collect();
+            let g_in = vjp(&[&skips[start - 1]], &outs, |v| {
+                self.down_level(i, &v[0], &emb_leaf, &context)
+            })
+            .remove(0);
+            add(&mut g_skips[start - 1], g_in);
+        }
+        // conv_in, when its weights train (never with LoRA adapters alone).
+        if self.conv_in.ws.requires_grad() {
+            vjp(&[&x], &[g_skips[0].take()], |v| {
+                vec![v[0].apply(&self.conv_in)]
+            });
+        }
+        // Finally the time embedding's own graph, with what every level gave its leaf.
+        let g_emb = emb_leaf.grad();
+        if emb.requires_grad() && g_emb.defined() {
+            (&emb * g_emb.detach()).sum(emb.kind()).backward();
+        }
+    }
+}
+
+/// What [`UNet2DConditionModel::forward_checkpointed`] keeps: the inputs of every level (no
+/// activations inside them) and the output leaf.
+pub struct Checkpoint {
+    x: Tensor,
+    /// The time embedding with its graph, and the leaf the levels saw.
+    emb: Tensor,
+    emb_leaf: Tensor,
+    context: Tensor,
+    /// conv_in's output, then every down level's skips.
+    skips: Vec<Tensor>,
+    /// skips.len() after each down level.
+    down_ends: Vec<usize>,
+    /// Each up level's input h with the indices of the skips it takes, then the head's input.
+    levels: Vec<(Tensor, Vec<usize>)>,
+    /// The output leaf (its gradient is what the loss gives).
+    pub eps: Tensor,
+}
+
+/// The vector-Jacobian product of `f` at `inputs` with the output gradients `grads` (None: the
+/// output gets none): f is recomputed with autograd from leaves of the inputs, Σ⟨out, grad⟩ is
+/// backpropagated (the weights f uses accumulate their gradients), and each input's gradient
+/// is returned (None where it has none).
+fn vjp(
+    inputs: &[&Tensor],
+    grads: &[Option<Tensor>],
+    f: impl FnOnce(&[Tensor]) -> Vec<Tensor>,
+) -> Vec<Option<Tensor>> {
+    let leaves: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| t.detach().set_requires_grad(true))
+        .collect();
+    let outs = tch::with_grad(|| f(&leaves));
+    let terms: Vec<Tensor> = outs
+        .iter()
+        .zip(grads)
+        .filter_map(|(o, g)| {
+            let g = g.as_ref()?;
+            o.requires_grad()
+                .then(|| (o * g.to_kind(o.kind())).sum(tch::Kind::Float))
+        })
+        .collect();
+    if terms.is_empty() {
+        return inputs.iter().map(|_| None).collect();
+    }
+    Tensor::stack(&terms, 0).sum(tch::Kind::Float).backward();
+    leaves
+        .iter()
+        .map(|l| {
+            let g = l.grad();
+            g.defined().then(|| g.detach())
+        })
+        .collect()
 }

@@ -120,6 +120,7 @@ pub fn accumulate_window_gradients(
         let objective =
             (&per_row * Tensor::from_slice(&weights).to_device(device)).sum(Kind::Float);
         objective.backward();
+        policy.finish_backward();
         st.objective += objective.double_value(&[]);
         st.loss_sum += per_row.mean(Kind::Float).double_value(&[]);
         st.clipfrac_sum += step.clipfrac;

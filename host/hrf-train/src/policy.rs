@@ -55,6 +55,11 @@ pub trait Policy {
 
     /// Final latents x₀ `[B, …]` as the 8-bit images rewards see.
     fn decode(&self, x0: &Tensor) -> Vec<Image>;
+
+    /// Completes a backward pass: a policy whose `guided_output` ran with gradient
+    /// checkpointing backpropagates the gradients the loss's `backward()` left on its outputs
+    /// into its weights. Call after each `backward()` of a loss built on `guided_output`.
+    fn finish_backward(&self) {}
 }
 
 impl Policy for UNet2DModel {

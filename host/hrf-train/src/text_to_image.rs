@@ -5,10 +5,19 @@
 //! runs the VAE to the 8-bit RGB images the rewards see.
 
 use hrf_core::Image;
+use std::sync::Mutex;
+
 use hrf_diffusion::stable_diffusion::StableDiffusion;
+use hrf_diffusion::unet_cond::Checkpoint;
 use tch::{Kind, Tensor};
 
 use crate::policy::{to_images, Policy};
+
+/// Whether autograd records operations here (false inside `tch::no_grad`).
+fn grad_enabled() -> bool {
+    let leaf = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    (&leaf * 2.0).requires_grad()
+}
 
 pub struct TextToImage {
     pub pipeline: StableDiffusion,
@@ -16,6 +25,10 @@ pub struct TextToImage {
     states: Tensor,
     prompts: Vec<String>,
     negative: String,
+    /// Gradient checkpointing of the UNet while gradients are recorded.
+    checkpointing: bool,
+    /// Checkpointed passes whose backward waits for their output's gradient.
+    pending: Mutex<Vec<Checkpoint>>,
 }
 
 impl TextToImage {
@@ -30,7 +43,16 @@ impl TextToImage {
             states,
             prompts: prompts.to_vec(),
             negative: negative.to_string(),
+            checkpointing: false,
+            pending: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Gradient checkpointing (`model.gradient_checkpointing`): under autograd, the UNet keeps
+    /// only each level's inputs and recomputes the levels in [`Policy::finish_backward`]; the
+    /// gradients are the plain pass's. Sampling (no autograd) is unchanged.
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
     }
 
     pub fn prompts(&self) -> &[String] {
@@ -54,11 +76,15 @@ impl TextToImage {
     }
 
     fn unet(&self, x: &Tensor, t: &Tensor, ids: &Tensor) -> Tensor {
-        let kind = self.pipeline.unet.kind();
-        let out = self
-            .pipeline
-            .unet
-            .forward(&x.to_kind(kind), t, &self.states_of(ids));
+        let unet = &self.pipeline.unet;
+        let (x_in, states) = (x.to_kind(unet.kind()), self.states_of(ids));
+        let out = if self.checkpointing && grad_enabled() {
+            let (out, ck) = unet.forward_checkpointed(&x_in, t, &states);
+            self.pending.lock().expect("not poisoned").push(ck);
+            out
+        } else {
+            unet.forward(&x_in, t, &states)
+        };
         out.to_kind(x.kind())
     }
 }
@@ -100,5 +126,15 @@ impl Policy for TextToImage {
 
     fn decode(&self, x0: &Tensor) -> Vec<Image> {
         to_images(&self.pipeline.decode_to_unit(x0))
+    }
+
+    fn finish_backward(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
+        for ck in pending.into_iter().rev() {
+            let g = ck.eps.grad();
+            if g.defined() {
+                self.pipeline.unet.backward_checkpointed(ck, &g.detach());
+            }
+        }
     }
 }

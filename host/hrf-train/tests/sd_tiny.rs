@@ -334,3 +334,76 @@ fn first_inner_epoch(kind: Option<tch::Kind>) -> (f64, Tensor) {
     assert!(reached > 0, "no adapter received a gradient");
     (worst, adapted)
 }
+
+/// `model.gradient_checkpointing`: the UNet's levels recomputed in the backward pass give the
+/// adapters the gradients of the plain pass (fp32, CPU), through guidance and a loss on the
+/// guided noise prediction, with the adapters acting (B drawn, not zero).
+#[test]
+fn gradient_checkpointing_gives_the_plain_gradients() {
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 4.0,
+        targets: [
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
+            "ff.net.0.proj",
+            "ff.net.2",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let dir = repo().join("models/sd-tiny");
+    let sd = StableDiffusion::load(&dir, Device::Cpu, Some((&spec, 5))).unwrap();
+    let prompts = ["a photo of a cat".to_string(), "a red car".to_string()];
+    let mut policy = TextToImage::new(sd, &prompts, "blurry");
+    // The adapters' variables (shallow copies: their gradients are the store's).
+    let mut vars: Vec<(String, Tensor)> = {
+        let adapters = &policy.pipeline.unet.lora.as_ref().unwrap().1;
+        hrf_diffusion::init::init_keyed(adapters, 11);
+        adapters.variables().into_iter().collect()
+    };
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let x = hrf_diffusion::init::keyed_normal(&[43], &[3, 4, 16, 16]);
+    let w = hrf_diffusion::init::keyed_normal(&[44], &[3, 4, 16, 16]);
+    let t = Tensor::from_slice(&[801i64, 301, 21]);
+    let labels = Tensor::from_slice(&[0i64, 1, 2]);
+    let run = |policy: &TextToImage| {
+        for (_, v) in &vars {
+            let mut g = v.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let loss = (policy.guided_output(&x, &t, Some(&labels), 3.0) * &w).sum(tch::Kind::Float);
+        loss.backward();
+        policy.finish_backward();
+        let grads: Vec<(String, Tensor)> = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.grad().copy()))
+            .collect();
+        (loss.double_value(&[]), grads)
+    };
+    let (plain_loss, plain) = run(&policy);
+    policy.set_checkpointing(true);
+    let (ck_loss, checkpointed) = run(&policy);
+    assert!(
+        (plain_loss - ck_loss).abs() <= 1e-6 * plain_loss.abs().max(1.0),
+        "the forward is the same computation: {plain_loss} vs {ck_loss}"
+    );
+    let mut worst = 0f64;
+    let mut nonzero = 0;
+    for ((name, a), (_, b)) in plain.iter().zip(&checkpointed) {
+        let scale = a.abs().max().double_value(&[]).max(1e-12);
+        nonzero += (scale > 1e-9) as usize;
+        worst = worst.max(max_err(a, b) / scale);
+        assert!(b.defined(), "{name}: no gradient with checkpointing");
+    }
+    eprintln!(
+        "gradient checkpointing: {} adapter tensors, {nonzero} with gradients; worst relative difference {worst:.1e}",
+        plain.len()
+    );
+    assert!(nonzero * 2 > plain.len(), "most adapters get gradients");
+    assert!(worst < 1e-5, "checkpointed gradients differ: {worst:e}");
+}

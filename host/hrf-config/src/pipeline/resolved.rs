@@ -261,6 +261,8 @@ struct ResolvedModel<'a> {
     negative_prompt: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dtype: Option<crate::model_spec::Precision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gradient_checkpointing: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -308,6 +310,10 @@ impl Serialize for RunPipeline {
                     .is_text_to_image()
                     .then_some(self.model.negative_prompt.as_str()),
                 dtype: self.model.is_text_to_image().then_some(self.model.dtype),
+                gradient_checkpointing: self
+                    .model
+                    .is_text_to_image()
+                    .then_some(self.model.gradient_checkpointing),
             },
             scheduler: self.scheduler.as_ref(),
             sampling: &self.sampling,
