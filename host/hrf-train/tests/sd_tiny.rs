@@ -343,16 +343,11 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
     let spec = LoraSpec {
         rank: 4,
         alpha: 4.0,
-        targets: [
-            "to_q",
-            "to_k",
-            "to_v",
-            "to_out.0",
-            "ff.net.0.proj",
-            "ff.net.2",
-        ]
-        .map(String::from)
-        .to_vec(),
+        // Attention and feed-forward (not SD 2.x's linear projections).
+        targets: hrf_diffusion::lora::UNET_TARGETS[..6]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     };
     let dir = repo().join("models/sd-tiny");
     let sd = StableDiffusion::load(&dir, Device::Cpu, Some((&spec, 5))).unwrap();
