@@ -456,24 +456,13 @@ fn describe_summary(s: &hrf_report::records::RunSummary) -> String {
 /// classifier with the real Fashion-MNIST test split as reference) only when the model makes
 /// images it can judge (one channel) and the data is installed; else no diversity is measured.
 fn evaluator_for(p: &RunPipeline, model: &RunModel) -> anyhow::Result<Option<Evaluator>> {
-    use hrf_config::features::FeatureExtractor;
-    let named = p.evaluation.features.describe();
-    match &p.evaluation.features {
-        FeatureExtractor::Classifier => {}
-        FeatureExtractor::Onnx {
-            model: file,
-            output,
-            input,
-        } => {
-            let ev = Evaluator::encoder(file, output, input.clone(), named).map_err(|e| {
-                UsageError(format!("{}: evaluation.features: {e}", p.file.display()))
-            })?;
-            return Ok(Some(ev));
-        }
-        FeatureExtractor::Pixels { size } => {
+    if let Some(ev) = Evaluator::from_features(&p.evaluation.features)
+        .map_err(|e| UsageError(format!("{}: evaluation.features: {e}", p.file.display())))?
+    {
+        if let hrf_config::features::FeatureExtractor::Pixels { .. } = p.evaluation.features {
             eprintln!("note: diversity is measured in downsampled pixels, a weak measure: give evaluation.features {{kind: onnx, model: …}} (an image encoder such as CLIP's) for a meaningful one");
-            return Ok(Some(Evaluator::pixels(*size, named)));
         }
+        return Ok(Some(ev));
     }
     let Some(model) = model.pixel() else {
         eprintln!("note: no diversity metrics (the evaluation classifier judges the testbed's 1-channel images)");

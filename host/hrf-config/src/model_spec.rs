@@ -396,27 +396,30 @@ mod tests {
             .validate(&yaml)
             .unwrap()
             .is_text_to_image());
-        // model.dtype: a pipeline's frozen weights; fp16 on CUDA only.
-        let with = |w: &str, dtype: Precision, device: &str| ModelSpecRaw {
+        // model.dtype (a pipeline's frozen weights; fp16 on CUDA only) and
+        // model.gradient_checkpointing: for pipelines only.
+        let with = |w: &str, dtype: Precision, device: &str, checkpointing: bool| ModelSpecRaw {
             dtype: Some(dtype),
             device: device.into(),
+            gradient_checkpointing: Some(checkpointing),
             ..raw(w, (w == "sd").then(|| lora(4, None)), None)
         };
         assert_eq!(spec.dtype, Precision::Fp32);
-        let bf16 = with("sd", Precision::Bf16, "cpu").validate(&yaml).unwrap();
+        let bf16 = with("sd", Precision::Bf16, "cpu", false)
+            .validate(&yaml)
+            .unwrap();
         assert_eq!(bf16.dtype, Precision::Bf16);
-        assert!(with("sd", Precision::Fp16, "cuda").validate(&yaml).is_ok());
-        let e = with("sd", Precision::Fp16, "cpu")
+        assert!(with("sd", Precision::Fp16, "cuda", false)
+            .validate(&yaml)
+            .is_ok());
+        let e = with("sd", Precision::Fp16, "cpu", false)
             .validate(&yaml)
             .unwrap_err();
         assert!(
             e.to_string().contains("model.dtype") && e.to_string().contains("on CPU use bf16"),
             "{e}"
         );
-        let checkpointed = |w: &str| ModelSpecRaw {
-            gradient_checkpointing: Some(true),
-            ..raw(w, (w == "sd").then(|| lora(4, None)), None)
-        };
+        let checkpointed = |w: &str| with(w, Precision::Fp32, "cpu", true);
         assert!(
             checkpointed("sd")
                 .validate(&yaml)
@@ -429,7 +432,7 @@ mod tests {
             e.to_string().contains("model.gradient_checkpointing"),
             "{e}"
         );
-        let e = with("px", Precision::Bf16, "cpu")
+        let e = with("px", Precision::Bf16, "cpu", false)
             .validate(&yaml)
             .unwrap_err();
         assert!(

@@ -5,11 +5,12 @@
 
 use std::path::Path;
 
+use hrf_config::features::FeatureExtractor;
 use hrf_core::Image;
 use hrf_data::Dataset;
 use hrf_diffusion::DdimScheduler;
 use hrf_report::diversity::{self, Diversity, FEATURES_CLASSIFIER};
-use hrf_rewards::onnx::{preprocess, ImageInput, OnnxError, OnnxModel, OutputSel};
+use hrf_rewards::onnx::{preprocess, ImageInput, OnnxError, OnnxModel};
 use tch::{Device, Tensor};
 
 use crate::policy::Policy;
@@ -126,35 +127,36 @@ impl Evaluator {
         })
     }
 
-    /// An ONNX image encoder: each image's feature vector is the chosen output, flattened.
-    pub fn encoder(
-        model_path: &Path,
-        output: &OutputSel,
-        input: ImageInput,
-        features_name: String,
-    ) -> Result<Self, OnnxError> {
-        let model = OnnxModel::load(model_path)?;
-        let output = model.output_index(output)?;
-        Ok(Self {
-            extractor: Extractor::Encoder {
+    /// The evaluator `evaluation.features` names, reporting its features under
+    /// [`FeatureExtractor::describe`]'s name; None for the classifier, which needs its
+    /// reference set ([`Evaluator::new`]) and images it can judge.
+    pub fn from_features(features: &FeatureExtractor) -> Result<Option<Self>, OnnxError> {
+        let (extractor, features_name) = match features {
+            FeatureExtractor::Classifier => return Ok(None),
+            FeatureExtractor::Onnx {
                 model,
-                input,
                 output,
-            },
+                input,
+            } => {
+                let model = OnnxModel::load(model)?;
+                let output = model.output_index(output)?;
+                let extractor = Extractor::Encoder {
+                    model,
+                    input: input.clone(),
+                    output,
+                };
+                (extractor, features.describe())
+            }
+            FeatureExtractor::Pixels { size } => {
+                (Extractor::Pixels { size: *size }, features.describe())
+            }
+        };
+        Ok(Some(Self {
+            extractor,
             features_name,
             reference_features: Vec::new(),
             class_names: Vec::new(),
-        })
-    }
-
-    /// Downsampled pixels ([`pixel_features`]).
-    pub fn pixels(size: u32, features_name: String) -> Self {
-        Self {
-            extractor: Extractor::Pixels { size },
-            features_name,
-            reference_features: Vec::new(),
-            class_names: Vec::new(),
-        }
+        }))
     }
 
     /// Each image's features, and its class probabilities when the extractor is the
@@ -326,13 +328,14 @@ mod tests {
             .collect();
         let mut classifier = Evaluator::classifier(&model, vec![String::new(); 10]).unwrap();
         let c = classifier.classify(&images).unwrap();
-        let mut encoder = Evaluator::encoder(
-            &model,
-            &OutputSel::Name("features".into()),
-            ImageInput::default(),
-            "onnx fmnist-eval.onnx".into(),
-        )
-        .unwrap();
+        let onnx = |output: &str| FeatureExtractor::Onnx {
+            model: model.clone(),
+            output: hrf_rewards::onnx::OutputSel::Name(output.into()),
+            input: ImageInput::default(),
+        };
+        let mut encoder = Evaluator::from_features(&onnx("features"))
+            .unwrap()
+            .unwrap();
         let e = encoder.classify(&images).unwrap();
         assert!(e.probs.is_empty());
         assert_eq!(e.features, c.features);
@@ -341,12 +344,7 @@ mod tests {
         assert_eq!(d.features, "onnx fmnist-eval.onnx");
         assert!(d.classes.is_none() && d.fid_like.is_none());
         assert_eq!(d.vendi, diversity::vendi_score(&c.features));
-        let Err(err) = Evaluator::encoder(
-            &model,
-            &OutputSel::Name("image_embeds".into()),
-            ImageInput::default(),
-            String::new(),
-        ) else {
+        let Err(err) = Evaluator::from_features(&onnx("image_embeds")) else {
             panic!("a missing output is refused")
         };
         let msg = err.to_string();
