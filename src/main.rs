@@ -88,6 +88,21 @@ enum Command {
     },
 }
 
+/// libtorch frees and allocates its activations anew on every pass; glibc hands blocks over
+/// 128 KiB back to the kernel (mmap, then trimming the heap), so each pass pays page faults and
+/// the zeroing of fresh pages. Blocks up to 32 MiB (glibc's largest mmap threshold) stay in the
+/// heap, and the heap is not trimmed below 1 GiB: a testbed training pass on 2 CPU cores runs
+/// about 4% faster (tools/bench/ddpo_epoch.sh). Results do not change: libtorch aligns every
+/// buffer to 64 bytes wherever it lies.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -100,6 +115,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    keep_freed_memory();
     // HRF_THREADS caps libtorch's intra-op threads (e.g. to share a small machine).
     if let Some(n) = std::env::var("HRF_THREADS")
         .ok()

@@ -252,7 +252,9 @@ pub struct RunSizes {
     pub sampling_batch: usize,
     pub batches_per_epoch: usize,
     pub steps: u64,
+    /// Rows of one training pass, and the field that sets it.
     pub training_batch: usize,
+    pub training_field: &'static str,
     pub evaluation_batch: usize,
     pub final_samples: usize,
     /// Classifier-free guidance doubles the batch (conditional runs, weight ≠ 1).
@@ -304,8 +306,8 @@ pub fn memory_estimate(shape: &ModelShape, s: &RunSizes) -> Vec<Part> {
             bytes: n(s.sampling_batch) * cfg(s.guided_sampling) * shape.inference_bytes(),
         },
         Part {
-            what: format!("a training batch of {} with gradients", s.training_batch),
-            field: "training.batch_size",
+            what: format!("a training pass of {} with gradients", s.training_batch),
+            field: s.training_field,
             bytes: n(s.training_batch) * cfg(s.guided_sampling) * shape.training_bytes(),
         },
         Part {
@@ -477,6 +479,7 @@ mod tests {
             batches_per_epoch: 2,
             steps: 40,
             training_batch: 16,
+            training_field: "training.batch_size",
             evaluation_batch: 64,
             final_samples: 1000,
             guided_sampling: false,

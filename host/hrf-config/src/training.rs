@@ -262,6 +262,17 @@ impl HrfSettings {
     }
 }
 
+impl TrainingSettings {
+    /// The rows of one forward/backward pass in training and the field that sets them:
+    /// `micro_batch` when given, else the train batch (one step of each of its samples).
+    pub fn pass_rows(&self) -> (usize, &'static str) {
+        match self.micro_batch {
+            Some(m) => (m, "training.micro_batch"),
+            None => (self.batch_size, "training.batch_size"),
+        }
+    }
+}
+
 /// The `training:` section, resolved (the YAML's shape is `pipeline::TrainingRaw`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainingSettings {
@@ -275,6 +286,10 @@ pub struct TrainingSettings {
     pub inner_epochs: usize,
     pub batch_size: usize,
     pub grad_accum: usize,
+    /// (sample, step) pairs per forward/backward pass; None: one step of each sample of the
+    /// train batch per pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micro_batch: Option<usize>,
     pub adv_clip: f64,
     pub clip_range: f64,
     /// Fraction of each sample's trainable steps trained per inner epoch.

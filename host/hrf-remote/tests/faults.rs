@@ -250,13 +250,24 @@ fn scores_keep_their_order_across_split_concurrent_requests() {
     assert_eq!((stats.requests, stats.retries, stats.failures), (3, 0, 0));
     assert!(stats.latency_s_max > 0.0 && stats.latency_s_sum >= stats.latency_s_max);
     assert!(r.take_call_stats().is_none(), "taken once");
-    // The request carries the images as UINT8 [B, H, W, C], the prompts and the metadata.
+    // Each request carries its images as UINT8 [B, H, W, C], the prompts and the metadata.
+    // The three are in flight at once, so the server may see them in any order.
     let seen = server.seen.lock().unwrap();
-    let body = &seen
+    let infers: Vec<_> = seen
         .iter()
-        .find(|s| s.path == "/v2/models/m/infer")
-        .unwrap()
-        .body;
+        .filter(|s| s.path == "/v2/models/m/infer")
+        .map(|s| &s.body)
+        .collect();
+    let mut batches: Vec<_> = infers
+        .iter()
+        .map(|b| b["inputs"][0]["shape"][0].as_u64())
+        .collect();
+    batches.sort();
+    assert_eq!(batches, [Some(2), Some(4), Some(4)]);
+    let body = infers
+        .iter()
+        .find(|b| b["inputs"][0]["shape"][0] == 4)
+        .unwrap();
     assert_eq!(body["inputs"][0]["shape"], json!([4, 3, 4, 1]));
     assert_eq!(body["inputs"][1]["name"], "prompts");
     assert_eq!(body["inputs"][2]["name"], "metadata");

@@ -451,6 +451,7 @@ impl Ddpo<'_> {
                     steps: &steps,
                     reduction: t.step_reduction,
                     per_update,
+                    micro_batch: t.micro_batch,
                 };
                 let st = accumulate_window_gradients(
                     self.policy,

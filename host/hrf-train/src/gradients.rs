@@ -1,5 +1,8 @@
 //! The gradient of one train batch: the PPO-clipped (or REINFORCE) loss of each row's stored
-//! steps, slot by slot, plus the KL to the frozen base model when the run asks for it.
+//! steps, slot by slot, plus the KL to the frozen base model when the run asks for it. The
+//! batch's (row, step) pairs go through the UNet in passes: one slot per pass by default, or
+//! micro-batches of a set size across slots (`training.micro_batch`); the gradient is the same
+//! sum either way.
 
 use hrf_config::training::StepReduction;
 use hrf_diffusion::{DdimScheduler, PrevSample};
@@ -25,6 +28,9 @@ pub struct WindowBatch<'a> {
     pub reduction: StepReduction,
     /// Train batches per optimiser step: the gradient is averaged over them.
     pub per_update: f64,
+    /// (row, step) pairs per forward/backward pass, taken in slot order across slots; None:
+    /// one slot per pass.
+    pub micro_batch: Option<usize>,
 }
 
 /// Sums over the slots of a `WindowBatch`.
@@ -39,12 +45,15 @@ pub struct SlotStats {
     pub kl_to_base_sum: f64,
     pub slots: usize,
     pub unet_evals: u64,
+    /// Forward/backward passes run.
+    pub passes: usize,
 }
 
 /// Accumulates the gradient of a train batch's loss into the UNet's parameters, one backward
-/// pass per slot (so the graph of one slot is alive at a time). The per-row loss is PPO's
+/// pass per micro-batch (so the graph of one pass is alive at a time). The per-row loss is PPO's
 /// max(−A·ρ, −A·clip(ρ, 1 ± c_r)), or REINFORCE's −A·log p_θ (`reinforce`), plus
-/// `kl_coef` × the KL to the base model when `base` is given.
+/// `kl_coef` × the KL to the base model when `base` is given. The per-slot statistics are the
+/// same whichever way the pairs are split into passes.
 pub fn accumulate_window_gradients(
     policy: &dyn Policy,
     base: Option<(&dyn Policy, f64)>,
@@ -56,26 +65,36 @@ pub fn accumulate_window_gradients(
 ) -> SlotStats {
     let device = b.latents.device();
     let rows = b.steps.len();
-    let mut st = SlotStats::default();
     let most = b.steps.iter().map(Vec::len).max().unwrap_or(0);
-    for slot in 0..most {
-        let active: Vec<i64> = (0..rows as i64)
-            .filter(|&r| slot < b.steps[r as usize].len())
-            .collect();
-        let rows_t = Tensor::from_slice(&active).to_device(device);
-        let pos: Vec<i64> = active
-            .iter()
-            .map(|&r| b.steps[r as usize][slot] as i64)
-            .collect();
-        let pos_t = Tensor::from_slice(&pos).to_device(device);
-        let ar = Tensor::arange(active.len() as i64, (Kind::Int64, device));
-        let lat = b.latents.index_select(0, &rows_t);
-        let x_t = lat.index(&[Some(&ar), Some(&pos_t)]);
-        let x_prev = lat.index(&[Some(&ar), Some(&(&pos_t + 1))]);
-        let old = b
-            .old_log_probs
-            .index_select(0, &rows_t)
-            .index(&[Some(&ar), Some(&pos_t)]);
+    // Every (row, slot) pair in slot order.
+    let pairs: Vec<(usize, usize)> = (0..most)
+        .flat_map(|slot| {
+            (0..rows)
+                .filter(move |&r| slot < b.steps[r].len())
+                .map(move |r| (r, slot))
+        })
+        .collect();
+    let passes: Vec<&[(usize, usize)]> = match b.micro_batch {
+        None => pairs.chunk_by(|x, y| x.1 == y.1).collect(),
+        Some(n) => pairs.chunks(n.max(1)).collect(),
+    };
+    let (chain, logged) = (b.latents.size()[1], b.old_log_probs.size()[1]);
+    let latents = b.latents.flatten(0, 1);
+    let old_log_probs = b.old_log_probs.flatten(0, 1);
+    // Per slot: Σ loss, Σ clipped, Σ ½(log ρ)², Σ KL to base, over its rows.
+    let mut per_slot = vec![[0f64; 4]; most];
+    let mut st = SlotStats::default();
+    for pass in passes {
+        let index = |f: &dyn Fn(usize, usize) -> i64| {
+            let v: Vec<i64> = pass.iter().map(|&(r, j)| f(r, j)).collect();
+            Tensor::from_slice(&v).to_device(device)
+        };
+        let pos = |r: usize, j: usize| b.steps[r][j] as i64;
+        let rows_t = index(&|r, _| r as i64);
+        let pos_t = index(&pos);
+        let x_t = latents.index_select(0, &index(&|r, j| r as i64 * chain + pos(r, j)));
+        let x_prev = latents.index_select(0, &index(&|r, j| r as i64 * chain + pos(r, j) + 1));
+        let old = old_log_probs.index_select(0, &index(&|r, j| r as i64 * logged + pos(r, j)));
         let a = b.advantages.index_select(0, &rows_t);
         let y = b.labels.map(|l| l.index_select(0, &rows_t));
         let batch = StepBatch {
@@ -94,24 +113,25 @@ pub fn accumulate_window_gradients(
             guidance,
             &b.clip.index_select(0, &rows_t),
         );
-        st.unet_evals += policy.step_evals(y.as_ref(), guidance, active.len() as u64);
+        st.unet_evals += policy.step_evals(y.as_ref(), guidance, pass.len() as u64);
         let mut per_row = if reinforce {
             -(&a * &step.log_prob)
         } else {
             step.per_sample.shallow_clone()
         };
+        let mut kl_base = None;
         if let Some((base, coef)) = base {
             let kl = kl_to_base(base, sched, &batch, &step.mean, &step.std, eta, guidance);
-            st.unet_evals += base.step_evals(y.as_ref(), guidance, active.len() as u64);
-            st.kl_to_base_sum += kl.mean(Kind::Float).double_value(&[]);
+            st.unet_evals += base.step_evals(y.as_ref(), guidance, pass.len() as u64);
             // Out of place: per_row may share storage with the loss graph.
-            per_row = &per_row + kl * coef;
+            per_row = &per_row + &kl * coef;
+            kl_base = Some(kl.detach());
         }
-        let weights: Vec<f32> = active
+        let weights: Vec<f32> = pass
             .iter()
-            .map(|&r| {
+            .map(|&(r, _)| {
                 let w = match b.reduction {
-                    StepReduction::Mean => 1.0 / b.steps[r as usize].len() as f64,
+                    StepReduction::Mean => 1.0 / b.steps[r].len() as f64,
                     StepReduction::Sum => 1.0,
                 };
                 (w / (rows as f64 * b.per_update)) as f32
@@ -121,12 +141,39 @@ pub fn accumulate_window_gradients(
             (&per_row * Tensor::from_slice(&weights).to_device(device)).sum(Kind::Float);
         objective.backward();
         policy.finish_backward();
-        st.objective += objective.double_value(&[]);
-        st.loss_sum += per_row.mean(Kind::Float).double_value(&[]);
-        st.clipfrac_sum += step.clipfrac;
-        st.approx_kl_sum += step.approx_kl;
-        st.slots += 1;
+        // One copy to the host per pass: the objective, then each pair's four statistics.
+        let values = tch::no_grad(|| {
+            let kl = kl_base.unwrap_or_else(|| step.clipped.zeros_like());
+            let stats = Tensor::stack(
+                &[
+                    per_row.detach().to_kind(Kind::Float),
+                    step.clipped.shallow_clone(),
+                    step.log_ratio.square().to_kind(Kind::Float) * 0.5,
+                    kl.to_kind(Kind::Float),
+                ],
+                1,
+            );
+            Tensor::cat(&[objective.detach().reshape([1]), stats.flatten(0, 1)], 0)
+                .to_kind(Kind::Double)
+                .to_device(tch::Device::Cpu)
+        });
+        let values: Vec<f64> = Vec::try_from(&values).expect("a double vector");
+        st.objective += values[0];
+        for (&(_, j), v) in pass.iter().zip(values[1..].chunks(4)) {
+            for (sum, x) in per_slot[j].iter_mut().zip(v) {
+                *sum += x;
+            }
+        }
+        st.passes += 1;
     }
+    for (j, sums) in per_slot.iter().enumerate() {
+        let n = b.steps.iter().filter(|s| j < s.len()).count() as f64;
+        st.loss_sum += sums[0] / n;
+        st.clipfrac_sum += sums[1] / n;
+        st.approx_kl_sum += sums[2] / n;
+        st.kl_to_base_sum += sums[3] / n;
+    }
+    st.slots = most;
     st
 }
 

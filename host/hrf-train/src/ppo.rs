@@ -29,14 +29,26 @@ pub struct PpoLoss {
     pub per_sample: Tensor,
     /// log p_θ of the stored steps, `[B]` (with its graph).
     pub log_prob: Tensor,
-    /// Fraction of samples whose ratio left [1 − c, 1 + c].
-    pub clipfrac: f64,
-    /// ½·mean((log p_θ − log p_old)²).
-    pub approx_kl: f64,
+    /// 1 where the sample's ratio left [1 − c, 1 + c], else 0, `[B]` (no graph).
+    pub clipped: Tensor,
+    /// log p_θ − log p_old per sample, `[B]` (no graph).
+    pub log_ratio: Tensor,
     /// μ_θ of the step (with its graph), for the KL-to-base term.
     pub mean: Tensor,
     /// σ of the step per sample, `[B]`.
     pub std: Tensor,
+}
+
+impl PpoLoss {
+    /// Fraction of samples whose ratio left [1 − c, 1 + c].
+    pub fn clipfrac(&self) -> f64 {
+        self.clipped.mean(Kind::Float).double_value(&[])
+    }
+
+    /// ½·mean((log p_θ − log p_old)²).
+    pub fn approx_kl(&self) -> f64 {
+        (self.log_ratio.square().mean(Kind::Float) * 0.5).double_value(&[])
+    }
 }
 
 /// The loss with one ratio clip range for the whole batch (DDPO).
@@ -74,21 +86,13 @@ pub fn ppo_loss_clipped(
     let clipped = -b.advantages * ratio.clamp_tensor(Some(1.0 - &clip), Some(1.0 + &clip));
     let per_sample = unclipped.maximum(&clipped);
     let loss = per_sample.mean(Kind::Float);
-    let (clipfrac, approx_kl) = tch::no_grad(|| {
-        let cf = (&ratio - 1.0)
-            .abs()
-            .gt_tensor(&clip)
-            .to_kind(Kind::Float)
-            .mean(Kind::Float);
-        let kl = delta.square().mean(Kind::Float) * 0.5;
-        (cf.double_value(&[]), kl.double_value(&[]))
-    });
+    let clipped = tch::no_grad(|| (&ratio - 1.0).abs().gt_tensor(&clip).to_kind(Kind::Float));
     PpoLoss {
         loss,
         per_sample,
         log_prob,
-        clipfrac,
-        approx_kl,
+        clipped,
+        log_ratio: delta.detach(),
         mean,
         std,
     }

@@ -81,6 +81,12 @@ pub struct TrainingRaw {
     pub batch_size: Option<usize>,
     /// Train batches whose gradients add up to one optimiser step.
     pub grad_accum: usize,
+    /// (sample, step) pairs per forward/backward pass in training, taken across the train
+    /// batch's steps; at most 65,536. Default: one trained step of each sample of the batch
+    /// per pass (ddpo-pytorch's loop). Larger passes run faster on a small model; smaller ones
+    /// hold less memory. The gradient and the optimiser steps are the same up to float
+    /// rounding.
+    pub micro_batch: Option<usize>,
     /// Advantage clip. Default: 5 for ddpo-*, 2.5 for hrf/hrf-d (there multiplied by the
     /// window fraction f).
     pub adv_clip: Option<f64>,

@@ -65,6 +65,9 @@ pub(super) fn check(
         limits::MAX_BATCH,
         batch,
     );
+    if let Some(m) = t.micro_batch {
+        sizes_ok &= p.at_most("training.micro_batch", m, limits::MAX_BATCH, batch);
+    }
     sizes_ok &= p.at_most(
         "evaluation.batch_size",
         e.batch_size,
@@ -110,7 +113,7 @@ pub(super) fn check(
         let sizes = run_sizes(
             &shape,
             s,
-            (t.batch_size, t.kl_coef),
+            t,
             (e.batch_size, e.samples.max(e.final_samples), e.guidance),
             conditional,
             rewards,
@@ -125,7 +128,7 @@ pub(super) fn check(
 fn run_sizes(
     shape: &ModelShape,
     s: &SamplingSettings,
-    (training_batch, kl_coef): (usize, f64),
+    t: &TrainingSettings,
     (evaluation_batch, final_samples, eval_guidance): (usize, usize, f64),
     conditional: bool,
     rewards: &[RewardSpec],
@@ -134,12 +137,13 @@ fn run_sizes(
         sampling_batch: s.batch_size,
         batches_per_epoch: s.batches_per_epoch,
         steps: s.steps.max(0) as u64,
-        training_batch,
+        training_batch: t.pass_rows().0,
+        training_field: t.pass_rows().1,
         evaluation_batch,
         final_samples,
         guided_sampling: conditional && s.guidance != 1.0,
         guided_evaluation: conditional && eval_guidance != 1.0,
-        base_copy: kl_coef > 0.0,
+        base_copy: t.kl_coef > 0.0,
         reward_inputs: rewards
             .iter()
             .map(|r| {
@@ -170,7 +174,7 @@ impl RunPipeline {
         let sizes = run_sizes(
             &shape,
             &self.sampling,
-            (self.training.batch_size, self.training.kl_coef),
+            &self.training,
             (e.batch_size, e.samples.max(e.final_samples), e.guidance),
             !self.prompts.is_empty(),
             &self.rewards,
@@ -198,7 +202,7 @@ pub(super) fn check_sizes(
             sizes.guided_sampling,
         ),
         (
-            "training.batch_size",
+            sizes.training_field,
             sizes.training_batch,
             sizes.guided_sampling,
         ),

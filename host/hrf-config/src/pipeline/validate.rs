@@ -153,6 +153,9 @@ fn training(
         p.at_least("training.batch_size", b, 1);
     }
     p.at_least("training.grad_accum", t.grad_accum, 1);
+    if let Some(m) = t.micro_batch {
+        p.at_least("training.micro_batch", m, 1);
+    }
     let o = &t.optimizer;
     p.real("training.optimizer.lr", o.lr, |v| v > 0.0, "positive");
     let optimizer_schedule = schedule(p, o, t.epochs);
@@ -268,6 +271,7 @@ fn training(
         inner_epochs: t.inner_epochs,
         batch_size,
         grad_accum: t.grad_accum,
+        micro_batch: t.micro_batch,
         adv_clip,
         clip_range: t.clip_range,
         timestep_fraction,
