@@ -188,7 +188,8 @@ fn load_all(p: &RunPipeline, dev: tch::Device, allow_native: bool) -> anyhow::Re
         ))
         .into());
     }
-    let base = if p.training.kl_coef > 0.0 {
+    // A pipeline's base is its own weights with the adapters off (`RunModel::base_view`).
+    let base = if p.training.kl_coef > 0.0 && model.base_view().is_none() {
         Some(run_model::load(p, dev, false)?.0)
     } else {
         None
@@ -382,10 +383,17 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let kill_at = std::env::var("HRF_TEST_KILL_AT")
         .ok()
         .and_then(|v| KillPoint::parse(&v));
+    let base_view = if p.training.kl_coef > 0.0 {
+        model.base_view()
+    } else {
+        None
+    };
     let run = Run {
         pipeline: &p,
         model: model.tuned(),
-        base: base.as_ref().map(|b| b.policy()),
+        base: base.as_ref().map(|b| b.policy()).or(base_view
+            .as_ref()
+            .map(|v| v as &dyn hrf_train::policy::Policy)),
         scheduler: &chain,
         prompts,
         rewards,

@@ -30,6 +30,15 @@ impl RunModel {
         self.tuned().policy()
     }
 
+    /// The frozen base model as a view of this one (a pipeline's adapters off), where the
+    /// model has one; else the KL term loads the base model on its own.
+    pub fn base_view(&self) -> Option<hrf_train::text_to_image::BaseView<'_>> {
+        match self {
+            Self::Pixel(_) => None,
+            Self::TextToImage(t) => t.base_view(),
+        }
+    }
+
     /// (all parameters, the trained ones).
     pub fn parameters(&self) -> (i64, i64) {
         let count = |vs: &tch::nn::VarStore| -> i64 {

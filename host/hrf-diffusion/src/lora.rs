@@ -10,6 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -105,10 +107,38 @@ impl LoraSpec {
     }
 }
 
-/// Where adapters are created while a model is built: the adapters' VarStore root and the spec.
+/// Where adapters are created while a model is built: the adapters' VarStore root, the spec
+/// and the switch they all obey.
 pub struct LoraSite<'a> {
     pub root: nn::Path<'a>,
     pub spec: &'a LoraSpec,
+    pub switch: &'a AdapterSwitch,
+}
+
+/// Turns all the adapters of a model off and on together, so the same weights also give the
+/// frozen base model's output (the KL term's reference) without a second copy of the model.
+/// The switch is model-wide: while it is off, every forward pass of the model skips its
+/// adapters.
+#[derive(Debug, Clone, Default)]
+pub struct AdapterSwitch(Arc<AtomicBool>);
+
+impl AdapterSwitch {
+    /// `f` run with the adapters off (as the base model); they are back on afterwards, also
+    /// when `f` panics.
+    pub fn without_adapters<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Restore<'a>(&'a AtomicBool, bool);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.store(self.1, Ordering::SeqCst);
+            }
+        }
+        let _restore = Restore(&self.0, self.0.swap(true, Ordering::SeqCst));
+        f()
+    }
+
+    fn is_off(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 #[derive(Debug)]
@@ -116,6 +146,7 @@ struct Adapter {
     a: Tensor,
     b: Tensor,
     scale: f64,
+    off: AdapterSwitch,
 }
 
 /// A linear layer with an optional adapter.
@@ -154,6 +185,7 @@ pub fn linear(
                 .sub("lora_B")
                 .var("weight", &[out_dim, r], nn::Init::Const(0.0)),
             scale: l.spec.scale(),
+            off: l.switch.clone(),
         }
     });
     Linear {
@@ -167,6 +199,7 @@ impl nn::Module for Linear {
         let y = x.apply(&self.base);
         match &self.adapter {
             None => y,
+            Some(ad) if ad.off.is_off() => y,
             Some(ad) => {
                 // The adapter computes in its own precision (fp32) whatever the frozen weights'.
                 let low = x.to_kind(ad.a.kind()).matmul(&ad.a.tr()).matmul(&ad.b.tr()) * ad.scale;
@@ -311,9 +344,11 @@ mod tests {
         let base = nn::VarStore::new(Device::Cpu);
         let adapters = nn::VarStore::new(Device::Cpu);
         let s = spec(&["to_q"]);
+        let switch = AdapterSwitch::default();
         let site = LoraSite {
             root: adapters.root(),
             spec: &s,
+            switch: &switch,
         };
         let p = base.root() / "attn1" / "to_q";
         let layer = linear(p, 6, 5, Default::default(), Some(&site));
@@ -357,7 +392,18 @@ mod tests {
         let adapted = layer.forward(&x);
         let diff = (&adapted - via_merge).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{diff}");
-        assert!((adapted - reference).abs().max().double_value(&[]) > 1e-2);
+        assert!((&adapted - &reference).abs().max().double_value(&[]) > 1e-2);
+        // With the switch off the trained layer is the base layer exactly, and back on after.
+        let base_out = switch.without_adapters(|| layer.forward(&x));
+        assert!(base_out.equal(&x.apply(&layer.base)));
+        assert!(layer.forward(&x).equal(&adapted));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            switch.without_adapters(|| panic!("inside"))
+        }));
+        assert!(
+            caught.is_err() && layer.forward(&x).equal(&adapted),
+            "on after a panic"
+        );
         // A's draw: U(±1/√6).
         let a = &adapters.variables()["attn1.to_q.lora_A.weight"];
         assert!(a.abs().max().double_value(&[]) <= 1.0 / 6f64.sqrt());

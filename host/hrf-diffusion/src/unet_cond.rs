@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tch::{nn, Device, Tensor};
 
 use crate::diffusers_model::{load_part, WEIGHTS_FILE};
-use crate::lora::{self, Linear, LoraSite, LoraSpec};
+use crate::lora::{self, AdapterSwitch, Linear, LoraSite, LoraSpec};
 use crate::unet::{conv3, group_norm, multi_head, timestep_embedding, upsample2x, ResnetBlock};
 use crate::DiffusionError;
 
@@ -265,6 +265,8 @@ pub struct UNet2DConditionModel {
     pub vs: nn::VarStore,
     /// The LoRA adapters (`lora::LoraSpec`) in a VarStore of their own, when built with one.
     pub lora: Option<(LoraSpec, nn::VarStore)>,
+    /// Turns the adapters off (the base model) and on.
+    pub adapters: AdapterSwitch,
     conv_in: nn::Conv2D,
     time_linear_1: nn::Linear,
     time_linear_2: nn::Linear,
@@ -301,9 +303,11 @@ impl UNet2DConditionModel {
         }
         let vs = nn::VarStore::new(device);
         let adapters = lora.map(|(spec, _)| (spec.clone(), nn::VarStore::new(device)));
+        let switch = AdapterSwitch::default();
         let site = adapters.as_ref().map(|(spec, avs)| LoraSite {
             root: avs.root(),
             spec,
+            switch: &switch,
         });
         let site = site.as_ref();
         let root = vs.root();
@@ -400,6 +404,7 @@ impl UNet2DConditionModel {
             config,
             vs,
             lora: adapters,
+            adapters: switch,
             conv_in,
             time_linear_1,
             time_linear_2,

@@ -67,6 +67,13 @@ impl TextToImage {
         self.prompts.len() as i64
     }
 
+    /// The frozen base pipeline (the KL term's reference) as a view of this one: the same
+    /// weights, text states and VAE with the LoRA adapters off, so no second copy is loaded.
+    /// None when the UNet has no adapters (then it is its own base).
+    pub fn base_view(&self) -> Option<BaseView<'_>> {
+        self.pipeline.unet.lora.as_ref().map(|_| BaseView(self))
+    }
+
     /// Text states `[B, L, D]` of condition ids `[B]`, in the UNet's precision.
     fn states_of(&self, ids: &Tensor) -> Tensor {
         let kind = self.pipeline.unet.kind();
@@ -86,6 +93,35 @@ impl TextToImage {
             unet.forward(&x_in, t, &states)
         };
         out.to_kind(x.kind())
+    }
+}
+
+/// [`TextToImage::base_view`]: the pipeline with its adapters off.
+pub struct BaseView<'a>(&'a TextToImage);
+
+impl Policy for BaseView<'_> {
+    fn latent_shape(&self) -> [i64; 3] {
+        self.0.latent_shape()
+    }
+
+    fn null_condition(&self) -> Option<i64> {
+        self.0.null_condition()
+    }
+
+    fn guided_output(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        conditioning: Option<&Tensor>,
+        guidance: f64,
+    ) -> Tensor {
+        // The base model is frozen: no graph, so nothing checkpointed waits on this pass.
+        let off = &self.0.pipeline.unet.adapters;
+        tch::no_grad(|| off.without_adapters(|| self.0.guided_output(x, t, conditioning, guidance)))
+    }
+
+    fn decode(&self, x0: &Tensor) -> Vec<Image> {
+        self.0.decode(x0)
     }
 }
 

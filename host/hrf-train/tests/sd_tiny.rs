@@ -402,3 +402,42 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
     assert!(nonzero * 2 > plain.len(), "most adapters get gradients");
     assert!(worst < 1e-5, "checkpointed gradients differ: {worst:e}");
 }
+
+/// The KL term's base model is the pipeline's own weights with the LoRA adapters off: with
+/// trained adapters, the view gives exactly what a separately loaded pipeline without adapters
+/// gives, and the adapted output is back afterwards.
+#[test]
+fn the_base_view_is_the_pipeline_without_adapters() {
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        targets: hrf_diffusion::lora::UNET_TARGETS[..6]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let dir = repo().join("models/sd-tiny");
+    let prompts = ["a photo of a cat".to_string(), "a red car".to_string()];
+    let tuned = StableDiffusion::load(&dir, Device::Cpu, Some((&spec, 5))).unwrap();
+    let policy = TextToImage::new(tuned, &prompts, "blurry");
+    hrf_diffusion::init::init_keyed(&policy.pipeline.unet.lora.as_ref().unwrap().1, 12);
+    let base = TextToImage::new(
+        StableDiffusion::load(&dir, Device::Cpu, None).unwrap(),
+        &prompts,
+        "blurry",
+    );
+    assert!(base.base_view().is_none(), "no adapters: its own base");
+    let x = hrf_diffusion::init::keyed_normal(&[45], &[3, 4, 16, 16]);
+    let t = Tensor::from_slice(&[801i64, 301, 21]);
+    let labels = Tensor::from_slice(&[0i64, 1, 2]);
+    let out = |p: &dyn Policy| tch::no_grad(|| p.guided_output(&x, &t, Some(&labels), 3.0));
+    let adapted = out(&policy);
+    let separate = out(&base);
+    let view = policy.base_view().unwrap();
+    assert!(out(&view).equal(&separate), "the view is the base pipeline");
+    assert!(
+        max_err(&adapted, &separate) > 1e-3,
+        "the adapters are trained"
+    );
+    assert!(out(&policy).equal(&adapted), "the adapters are back on");
+}

@@ -116,6 +116,7 @@ pub(super) fn check(
             t,
             (e.batch_size, e.samples.max(e.final_samples), e.guidance),
             conditional,
+            model.is_some_and(ModelSpec::is_text_to_image),
             rewards,
         );
         check_sizes(p, &shape, &sizes, limits::memory_limit());
@@ -131,6 +132,7 @@ fn run_sizes(
     t: &TrainingSettings,
     (evaluation_batch, final_samples, eval_guidance): (usize, usize, f64),
     conditional: bool,
+    text_to_image: bool,
     rewards: &[RewardSpec],
 ) -> RunSizes {
     RunSizes {
@@ -143,7 +145,8 @@ fn run_sizes(
         final_samples,
         guided_sampling: conditional && s.guidance != 1.0,
         guided_evaluation: conditional && eval_guidance != 1.0,
-        base_copy: t.kl_coef > 0.0,
+        // A pipeline's KL base is its own weights with the LoRA adapters off.
+        base_copy: t.kl_coef > 0.0 && !text_to_image,
         reward_inputs: rewards
             .iter()
             .map(|r| {
@@ -177,6 +180,7 @@ impl RunPipeline {
             &self.training,
             (e.batch_size, e.samples.max(e.final_samples), e.guidance),
             !self.prompts.is_empty(),
+            self.model.is_text_to_image(),
             &self.rewards,
         );
         Some(limits::memory_estimate(&shape, &sizes))

@@ -105,3 +105,30 @@ fn a_memory_estimate_over_the_limit_names_the_estimate_and_the_limit() {
         "{msg}"
     );
 }
+
+/// The KL term's base model is a second copy in the estimate for a pixel UNet, and none for a
+/// Stable Diffusion pipeline, whose base is its own weights with the LoRA adapters off.
+#[test]
+fn a_kl_base_is_a_second_copy_only_of_a_pixel_model() {
+    let fx = Fixture::new("kl-base");
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let model_part = |model: &str| {
+        let text = format!(
+            "model: {model}\n{}training: {{kl_coef: 0.1}}\nrewards:\n  - {{kind: jpeg-compressibility}}\nrun: {{name: t}}\n",
+            if model.contains("sd-tiny") { "prompts: [a cat]\n" } else { "" }
+        );
+        let p = fx.load(&text, &[]).unwrap();
+        let parts = p.memory_estimate().unwrap();
+        parts.into_iter().find(|x| x.field == "model").unwrap().what
+    };
+    let pixel = model_part(&format!(
+        "{{weights: {}}}",
+        models.join("testbed").display()
+    ));
+    assert!(pixel.contains("and the frozen base model"), "{pixel}");
+    let sd = model_part(&format!(
+        "{{weights: {}, lora: {{rank: 2}}}}",
+        models.join("sd-tiny").display()
+    ));
+    assert!(!sd.contains("frozen base model"), "{sd}");
+}
