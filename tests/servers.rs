@@ -26,6 +26,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Two free ports on 127.0.0.1, neither of them `taken` nor each other (both are held while
+/// they are chosen).
+fn free_ports_besides(taken: u16) -> [u16; 2] {
+    let mut held = Vec::new();
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        if l.local_addr().unwrap().port() != taken {
+            held.push(l);
+        }
+        if let [a, b] = held.as_slice() {
+            return [a, b].map(|l| l.local_addr().unwrap().port());
+        }
+    }
+}
+
 /// A server process on 127.0.0.1:`port`, ready when `ready_path` answers 200; killed on drop.
 struct Server {
     child: Child,
@@ -53,13 +68,14 @@ impl Server {
 
     /// MLServer serving the model folder `models`, ready when its model `name` is.
     fn serving(models: &Path, name: &str, port: u16, log: &Path, envs: &[(&str, &str)]) -> Server {
+        let [grpc, metrics] = free_ports_besides(port);
         let mut c = Command::new(server_bin("mlserver"));
         c.arg("start")
             .arg(models)
             .env("MLSERVER_HOST", "127.0.0.1")
             .env("MLSERVER_HTTP_PORT", port.to_string())
-            .env("MLSERVER_GRPC_PORT", free_port().to_string())
-            .env("MLSERVER_METRICS_PORT", free_port().to_string())
+            .env("MLSERVER_GRPC_PORT", grpc.to_string())
+            .env("MLSERVER_METRICS_PORT", metrics.to_string())
             .env("MLSERVER_PARALLEL_WORKERS", "0");
         Self::spawn(c, port, log, envs, format!("/v2/models/{name}/ready"))
     }
@@ -402,7 +418,7 @@ fn with_on_error_skip_a_server_killed_mid_run_costs_only_what_it_could_not_score
             "rewards[0].retries=0",
             "training.epochs=3",
             // A longer training phase: the margin in which the test pauses hrf.
-            "training.inner_epochs=3",
+            "training.inner_epochs=8",
         ],
         &[],
     )

@@ -163,7 +163,9 @@ fn a_plugin_stuck_in_a_loop_times_out_in_time_and_the_next_call_works() {
     let t = Instant::now();
     let e = failure(r.score(&flag(samples.clone())));
     let took = t.elapsed();
-    assert!(took < Duration::from_millis(600), "stopped after {took:?}");
+    // Generous: the deadline is counted by a ticker thread that a loaded machine wakes late;
+    // the bug this guards against never stops at all.
+    assert!(took < Duration::from_secs(3), "stopped after {took:?}");
     assert!(
         e.contains("test-misbehave") && e.contains("timed out after 0.3 s"),
         "{e}"
@@ -211,7 +213,6 @@ fn a_trap_names_the_plugin_and_version_and_the_store_is_rebuilt() {
 
 #[test]
 fn the_guest_can_open_no_host_file_reach_no_port_and_sees_no_environment() {
-    std::env::set_var("HRF_SECRET_FOR_THE_TEST", "1");
     let samples = real_samples(2);
     // An existing host file, and a port that is listening.
     let secret = std::env::temp_dir().join(format!("hrf-secret-{}", std::process::id()));

@@ -359,7 +359,7 @@ fn a_request_hanging_past_its_timeout_fails_in_bounded_time() {
     let server = serve(vec![Reply::Hang(Duration::from_secs(30))]);
     let mut r = InferenceReward::load(
         "m",
-        &spec_with(&server.url, |s| (s.timeout_s, s.retries) = (0.3, 1)),
+        &spec_with(&server.url, |s| (s.timeout_s, s.retries) = (1.0, 1)),
     )
     .unwrap();
     let t = Instant::now();

@@ -338,17 +338,22 @@ fn first_inner_epoch(kind: Option<tch::Kind>) -> (f64, Tensor) {
 /// `model.gradient_checkpointing`: the UNet's levels recomputed in the backward pass give the
 /// adapters the gradients of the plain pass (fp32, CPU), through guidance and a loss on the
 /// guided noise prediction, with the adapters acting (B drawn, not zero).
-#[test]
-fn gradient_checkpointing_gives_the_plain_gradients() {
-    let spec = LoraSpec {
+/// Rank-4 adapters on the attention and feed-forward projections (not SD 2.x's linear
+/// projections).
+fn attention_and_feed_forward(alpha: f64) -> LoraSpec {
+    LoraSpec {
         rank: 4,
-        alpha: 4.0,
-        // Attention and feed-forward (not SD 2.x's linear projections).
+        alpha,
         targets: hrf_diffusion::lora::UNET_TARGETS[..6]
             .iter()
             .map(|s| s.to_string())
             .collect(),
-    };
+    }
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_plain_gradients() {
+    let spec = attention_and_feed_forward(4.0);
     let dir = repo().join("models/sd-tiny");
     let sd = StableDiffusion::load(&dir, Device::Cpu, Some((&spec, 5))).unwrap();
     let prompts = ["a photo of a cat".to_string(), "a red car".to_string()];
@@ -408,14 +413,7 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
 /// gives, and the adapted output is back afterwards.
 #[test]
 fn the_base_view_is_the_pipeline_without_adapters() {
-    let spec = LoraSpec {
-        rank: 4,
-        alpha: 8.0,
-        targets: hrf_diffusion::lora::UNET_TARGETS[..6]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    };
+    let spec = attention_and_feed_forward(8.0);
     let dir = repo().join("models/sd-tiny");
     let prompts = ["a photo of a cat".to_string(), "a red car".to_string()];
     let tuned = StableDiffusion::load(&dir, Device::Cpu, Some((&spec, 5))).unwrap();

@@ -88,7 +88,10 @@ pub(super) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, String
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // One temporary file per writer (threads of a process may compile the same component).
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
         if std::fs::write(&tmp, compiled).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
         }
