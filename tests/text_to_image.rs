@@ -291,3 +291,82 @@ fn hrf_with_lora_runs_on_latent_anchors() {
     }
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// `hrf sample --dtype` casts a pipeline's frozen weights as a run's `model.dtype` does: bf16
+/// samples the same image as fp32 up to bf16's rounding; fp16 on the CPU and a pixel model are
+/// refused naming the flag.
+#[test]
+fn sample_takes_the_frozen_weights_precision() {
+    let d = tmp("hrf-sd", "dtype");
+    std::fs::create_dir_all(&d).unwrap();
+    let pipeline = repo().join("models/sd-tiny");
+    let images = |dtype: &str| {
+        let out = d.join(format!("{dtype}.safetensors"));
+        let o = hrf(
+            &[
+                "sample",
+                "--model",
+                pipeline.to_str().unwrap(),
+                "--prompt",
+                "a red car",
+                "-n",
+                "2",
+                "--steps",
+                "4",
+                "--dtype",
+                dtype,
+                "--device",
+                "cpu",
+                "--tensors",
+                out.to_str().unwrap(),
+                "-o",
+                d.join(format!("{dtype}.png")).to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "--dtype {dtype}: {}", text(&o));
+        let t = tch::Tensor::read_safetensors(&out).unwrap();
+        t.into_iter().find(|(k, _)| k == "images").unwrap().1
+    };
+    let (fp32, bf16) = (images("fp32"), images("bf16"));
+    let diff = (&fp32 - &bf16).abs();
+    let (max, mean) = (
+        diff.max().double_value(&[]),
+        diff.mean(tch::Kind::Float).double_value(&[]),
+    );
+    eprintln!("bf16 against fp32: max {max}, mean {mean}");
+    assert!(
+        max > 0.0 && max < 0.5 && mean < 0.05,
+        "bf16 against fp32: max {max}, mean {mean}"
+    );
+    for (model, dtype, words) in [
+        (pipeline.clone(), "fp16", "CUDA only"),
+        (repo().join("models/testbed"), "bf16", "samples in fp32"),
+        (pipeline, "fp8", "expected fp32, bf16 or fp16"),
+    ] {
+        let o = hrf(
+            &[
+                "sample",
+                "--model",
+                model.to_str().unwrap(),
+                "-n",
+                "1",
+                "--dtype",
+                dtype,
+                "--device",
+                "cpu",
+                "-o",
+                d.join("refused.png").to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(2), "--dtype {dtype}: {}", text(&o));
+        assert!(
+            text(&o).contains("--dtype") && text(&o).contains(words),
+            "{}",
+            text(&o)
+        );
+    }
+    assert!(!d.join("refused.png").exists());
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -66,8 +66,8 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let t2i =
-        TextToImage::load_adapter_folder(dir, dev, &[String::new()], None).map_err(model_err)?;
+    let t2i = TextToImage::load_adapter_folder(dir, dev, &[String::new()], None, None)
+        .map_err(model_err)?;
     let layers = t2i.trainable().len() / 2;
     t2i.pipeline.export_merged(&a.output)?;
     println!(

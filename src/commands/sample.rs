@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use hrf_config::model_spec::FolderKind;
+use hrf_config::model_spec::{FolderKind, Precision};
 use hrf_diffusion::stable_diffusion::StableDiffusion;
 use hrf_diffusion::{device, DdimScheduler, DiffusersModel};
 use hrf_train::evaluation::{generate, Generation};
@@ -69,6 +69,15 @@ pub struct SampleArgs {
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Stable Diffusion: the frozen weights' precision, as a run's `model.dtype`: fp32, bf16
+    /// (CUDA or CPU) or fp16 (CUDA only); LoRA adapters and the DDIM arithmetic stay fp32.
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    pub dtype: Precision,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s:?}: expected fp32, bf16 or fp16"))
 }
 
 /// `hrf sample` and `hrf eval` sample alike by default: η 1 and guidance 1.25 (the committed
@@ -242,16 +251,28 @@ fn load_text_to_image(a: &SampleArgs, dev: tch::Device) -> anyhow::Result<Option
             UsageError("--class: a Stable Diffusion pipeline takes --prompt".into()).into(),
         );
     }
-    if info.is_some() {
-        let t2i =
-            TextToImage::load_adapter_folder(dir, dev, &prompts, a.negative_prompt.as_deref())
-                .map_err(model_err)?;
-        return Ok(Some(t2i));
-    }
-    if FolderKind::of(dir) != FolderKind::StableDiffusion {
+    let is_pipeline = info.is_some() || FolderKind::of(dir) == FolderKind::StableDiffusion;
+    if !is_pipeline {
+        if a.dtype != Precision::Fp32 {
+            return Err(UsageError(
+                "--dtype: a pixel UNet2DModel samples in fp32; --dtype is for Stable Diffusion pipelines".into(),
+            )
+            .into());
+        }
         return Ok(None);
     }
-    let sd = StableDiffusion::load(dir, dev, None).map_err(model_err)?;
+    let kind = super::run_model::frozen_kind(a.dtype, dev)
+        .map_err(|e| UsageError(format!("--dtype: {e}")))?;
+    if info.is_some() {
+        let negative = a.negative_prompt.as_deref();
+        let t2i = TextToImage::load_adapter_folder(dir, dev, &prompts, negative, kind)
+            .map_err(model_err)?;
+        return Ok(Some(t2i));
+    }
+    let mut sd = StableDiffusion::load(dir, dev, None).map_err(model_err)?;
+    if let Some(kind) = kind {
+        sd.set_precision(kind);
+    }
     let negative = a.negative_prompt.clone().unwrap_or_default();
     Ok(Some(TextToImage::new(sd, &prompts, &negative)))
 }

@@ -49,12 +49,16 @@ impl TextToImage {
         device: Device,
         prompts: &[String],
         negative_prompt: Option<&str>,
+        precision: Option<tch::Kind>,
     ) -> Result<Self, DiffusionError> {
         let info = AdapterInfo::read(dir)?.ok_or_else(|| DiffusionError::Config {
             path: dir.join(ADAPTER_INFO_FILE),
             message: "missing: not a LoRA folder written by hrf".into(),
         })?;
-        let sd = StableDiffusion::load(&info.base_pipeline, device, Some((&info.lora, 0)))?;
+        let mut sd = StableDiffusion::load(&info.base_pipeline, device, Some((&info.lora, 0)))?;
+        if let Some(kind) = precision {
+            sd.set_precision(kind);
+        }
         let negative = negative_prompt.unwrap_or(&info.negative_prompt);
         let t2i = TextToImage::new(sd, prompts, negative);
         t2i.restore(dir)?;
