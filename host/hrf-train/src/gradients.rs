@@ -85,16 +85,14 @@ pub fn accumulate_window_gradients(
     let mut per_slot = vec![[0f64; 4]; most];
     let mut st = SlotStats::default();
     for pass in passes {
-        let index = |f: &dyn Fn(usize, usize) -> i64| {
-            let v: Vec<i64> = pass.iter().map(|&(r, j)| f(r, j)).collect();
-            Tensor::from_slice(&v).to_device(device)
-        };
-        let pos = |r: usize, j: usize| b.steps[r][j] as i64;
-        let rows_t = index(&|r, _| r as i64);
-        let pos_t = index(&pos);
-        let x_t = latents.index_select(0, &index(&|r, j| r as i64 * chain + pos(r, j)));
-        let x_prev = latents.index_select(0, &index(&|r, j| r as i64 * chain + pos(r, j) + 1));
-        let old = old_log_probs.index_select(0, &index(&|r, j| r as i64 * logged + pos(r, j)));
+        // Two index uploads per pass; the flat indices are derived on the device.
+        let upload = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
+        let rows_t = upload(pass.iter().map(|&(r, _)| r as i64).collect());
+        let pos_t = upload(pass.iter().map(|&(r, j)| b.steps[r][j] as i64).collect());
+        let at = &rows_t * chain + &pos_t;
+        let x_t = latents.index_select(0, &at);
+        let x_prev = latents.index_select(0, &(&at + 1));
+        let old = old_log_probs.index_select(0, &(&rows_t * logged + &pos_t));
         let a = b.advantages.index_select(0, &rows_t);
         let y = b.labels.map(|l| l.index_select(0, &rows_t));
         let batch = StepBatch {
