@@ -38,6 +38,26 @@ pub enum StepReduction {
     Sum,
 }
 
+/// `training.precision`: what the UNet's forward and backward passes compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainingPrecision {
+    /// 32-bit floats throughout.
+    #[default]
+    Fp32,
+    /// libtorch's autocast to bfloat16 (as `torch.autocast(dtype=torch.bfloat16)`): the
+    /// convolutions, linear layers and attention of the epoch's sampling and training passes
+    /// in bf16, norms and softmax in fp32; the model's output, the log-probs, ratios,
+    /// advantages, the weights and AdamW stay fp32.
+    Bf16,
+}
+
+impl TrainingPrecision {
+    pub fn is_fp32(&self) -> bool {
+        *self == Self::Fp32
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum AdvantageMode {
@@ -290,6 +310,9 @@ pub struct TrainingSettings {
     /// train batch per pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub micro_batch: Option<usize>,
+    /// The UNet's compute precision in the epoch's sampling and training passes.
+    #[serde(default, skip_serializing_if = "TrainingPrecision::is_fp32")]
+    pub precision: TrainingPrecision,
     pub adv_clip: f64,
     pub clip_range: f64,
     /// Fraction of each sample's trainable steps trained per inner epoch.

@@ -2,6 +2,7 @@
 //! scheduler with per-step log-probabilities, diffusers folder load/save, and device selection;
 //! CLIP's tokenizer and text encoder and the VAE decoder for text-to-image pipelines.
 
+pub mod autocast;
 pub mod clip_text;
 pub mod clip_tokenizer;
 pub mod config;

@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::Deserialize;
 use tch::{nn, Device, Tensor};
 
+use crate::autocast::Autocast;
 use crate::diffusers_model::{load_part, WEIGHTS_FILE};
 use crate::lora::{self, AdapterSwitch, Linear, LoraSite, LoraSpec};
 use crate::unet::{conv3, group_norm, multi_head, timestep_embedding, upsample2x, ResnetBlock};
@@ -574,6 +575,7 @@ impl UNet2DConditionModel {
         (
             eps.shallow_clone(),
             Checkpoint {
+                autocast: crate::autocast::current(x.device()),
                 x: x.shallow_clone(),
                 emb,
                 emb_leaf,
@@ -592,6 +594,7 @@ impl UNet2DConditionModel {
     /// backward would give them.
     pub fn backward_checkpointed(&self, ck: Checkpoint, grad: &Tensor) {
         let Checkpoint {
+            autocast,
             x,
             emb,
             emb_leaf,
@@ -612,7 +615,7 @@ impl UNet2DConditionModel {
         };
         // The head, then the up levels in reverse.
         let (head_in, _) = levels.pop().expect("the head's input");
-        let mut g_h = vjp(&[&head_in], &[Some(grad.shallow_clone())], |v| {
+        let mut g_h = vjp(autocast, &[&head_in], &[Some(grad.shallow_clone())], |v| {
             vec![self.head(&v[0])]
         })
         .remove(0);
@@ -620,7 +623,7 @@ impl UNet2DConditionModel {
             let (h_in, idx) = levels.pop().expect("one input per up level");
             let mut inputs = vec![&h_in];
             inputs.extend(idx.iter().map(|&k| &skips[k]));
-            let mut grads = vjp(&inputs, &[g_h.take()], |v| {
+            let mut grads = vjp(autocast, &inputs, &[g_h.take()], |v| {
                 vec![self.up_level(j, &v[0], &v[1..], &emb_leaf, &context)]
             });
             for (&k, g) in idx.iter().zip(grads.drain(1..)) {
@@ -630,7 +633,7 @@ impl UNet2DConditionModel {
         }
         // The mid block's input is the last skip.
         let last = skips.len() - 1;
-        let g_mid = vjp(&[&skips[last]], &[g_h.take()], |v| {
+        let g_mid = vjp(autocast, &[&skips[last]], &[g_h.take()], |v| {
             vec![self.mid(&v[0], &emb_leaf, &context)]
         })
         .remove(0);
@@ -640,7 +643,7 @@ impl UNet2DConditionModel {
             let end = down_ends[i];
             let start = if i == 0 { 1 } else { down_ends[i - 1] };
             let outs: Vec<Option<Tensor>> = (start..end).map(|k| g_skips[k].take()).collect();
-            let g_in = vjp(&[&skips[start - 1]], &outs, |v| {
+            let g_in = vjp(autocast, &[&skips[start - 1]], &outs, |v| {
                 self.down_level(i, &v[0], &emb_leaf, &context)
             })
             .remove(0);
@@ -648,7 +651,7 @@ impl UNet2DConditionModel {
         }
         // conv_in, when its weights train (never with LoRA adapters alone).
         if self.conv_in.ws.requires_grad() {
-            vjp(&[&x], &[g_skips[0].take()], |v| {
+            vjp(autocast, &[&x], &[g_skips[0].take()], |v| {
                 vec![v[0].apply(&self.conv_in)]
             });
         }
@@ -663,6 +666,9 @@ impl UNet2DConditionModel {
 /// What [`UNet2DConditionModel::forward_checkpointed`] keeps: the inputs of every level (no
 /// activations inside them) and the output leaf.
 pub struct Checkpoint {
+    /// The autocast the forward ran under (as `torch.utils.checkpoint` keeps it): the
+    /// recomputations run under it too, so they recompute what the forward computed.
+    autocast: Option<Autocast>,
     x: Tensor,
     /// The time embedding with its graph, and the leaf the levels saw.
     emb: Tensor,
@@ -681,8 +687,10 @@ pub struct Checkpoint {
 /// The vector-Jacobian product of `f` at `inputs` with the output gradients `grads` (None: the
 /// output gets none): f is recomputed with autograd from leaves of the inputs, Σ⟨out, grad⟩ is
 /// backpropagated (the weights f uses accumulate their gradients), and each input's gradient
-/// is returned (None where it has none).
+/// is returned (None where it has none). `f` runs under `autocast` when given; the backward
+/// pass outside it, as autograd's recorded precisions say.
 fn vjp(
+    autocast: Option<Autocast>,
     inputs: &[&Tensor],
     grads: &[Option<Tensor>],
     f: impl FnOnce(&[Tensor]) -> Vec<Tensor>,
@@ -691,7 +699,10 @@ fn vjp(
         .iter()
         .map(|t| t.detach().set_requires_grad(true))
         .collect();
-    let outs = tch::with_grad(|| f(&leaves));
+    let outs = tch::with_grad(|| match autocast {
+        Some(a) => a.run(|| f(&leaves)),
+        None => f(&leaves),
+    });
     let terms: Vec<Tensor> = outs
         .iter()
         .zip(grads)

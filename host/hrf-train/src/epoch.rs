@@ -8,9 +8,11 @@
 use std::collections::BTreeMap;
 
 use hrf_config::training::{
-    AdvantageMode, AdvantageSettings, GroupUpdate, Method, SamplingSettings, TrainingSettings,
+    AdvantageMode, AdvantageSettings, GroupUpdate, Method, SamplingSettings, TrainingPrecision,
+    TrainingSettings,
 };
 use hrf_core::{RewardError, Sample};
+use hrf_diffusion::autocast::Autocast;
 use hrf_diffusion::DdimScheduler;
 use hrf_report::stats::mean_std;
 use hrf_rewards::{RewardWorker, SetScores};
@@ -20,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 use crate::advantages::{self, PerPromptTracker};
 use crate::gradients::{accumulate_window_gradients, WindowBatch};
 use crate::hrf;
-use crate::policy::Policy;
+use crate::policy::{MixedPrecision, Policy};
 use crate::rng::KeyedRng;
 use crate::sampling::{mix_seed, SampleRequest};
 use crate::trajectory::{sample_trajectories, Start, Trajectories};
@@ -167,6 +169,17 @@ impl Ddpo<'_> {
         (Some(*label), Some(text.clone()))
     }
 
+    /// The autocast of the epoch's sampling and training passes (`training.precision`).
+    fn autocast(&self) -> Option<Autocast> {
+        match self.training.precision {
+            TrainingPrecision::Fp32 => None,
+            TrainingPrecision::Bf16 => Some(
+                Autocast::bf16(self.device)
+                    .expect("hrf runs on the CPU or CUDA, where bf16 autocasts"),
+            ),
+        }
+    }
+
     /// Rolls the current policy for `keys` (with sampling's guidance) from pure noise or `start`.
     pub(crate) fn roll(
         &self,
@@ -176,8 +189,9 @@ impl Ddpo<'_> {
         eta: f64,
         start: Option<Start<'_>>,
     ) -> Trajectories {
+        let amp = self.autocast().map(|a| MixedPrecision::new(self.policy, a));
         sample_trajectories(
-            self.policy,
+            amp.as_ref().map_or(self.policy, |p| p as &dyn Policy),
             self.scheduler,
             &SampleRequest {
                 labels,
@@ -399,7 +413,17 @@ impl Ddpo<'_> {
             Method::DdpoSf => train_batches,
             _ => t.grad_accum,
         } as f64;
-        let base = if t.kl_coef > 0.0 { self.base } else { None };
+        let autocast = self.autocast();
+        let amp = autocast.map(|a| MixedPrecision::new(self.policy, a));
+        let policy = amp.as_ref().map_or(self.policy, |p| p as &dyn Policy);
+        let base_amp = autocast
+            .zip(self.base)
+            .map(|(a, b)| MixedPrecision::new(b, a));
+        let base = match (t.kl_coef > 0.0, &base_amp) {
+            (false, _) => None,
+            (true, Some(b)) => Some(b as &dyn Policy),
+            (true, None) => self.base,
+        };
         let lr = t.optimizer.lr_at(epoch, t.epochs) * self.lr_scale;
         let mut out = Trained {
             steps_per_sample: counts.iter().copied().max().unwrap_or(0),
@@ -454,7 +478,7 @@ impl Ddpo<'_> {
                     micro_batch: t.micro_batch,
                 };
                 let st = accumulate_window_gradients(
-                    self.policy,
+                    policy,
                     base.map(|b| (b, t.kl_coef)),
                     self.scheduler,
                     &batch,
@@ -583,6 +607,8 @@ mod tests {
     /// `adjust` leaves them.
     fn run_with(epochs: u64, adjust: impl Fn(&mut TrainingSettings)) -> (Vec<EpochStats>, Tensor) {
         let model = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 1).unwrap();
+        // The frozen base of the KL term, when `kl_coef` > 0: the same initial weights.
+        let base = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 1).unwrap();
         let mut training = TrainingSettings {
             epochs: epochs as usize,
             batch_size: 3,
@@ -610,7 +636,7 @@ mod tests {
             optimizer: AdamW::new(params, training.optimizer.adamw().into()),
             training,
             policy: &model.unet,
-            base: None,
+            base: Some(&base.unet),
             tracker: None,
             prompts: vec![],
             device: Device::Cpu,
@@ -665,6 +691,45 @@ mod tests {
             (5.0, 5.0, 5.0)
         );
         assert_eq!(s.lr, 1e-3, "constant schedule");
+    }
+
+    /// `training.precision`: bf16 autocast changes the epoch (its passes compute in bf16) and
+    /// leaves nothing behind: an fp32 epoch after a bf16 one on the same thread is bit for bit
+    /// the fp32 epoch before it, and with the KL term (the base model's passes autocast too).
+    #[test]
+    fn bf16_autocast_changes_the_epoch_only_when_asked_for() {
+        for kl in [0.0, 0.1] {
+            let with = |precision: TrainingPrecision| {
+                move |t: &mut TrainingSettings| {
+                    t.precision = precision;
+                    t.kl_coef = kl;
+                }
+            };
+            let (fp32, w_fp32) = run_with(1, with(TrainingPrecision::Fp32));
+            let (bf16, w_bf16) = run_with(1, with(TrainingPrecision::Bf16));
+            let (again, w_again) = run_with(1, with(TrainingPrecision::Fp32));
+            assert!(w_again.equal(&w_fp32), "kl {kl}: fp32 after bf16 is fp32");
+            let untimed = |s: &EpochStats| {
+                let mut v = serde_json::to_value(s).unwrap();
+                for clock in ["sample_s", "train_s", "reward_wait_s"] {
+                    v.as_object_mut().unwrap().remove(clock).expect("a timing");
+                }
+                v
+            };
+            assert_eq!(untimed(&again[0]), untimed(&fp32[0]), "kl {kl}");
+            assert!(!w_bf16.equal(&w_fp32), "kl {kl}: bf16 computes otherwise");
+            let (a, b) = (&bf16[0], &fp32[0]);
+            assert!(a.loss.is_finite() && a.grad_norm > 0.0, "kl {kl}");
+            assert_eq!(a.optimizer_steps, b.optimizer_steps);
+            assert_eq!(a.kl_to_base > 0.0, kl > 0.0, "kl {kl}: {}", a.kl_to_base);
+            let rel = (a.reward_mean - b.reward_mean).abs() / b.reward_mean.abs();
+            assert!(
+                rel < 0.05,
+                "kl {kl}: reward {} vs {}",
+                a.reward_mean,
+                b.reward_mean
+            );
+        }
     }
 
     /// HRF with `update: per-group`: one optimiser step per anchor group, each batch one group;

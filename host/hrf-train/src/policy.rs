@@ -6,6 +6,7 @@
 //! conditioning is a class label, and decoding is a conversion to 8-bit pixels.
 
 use hrf_core::Image;
+use hrf_diffusion::autocast::Autocast;
 use hrf_diffusion::UNet2DModel;
 use tch::{Device, Kind, Tensor};
 
@@ -100,6 +101,64 @@ impl Policy for UNet2DModel {
 
     fn decode(&self, x0: &Tensor) -> Vec<Image> {
         to_images(x0)
+    }
+}
+
+/// A policy whose forward passes run under libtorch's autocast (`training.precision: bf16`):
+/// the model computes its convolutions, linear layers and attention in bf16, and its output
+/// comes back in the latents' precision (fp32), so the scheduler's arithmetic, the log-probs
+/// and the PPO ratio stay fp32. The backward pass of a forward run here follows the precisions
+/// autograd recorded, outside any region (as PyTorch advises); a checkpointed UNet keeps the
+/// autocast its forward ran under and recomputes under it (as `torch.utils.checkpoint`).
+///
+/// Each call is its own autocast region: the region's cached bf16 copies of the weights are
+/// dropped when it ends, so an optimiser step between two calls is always seen.
+pub struct MixedPrecision<'a> {
+    inner: &'a dyn Policy,
+    autocast: Autocast,
+}
+
+impl<'a> MixedPrecision<'a> {
+    pub fn new(inner: &'a dyn Policy, autocast: Autocast) -> Self {
+        Self { inner, autocast }
+    }
+}
+
+impl Policy for MixedPrecision<'_> {
+    fn latent_shape(&self) -> [i64; 3] {
+        self.inner.latent_shape()
+    }
+
+    fn null_condition(&self) -> Option<i64> {
+        self.inner.null_condition()
+    }
+
+    fn guided_output(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        conditioning: Option<&Tensor>,
+        guidance: f64,
+    ) -> Tensor {
+        self.autocast
+            .run(|| self.inner.guided_output(x, t, conditioning, guidance))
+            .to_kind(x.kind())
+    }
+
+    fn step_evals(&self, conditioning: Option<&Tensor>, guidance: f64, rows: u64) -> u64 {
+        self.inner.step_evals(conditioning, guidance, rows)
+    }
+
+    fn guides(&self, conditioning: Option<&Tensor>, guidance: f64) -> bool {
+        self.inner.guides(conditioning, guidance)
+    }
+
+    fn decode(&self, x0: &Tensor) -> Vec<Image> {
+        self.inner.decode(x0)
+    }
+
+    fn finish_backward(&self) {
+        self.inner.finish_backward()
     }
 }
 

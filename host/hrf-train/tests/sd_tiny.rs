@@ -11,10 +11,11 @@
 
 use std::path::PathBuf;
 
+use hrf_diffusion::autocast::Autocast;
 use hrf_diffusion::lora::LoraSpec;
 use hrf_diffusion::stable_diffusion::StableDiffusion;
 use hrf_diffusion::DdimScheduler;
-use hrf_train::policy::Policy;
+use hrf_train::policy::{MixedPrecision, Policy};
 use hrf_train::ppo::{ppo_loss, StepBatch};
 use hrf_train::sampling::{denoise_from, SampleRequest};
 use hrf_train::text_to_image::TextToImage;
@@ -209,7 +210,7 @@ fn a_strongly_guided_chain_matches_the_pipeline_in_fp64() {
 /// sampling-time ones, so every PPO ratio is 1 (fp32, CPU; within 1e-5 as for the pixel UNet).
 #[test]
 fn the_ppo_ratio_is_one_before_the_first_update() {
-    let (worst, _) = first_inner_epoch(None);
+    let (worst, _) = first_inner_epoch(None, None);
     eprintln!("text-to-image PPO ratio before the first update: worst |ratio − 1| = {worst:.1e}");
     assert!(worst <= 1e-5, "worst |ratio − 1| = {worst:e}");
 }
@@ -220,8 +221,8 @@ fn the_ppo_ratio_is_one_before_the_first_update() {
 /// first inner epoch is still 1: sampling and training run the same bf16 kernels.
 #[test]
 fn bf16_frozen_weights_keep_the_ratio_at_one_and_the_output_close() {
-    let (worst, eps_bf16) = first_inner_epoch(Some(tch::Kind::BFloat16));
-    let (_, eps_fp32) = first_inner_epoch(None);
+    let (worst, eps_bf16) = first_inner_epoch(Some(tch::Kind::BFloat16), None);
+    let (_, eps_fp32) = first_inner_epoch(None, None);
     assert_eq!(
         eps_bf16.kind(),
         tch::Kind::Float,
@@ -239,9 +240,30 @@ fn bf16_frozen_weights_keep_the_ratio_at_one_and_the_output_close() {
     assert!(worst <= 1e-5, "worst |ratio − 1| = {worst:e}");
 }
 
+/// `training.precision: bf16` on the text-to-image policy (fp32 frozen weights, and bf16 ones
+/// as `model.dtype: bf16` makes them): the first inner epoch's ratio under bf16 autocast, with
+/// sampling and training both autocast.
+#[test]
+fn bf16_autocast_keeps_the_text_to_image_ratio_at_one() {
+    let bf16 = Autocast::bf16(Device::Cpu).unwrap();
+    let (worst, eps) = first_inner_epoch(None, Some(bf16));
+    let (worst_bf16_weights, _) = first_inner_epoch(Some(tch::Kind::BFloat16), Some(bf16));
+    let (_, eps_fp32) = first_inner_epoch(None, None);
+    let rel = max_err(&eps, &eps_fp32) / eps_fp32.abs().max().double_value(&[]);
+    eprintln!(
+        "bf16 autocast, text-to-image: guided ε within {rel:.1e} of fp32's largest value; worst |ratio − 1| = {worst:.1e} (fp32 weights), {worst_bf16_weights:.1e} (bf16 weights)"
+    );
+    assert!(rel > 1e-4, "autocast computes in bf16: {rel:e}");
+    assert!(worst <= 1e-5, "worst |ratio − 1| = {worst:e}");
+    assert!(
+        worst_bf16_weights <= 1e-5,
+        "worst |ratio − 1| = {worst_bf16_weights:e}"
+    );
+}
+
 /// DDPO's first inner epoch (see above) with the frozen weights in `kind` (None: fp32): the
 /// worst |ratio − 1| and the adapted, guided noise prediction at one timestep.
-fn first_inner_epoch(kind: Option<tch::Kind>) -> (f64, Tensor) {
+fn first_inner_epoch(kind: Option<tch::Kind>, autocast: Option<Autocast>) -> (f64, Tensor) {
     let spec = LoraSpec {
         rank: 4,
         alpha: 4.0,
@@ -274,9 +296,13 @@ fn first_inner_epoch(kind: Option<tch::Kind>) -> (f64, Tensor) {
         "the adapters do not change the output ({moved})"
     );
 
+    let amp = autocast.map(|a| MixedPrecision::new(&policy, a));
+    let policy: &dyn Policy = amp.as_ref().map_or(&policy, |p| p as &dyn Policy);
+    // The noise prediction the function gives back: the (possibly autocast) policy's.
+    let adapted = tch::no_grad(|| policy.guided_output(&x, &t, Some(&labels), guidance));
     let keys: Vec<u64> = (0..4).collect();
     let tr = sample_trajectories(
-        &policy,
+        policy,
         &sched,
         &SampleRequest {
             labels: Some(&labels),
@@ -297,7 +323,7 @@ fn first_inner_epoch(kind: Option<tch::Kind>) -> (f64, Tensor) {
             let old = at(&tr.log_probs, i);
             let ids = labels.index_select(0, &idx);
             let out = ppo_loss(
-                &policy,
+                policy,
                 &sched,
                 &StepBatch {
                     sample: &at(&tr.latents, i),
@@ -369,7 +395,7 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
     let w = hrf_diffusion::init::keyed_normal(&[44], &[3, 4, 16, 16]);
     let t = Tensor::from_slice(&[801i64, 301, 21]);
     let labels = Tensor::from_slice(&[0i64, 1, 2]);
-    let run = |policy: &TextToImage| {
+    let run = |policy: &dyn Policy| {
         for (_, v) in &vars {
             let mut g = v.grad();
             if g.defined() {
@@ -385,27 +411,60 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
             .collect();
         (loss.double_value(&[]), grads)
     };
+    // Under bf16 autocast (`training.precision: bf16`) the recomputations run under the
+    // autocast the forward ran under, so they give that forward's gradients too.
+    let bf16 = Autocast::bf16(Device::Cpu).unwrap();
     let (plain_loss, plain) = run(&policy);
+    let (plain_bf16_loss, plain_bf16) = run(&MixedPrecision::new(&policy, bf16));
     policy.set_checkpointing(true);
     let (ck_loss, checkpointed) = run(&policy);
-    assert!(
-        (plain_loss - ck_loss).abs() <= 1e-6 * plain_loss.abs().max(1.0),
-        "the forward is the same computation: {plain_loss} vs {ck_loss}"
-    );
-    let mut worst = 0f64;
-    let mut nonzero = 0;
-    for ((name, a), (_, b)) in plain.iter().zip(&checkpointed) {
-        let scale = a.abs().max().double_value(&[]).max(1e-12);
-        nonzero += (scale > 1e-9) as usize;
-        worst = worst.max(max_err(a, b) / scale);
-        assert!(b.defined(), "{name}: no gradient with checkpointing");
+    let (ck_bf16_loss, checkpointed_bf16) = run(&MixedPrecision::new(&policy, bf16));
+    for (a, b) in [(plain_loss, ck_loss), (plain_bf16_loss, ck_bf16_loss)] {
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+            "the forward is the same computation: {a} vs {b}"
+        );
     }
+    let worst_of = |a: &[(String, Tensor)], b: &[(String, Tensor)]| {
+        let mut worst = 0f64;
+        let mut nonzero = 0;
+        for ((name, a), (_, b)) in a.iter().zip(b) {
+            let scale = a.abs().max().double_value(&[]).max(1e-12);
+            nonzero += (scale > 1e-9) as usize;
+            worst = worst.max(max_err(a, b) / scale);
+            assert!(b.defined(), "{name}: no gradient with checkpointing");
+        }
+        (worst, nonzero)
+    };
+    // Relative L2 distance over all the adapters' gradients.
+    let l2 = |a: &[(String, Tensor)], b: &[(String, Tensor)]| {
+        let (mut d, mut n) = (0f64, 0f64);
+        for ((_, a), (_, b)) in a.iter().zip(b) {
+            d += (a - b).square().sum(tch::Kind::Double).double_value(&[]);
+            n += a.square().sum(tch::Kind::Double).double_value(&[]);
+        }
+        (d / n).sqrt()
+    };
+    let (worst, nonzero) = worst_of(&plain, &checkpointed);
+    let (ck_bf16, bf16_vs_fp32) = (l2(&plain_bf16, &checkpointed_bf16), l2(&plain, &plain_bf16));
     eprintln!(
-        "gradient checkpointing: {} adapter tensors, {nonzero} with gradients; worst relative difference {worst:.1e}",
+        "gradient checkpointing: {} adapter tensors, {nonzero} with gradients; worst relative difference {worst:.1e} (fp32); under bf16 autocast {ck_bf16:.1e} in L2 (bf16 vs fp32 gradients: {bf16_vs_fp32:.1e})",
         plain.len()
     );
     assert!(nonzero * 2 > plain.len(), "most adapters get gradients");
     assert!(worst < 1e-5, "checkpointed gradients differ: {worst:e}");
+    // bf16 gradients sum their parts in bf16, in another order when the levels are
+    // backpropagated one by one, so they agree within bf16's rounding (measured 1.0e-2 in L2),
+    // well inside the bf16-vs-fp32 difference (3.4e-2). Recomputing in fp32 instead fails at
+    // once (bf16 inputs meet fp32 weights).
+    assert!(
+        bf16_vs_fp32 > 1e-3,
+        "autocast computes in bf16: {bf16_vs_fp32:e}"
+    );
+    assert!(
+        ck_bf16 < 0.5 * bf16_vs_fp32,
+        "checkpointed bf16 gradients: {ck_bf16:e} from the plain pass's"
+    );
 }
 
 /// The KL term's base model is the pipeline's own weights with the LoRA adapters off: with

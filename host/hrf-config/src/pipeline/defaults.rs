@@ -25,7 +25,8 @@ use super::raw::{
 use crate::pretrain_pipeline::AdamWSettings;
 use crate::training::{
     AdvantageMode, AdvantageSettings, ClipScale, GroupUpdate, LrSchedule, Method,
-    OptimizerSettings, Preset, SamplingSettings, StepReduction, TrainingSettings,
+    OptimizerSettings, Preset, SamplingSettings, StepReduction, TrainingPrecision,
+    TrainingSettings,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ impl Default for TrainingSettings {
             batch_size: 16,
             grad_accum: 1,
             micro_batch: None,
+            precision: TrainingPrecision::Fp32,
             adv_clip: 5.0,
             clip_range: 1e-4,
             timestep_fraction: 1.0,
@@ -117,6 +119,7 @@ impl Default for TrainingRaw {
             batch_size: None,
             grad_accum: d.grad_accum,
             micro_batch: None,
+            precision: d.precision,
             adv_clip: None,
             clip_range: d.clip_range,
             timestep_fraction: None,

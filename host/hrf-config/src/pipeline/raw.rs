@@ -15,7 +15,7 @@ use crate::model_spec::ModelSpecRaw;
 use crate::reward::{HttpInputs, ImageEncoding, ImageInput, StageSpec};
 use crate::training::{
     AdvantageMode, ClipScale, GroupUpdate, LrSchedule, Method, Preset, SamplingSettings,
-    StartIndex, StepReduction,
+    StartIndex, StepReduction, TrainingPrecision,
 };
 
 /// A run pipeline as written in YAML.
@@ -87,6 +87,12 @@ pub struct TrainingRaw {
     /// hold less memory. The gradient and the optimiser steps are the same up to float
     /// rounding.
     pub micro_batch: Option<usize>,
+    /// `fp32` (default) or `bf16`: libtorch's autocast to bfloat16 for the UNet's forward and
+    /// backward passes in the epoch's sampling and training (convolutions, linear layers and
+    /// attention in bf16; norms, softmax, the model's output, log-probs, ratios, advantages,
+    /// weights and AdamW in fp32). Evaluations sample in fp32, so runs at either precision
+    /// are measured alike. On the CPU and CUDA.
+    pub precision: TrainingPrecision,
     /// Advantage clip. Default: 5 for ddpo-*, 2.5 for hrf/hrf-d (there multiplied by the
     /// window fraction f).
     pub adv_clip: Option<f64>,

@@ -272,6 +272,7 @@ fn training(
         batch_size,
         grad_accum: t.grad_accum,
         micro_batch: t.micro_batch,
+        precision: t.precision,
         adv_clip,
         clip_range: t.clip_range,
         timestep_fraction,

@@ -12,7 +12,8 @@ use super::*;
 use crate::limits::{self, canonical, ModelShape, RunSizes};
 use crate::model_spec::ModelSource;
 use crate::training::{
-    AdvantageMode, AdvantageSettings, SamplingSettings, StartIndex, StepReduction, TrainingSettings,
+    AdvantageMode, AdvantageSettings, SamplingSettings, StartIndex, StepReduction,
+    TrainingPrecision, TrainingSettings,
 };
 
 mod features;

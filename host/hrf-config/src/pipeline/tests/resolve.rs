@@ -231,3 +231,31 @@ fn prompts_come_from_a_file_relative_to_the_yaml() {
         .unwrap_err();
     assert!(messages(&e).contains("has no prompts"), "{e}");
 }
+
+#[test]
+fn training_precision_is_fp32_unless_bf16_is_asked_for() {
+    let fx = Fixture::new("precision");
+    let with = |v: &str| {
+        MINIMAL.replacen(
+            "rewards:",
+            &format!("training: {{precision: {v}}}\nrewards:"),
+            1,
+        )
+    };
+    assert_eq!(
+        fx.load(MINIMAL, &[]).unwrap().training.precision,
+        TrainingPrecision::Fp32
+    );
+    let bf16 = fx.load(&with("bf16"), &[]).unwrap();
+    assert_eq!(bf16.training.precision, TrainingPrecision::Bf16);
+    // The resolved pipeline says it; an fp32 one does not, as before the field existed.
+    assert!(bf16.resolved_yaml().contains("precision: bf16"));
+    let fp32 = fx.load(MINIMAL, &[]).unwrap().resolved_yaml();
+    assert!(!fp32.contains("precision:"), "{fp32}");
+    let e = fx.load(&with("fp16"), &[]).unwrap_err();
+    let msg = messages(&e);
+    assert!(
+        msg.contains("p.yaml:2:23: unknown variant `fp16`, expected one of fp32, bf16"),
+        "{msg}"
+    );
+}
