@@ -11,7 +11,10 @@ into train batches of `--train-batch`, and for every trainable step of the batch
 step is skipped, as hrf skips it) a forward pass with gradients, the PPO-clipped loss and one
 backward pass; after the batch's steps the gradient is clipped to norm 1 and AdamW takes one
 step. The timing of the last of `--epochs` epochs is printed as one JSON line (the first one
-pays for torch.compile's compilation and the allocator's warm-up, on both sides).
+pays for torch.compile's compilation and the allocator's warm-up, on both sides), with the
+UNet's FLOPs per image (torch's FlopCounterMode: a forward, and a forward + backward) and, on
+CUDA, torch's peak allocated and reserved memory. `--autocast bf16` runs the UNet's forward
+passes under torch.autocast to bfloat16, as hrf's `training.precision: bf16` does.
 
 Written from the formulas of docs/ALGORITHM.md §1–§2, not from ddpo-pytorch's code.
 """
@@ -66,6 +69,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--autocast", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: the UNet's forward passes under torch.autocast(dtype=torch.bfloat16), "
+                         "its output and everything after it in fp32 (hrf's training.precision: bf16)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -83,14 +89,34 @@ def main():
     net = torch.compile(unet) if args.compile else unet
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
 
-    def model(x, tt):
+    bf16 = args.autocast == "bf16"
+
+    def model(x, tt, net=net):
         labels = None if null is None else torch.full((x.shape[0],), null, dtype=torch.long, device=dev)
-        return net(x, tt.to(dev), class_labels=labels).sample
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            out = net(x, tt.to(dev), class_labels=labels).sample
+        return out.float()
+
+    # The UNet's FLOPs per image, counted by torch's FlopCounterMode on the plain (uncompiled)
+    # module: one forward (sampling) and one forward + backward (training).
+    from torch.utils.flop_counter import FlopCounterMode
+    x1 = torch.randn((1, *shape), device=dev)
+    t1 = torch.full((1,), 500, dtype=torch.long)
+    with FlopCounterMode(display=False) as fc:
+        with torch.no_grad():
+            model(x1, t1, net=unet)
+    fwd_flops = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc:
+        model(x1, t1, net=unet).sum().backward()
+    fwd_bwd_flops = fc.get_total_flops()
+    opt.zero_grad(set_to_none=True)
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     for epoch in range(args.epochs):
         # 1. Sampling, under no_grad, every step's latent and log-prob kept.
         sync()
@@ -144,9 +170,15 @@ def main():
         sync()
         train_s = time.perf_counter() - t1
         if epoch == args.epochs - 1:
+            side = "reference-compiled" if args.compile else "reference-eager"
+            peak = {}
+            if dev.type == "cuda":
+                peak = {"torch_peak_allocated_mib": torch.cuda.max_memory_allocated(dev) / 2**20,
+                        "torch_peak_reserved_mib": torch.cuda.max_memory_reserved(dev) / 2**20}
             print(json.dumps({
-                "side": "reference-compiled" if args.compile else "reference-eager",
+                "side": side + ("-bf16" if bf16 else ""),
                 "sample_s": sample_s, "train_s": train_s, "epoch_s": sample_s + train_s,
+                "fwd_flops_per_image": fwd_flops, "fwd_bwd_flops_per_image": fwd_bwd_flops, **peak,
                 "samples": args.samples, "steps": args.steps, "trained_steps": len(trainable),
                 "train_batch": args.train_batch, "threads": args.threads,
                 "torch": torch.__version__,
