@@ -8,11 +8,15 @@
 #
 #   tools/bench/ddpo_epoch.sh [MODEL_DIR] [--runs N] [--threads T] [--device D] [--sides LIST]
 #                             [--micro-batch MB] [--samples N] [--batch B] [--train-batch T]
-#                             [--no-compile]
+#                             [--steps S] [--no-compile] [--text-to-image]
 #
 # MODEL_DIR is a diffusers UNet2DModel folder (default models/testbed; tools/bench/random_unet.py
-# writes the ddpm-celebahq-256 architecture). The epoch: N samples (default 64) × 40 DDIM steps
-# at eta 1 in sampling batches of B (16), train batch T (16), every trainable step trained.
+# writes the ddpm-celebahq-256 architecture). The epoch: N samples (default 64) × S DDIM steps
+# (40) at eta 1 in sampling batches of B (16), train batch T (16), every trainable step trained.
+# --text-to-image: MODEL_DIR is a Stable Diffusion folder (tools/bench/random_sd.py writes an
+# SD-1.5-shaped one) and the sides run ddpo-pytorch's LoRA recipe (tools/bench/sd-epoch.yaml
+# against tools/bench/sd_reference.py; defaults 32 samples × 50 steps, batches of 8, train
+# batch 4); the flags below then apply to it (hrf-micro and the -bf16 sides too).
 # SIDES, comma-separated (default hrf,hrf-micro,ref-eager,ref-compiled):
 #   hrf              one trained step of each sample per forward/backward pass, as the reference
 #   hrf-micro        with `training.micro_batch: MB` (default 128) (sample, step) pairs per pass
@@ -28,7 +32,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=models/testbed runs=3 threads=2 compile=1 device=cpu micro=128
-samples=64 batch=16 train_batch=16 sides=hrf,hrf-micro,ref-eager,ref-compiled
+samples=64 batch=16 train_batch=16 sides=hrf,hrf-micro,ref-eager,ref-compiled steps=40
+hrf_config=tools/bench/ddpo-epoch.yaml reference=tools/bench/ddpo_reference.py
 while (($#)); do
   case $1 in
     --runs) runs=$2; shift 2 ;;
@@ -40,6 +45,9 @@ while (($#)); do
     --samples) samples=$2; shift 2 ;;
     --batch) batch=$2; shift 2 ;;
     --train-batch) train_batch=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    --text-to-image) hrf_config=tools/bench/sd-epoch.yaml reference=tools/bench/sd_reference.py
+      steps=50 samples=32 batch=8 train_batch=4; shift ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) model=$1; shift ;;
   esac
@@ -94,10 +102,10 @@ PY
 hrf_side() { # ROUND SIDE [--set FIELD=VALUE ...]
   local run=$out/hrf-$1-$2 side=$2
   shift 2
-  with_memory env HRF_THREADS="$threads" OMP_NUM_THREADS="$threads" "$hrf" run tools/bench/ddpo-epoch.yaml -q \
+  with_memory env HRF_THREADS="$threads" OMP_NUM_THREADS="$threads" "$hrf" run "$hrf_config" -q \
     --run-dir "$run" --set "model.weights=$model_abs" --set "model.device=$device" \
     --set "sampling.batch_size=$batch" --set "sampling.batches_per_epoch=$((samples / batch))" \
-    --set "training.batch_size=$train_batch" "$@" >/dev/null
+    --set "training.batch_size=$train_batch" --set "sampling.steps=$steps" "$@" >/dev/null
   python3 - "$run/metrics.jsonl" "$side" >>"$results" <<'PY'
 import json, sys
 epochs = [l for l in map(json.loads, open(sys.argv[1])) if l.get("kind") == "epoch"]
@@ -110,9 +118,9 @@ PY
 }
 
 ref_side() {
-  with_memory env OMP_NUM_THREADS="$threads" "$py" tools/bench/ddpo_reference.py --model "$model_abs" \
+  with_memory env OMP_NUM_THREADS="$threads" "$py" "$reference" --model "$model_abs" \
     --threads "$threads" --device "$device" --samples "$samples" --batch "$batch" \
-    --train-batch "$train_batch" "$@" >>"$results"
+    --train-batch "$train_batch" --steps "$steps" "$@" >>"$results"
   add_peak
 }
 
@@ -140,12 +148,13 @@ for i in $(seq 1 "$runs"); do
   done
 done
 
-python3 - "$results" "$model" "$threads" "$device" "$samples" "$train_batch" <<'PY'
+python3 - "$results" "$model" "$threads" "$device" "$samples" "$train_batch" "$steps" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-model, threads, device, samples, train_batch = sys.argv[2:7]
-print(f"DDPO-IS epoch on {model} ({device}, {threads} threads): {samples} samples × 40 steps, "
-      f"train batch {train_batch}, 39 trained steps; the last of 2 epochs per run")
+model, threads, device, samples, train_batch, steps = sys.argv[2:8]
+trained = next((r["trained_steps"] for r in rows if "trained_steps" in r), "?")
+print(f"DDPO-IS epoch on {model} ({device}, {threads} threads): {samples} samples × {steps} steps, "
+      f"train batch {train_batch}, {trained} trained steps; the last of 2 epochs per run")
 def mem(r):
     m = f"   peak GPU {r['peak_gpu_mib']:7.0f} MiB" if "peak_gpu_mib" in r else ""
     if "torch_peak_allocated_mib" in r:
@@ -166,10 +175,10 @@ ref = next((r for r in rows if "fwd_flops_per_image" in r), None)
 if ref:
     n, k = int(samples), ref["trained_steps"]
     fwd, fb = ref["fwd_flops_per_image"], ref["fwd_bwd_flops_per_image"]
-    print(f"UNet work (torch's FlopCounterMode): {fwd / 1e9:.2f} GFLOP per image forward, "
+    print(f"UNet work (torch's FlopCounterMode): {fwd / 1e9:.2f} GFLOP per sample step forward, "
           f"{fb / 1e9:.2f} forward + backward; achieved, on the medians:")
     for side, m in med.items():
-        print(f"  {side:<30} sampling {n * 40 * fwd / m['sample_s'] / 1e12:7.2f} TFLOP/s   "
+        print(f"  {side:<30} sampling {n * int(steps) * fwd / m['sample_s'] / 1e12:7.2f} TFLOP/s   "
               f"training {n * k * fb / m['train_s'] / 1e12:7.2f} TFLOP/s")
 print("hrf's speed-up (reference's median time ÷ hrf's):")
 for side, m in med.items():

@@ -3,7 +3,7 @@
 # grid's pending runs concurrently on the card for at most LIMIT seconds and packs the runs it
 # finished into $OUT/part.tgz (under the device tool's 16 MiB); a later session unpacks it into
 # the repository (`tar xzf part.tgz`), commits it, and the next part goes on from there.
-#   here:        tools/gpu/pack.sh          (the launcher, the engine and the data into gpu/)
+#   here:        DATA=0 tools/gpu/pack.sh   (the launcher and the engine into gpu/; the data would not fit)
 #   on the GPU:  STEP=sweep|run LIMIT=540 JOBS=16 tools/experiment/gpu-part.sh
 set -u
 start=$(date +%s)

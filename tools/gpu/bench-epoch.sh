@@ -8,13 +8,13 @@
 # ratio's distance from 1 is the kernels' doing: clipfrac is the share of ratios outside 1 ± 1e-4).
 # Everything it prints lands in $OUT/bench.txt, packed with the raw rows into $OUT/bench.tgz.
 #
-#   here:        cargo build --release && tools/gpu/pack.sh
-#                python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#                  -d .whl diffusers==0.35.2      (the GPU image has torch and peft, not diffusers)
-#   on the GPU:  tools/gpu/bench-epoch.sh        (device call: carry gpu and .whl)
+#   here:        cargo build --release && DATA=0 tools/gpu/pack.sh   (gpu/: hrf and diffusers)
+#   on the GPU:  OUT=$OUT tools/gpu/bench-epoch.sh                 (device call: carry gpu)
 #
-# CPU=1 runs the same script on this machine at a tiny size (4 samples, the testbed only) to check
-# it end to end without a GPU.
+# TASK=sd runs the text-to-image check instead (its own call; carry gpu and
+# models/sd-tiny/tokenizer, the CLIP vocabulary set-up writes there). CPU=1 runs either on this
+# machine at a tiny size (4 samples; the testbed, or models/sd-tiny) to check it end to end
+# without a GPU.
 set -u
 END=$((SECONDS + ${LIMIT:-530}))
 left() { echo $(( END - SECONDS > 15 ? END - SECONDS : 15 )); }
@@ -28,10 +28,6 @@ if [ "${CPU:-0}" = 1 ]; then
   shape=(--samples 4 --batch 2 --train-batch 2 --runs 1 --threads "$THREADS")
 else
   . tools/gpu/device-env.sh
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-      && export PYTHONPATH=/tmp/site
-  fi
   PY=python3
   THREADS=16
   shape=(--samples 32 --batch 8 --train-batch 8 --runs 1 --threads "$THREADS")
@@ -54,14 +50,19 @@ bench() { # SECONDS ARGS...: one ddpo_epoch.sh call, its whole process group cut
   [ "$rc" = 0 ] || echo "=== cut or failed: rc $rc"
 }
 
-# The first inner epoch's ratio: one hrf epoch at lr 1e-12 on MODEL at PRECISION.
-ratio() { # MODEL PRECISION SAMPLES BATCH
-  local run=$OUT/ratio-$(basename "$1")-$2
-  timeout "$(left)" env HRF_THREADS="$THREADS" "$HRF" run tools/bench/ddpo-epoch.yaml -q --run-dir "$run" \
+# The first inner epoch's ratio: one hrf epoch at lr 1e-12 on MODEL at PRECISION (CONFIG: the
+# benchmark's hrf pipeline, default the pixel one; a train batch of half the sampling batch, so
+# the two compositions differ).
+ratio() { # MODEL PRECISION SAMPLES BATCH [CONFIG [STEPS]]
+  local run=$OUT/ratio-$(basename "$1")-$2 config=${5:-tools/bench/ddpo-epoch.yaml}
+  local steps=()
+  [ -n "${6:-}" ] && steps=(--set "sampling.steps=$6")
+  timeout "$(left)" env HRF_THREADS="$THREADS" "$HRF" run "$config" -q --run-dir "$run" \
     --set "model.weights=$1" --set "model.device=$DEV" --set training.epochs=1 \
     --set training.optimizer.lr=1e-12 --set "training.precision=$2" \
     --set "sampling.batch_size=$4" --set "sampling.batches_per_epoch=$(($3 / $4))" \
-    --set "training.batch_size=$4" >/dev/null 2>"$run.err" || { echo "ratio run failed:"; tail -3 "$run.err"; return; }
+    --set "training.batch_size=$(( $4 > 1 ? $4 / 2 : 1 ))" "${steps[@]}" >/dev/null 2>"$run.err" \
+    || { echo "ratio run failed:"; tail -3 "$run.err"; return; }
   python3 - "$run/metrics.jsonl" "$1" "$2" <<'PY'
 import json, sys
 e = [l for l in map(json.loads, open(sys.argv[1])) if l.get("kind") == "epoch"][0]
@@ -70,7 +71,24 @@ print(f"first inner epoch, {sys.argv[2]} {sys.argv[3]}: approx-KL {e['approx_kl'
 PY
 }
 
-if [ "${CPU:-0}" = 1 ]; then
+if [ "${TASK:-unet}" = sd ]; then
+  # Issue "text-to-image" GPU check: an SD-1.5-shaped pipeline with random weights at 512×512,
+  # LoRA rank 4, bf16 frozen weights, 32 samples × 50 steps, train batch 4, against diffusers +
+  # peft (tools/bench/sd_reference.py), and the bf16 first-inner-epoch ratio.
+  if [ "${CPU:-0}" = 1 ]; then
+    sd=$PWD/models/sd-tiny tiny=(--samples 4 --batch 2 --train-batch 2 --steps 4 --runs 1)
+  else
+    sd=/tmp/sd-1.5-random tiny=(--runs 2)
+    "$PY" tools/bench/random_sd.py sd-1.5 "$sd" models/sd-tiny/tokenizer || exit 1
+  fi
+  bench $(( $(left) - 90 )) "$sd" --text-to-image --threads "$THREADS" "${tiny[@]}" \
+    --sides hrf-bf16,ref-eager-bf16,hrf,ref-eager
+  if [ "${CPU:-0}" = 1 ]; then
+    ratio "$sd" bf16 4 2 tools/bench/sd-epoch.yaml 4
+  else
+    ratio "$sd" bf16 16 8 tools/bench/sd-epoch.yaml
+  fi
+elif [ "${CPU:-0}" = 1 ]; then
   bench "$(left)" models/testbed "${shape[@]}" --sides hrf,hrf-bf16,ref-eager,ref-eager-bf16 --no-compile
   ratio "$PWD/models/testbed" bf16 4 2
 else

@@ -18,8 +18,11 @@ fi
 if ! python3 -c "import onnxruntime" 2>/dev/null; then
   export ORT_DYLIB_PATH=$(timeout 20 find / -xdev -name 'libonnxruntime.so*' -path '*onnxruntime/capi/*' 2>/dev/null | head -1); echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
 fi
-if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && ls gpu/data/* >/dev/null 2>&1; then
   mkdir -p /usr/share/datasets/fashion-mnist && for f in gpu/data/*; do gzip -1 -c "$f" > /usr/share/datasets/fashion-mnist/$(basename "$f").gz; done || echo "cannot install the data"
+fi
+if [ -e gpu/diffusers.tar.xz ] && ! python3 -c "import diffusers" 2>/dev/null; then
+  mkdir -p /tmp/site && tar -C /tmp/site -xJf gpu/diffusers.tar.xz && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 HRF="$PWD/gpu/bin/hrf"
 DEV=cuda
