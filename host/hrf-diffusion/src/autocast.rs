@@ -18,7 +18,6 @@ use tch::{Device, Kind};
 mod ffi {
     use std::os::raw::c_int;
 
-    #[allow(improper_ctypes)]
     extern "C" {
         #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
         pub fn set_autocast_enabled(device_type: i8, enabled: bool);
@@ -91,11 +90,6 @@ impl Autocast {
         })
     }
 
-    /// The precision the region's lower-precision ops compute in.
-    pub fn kind(&self) -> Kind {
-        kind_of(self.dtype).expect("constructed from a known kind")
-    }
-
     /// Runs `f` inside an autocast region and restores the thread's previous autocast state
     /// afterwards, also when `f` panics. Casts of trainable weights are cached for the region
     /// and dropped when the outermost region ends, as `torch.autocast` does, so a region must
@@ -111,10 +105,8 @@ impl Autocast {
 pub fn current(device: Device) -> Option<Autocast> {
     let device_type = device_type(device)?;
     let (on, kind) = state(device)?;
-    (on && scalar_type(kind).is_some()).then(|| Autocast {
-        device_type,
-        dtype: scalar_type(kind).expect("checked"),
-    })
+    let dtype = scalar_type(kind)?;
+    on.then_some(Autocast { device_type, dtype })
 }
 
 /// Whether autocast is on for `device`'s type on this thread, and in which precision.
@@ -139,7 +131,6 @@ struct Region {
 
 impl Region {
     fn enter(a: Autocast) -> Self {
-        debug_assert!(scalar_type(a.kind()).is_some());
         // SAFETY: the device type is CPU or CUDA (Autocast::bf16 refuses others), for which
         // libtorch has autocast dispatch keys; every call only touches thread-local state.
         unsafe {

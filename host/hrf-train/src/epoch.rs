@@ -189,9 +189,8 @@ impl Ddpo<'_> {
         eta: f64,
         start: Option<Start<'_>>,
     ) -> Trajectories {
-        let amp = self.autocast().map(|a| MixedPrecision::new(self.policy, a));
         sample_trajectories(
-            amp.as_ref().map_or(self.policy, |p| p as &dyn Policy),
+            &MixedPrecision::new(self.policy, self.autocast()),
             self.scheduler,
             &SampleRequest {
                 labels,
@@ -413,17 +412,10 @@ impl Ddpo<'_> {
             Method::DdpoSf => train_batches,
             _ => t.grad_accum,
         } as f64;
-        let autocast = self.autocast();
-        let amp = autocast.map(|a| MixedPrecision::new(self.policy, a));
-        let policy = amp.as_ref().map_or(self.policy, |p| p as &dyn Policy);
-        let base_amp = autocast
-            .zip(self.base)
-            .map(|(a, b)| MixedPrecision::new(b, a));
-        let base = match (t.kl_coef > 0.0, &base_amp) {
-            (false, _) => None,
-            (true, Some(b)) => Some(b as &dyn Policy),
-            (true, None) => self.base,
-        };
+        let policy = MixedPrecision::new(self.policy, self.autocast());
+        let base = (self.base)
+            .filter(|_| t.kl_coef > 0.0)
+            .map(|b| MixedPrecision::new(b, self.autocast()));
         let lr = t.optimizer.lr_at(epoch, t.epochs) * self.lr_scale;
         let mut out = Trained {
             steps_per_sample: counts.iter().copied().max().unwrap_or(0),
@@ -478,8 +470,8 @@ impl Ddpo<'_> {
                     micro_batch: t.micro_batch,
                 };
                 let st = accumulate_window_gradients(
-                    policy,
-                    base.map(|b| (b, t.kl_coef)),
+                    &policy,
+                    base.as_ref().map(|b| (b as &dyn Policy, t.kl_coef)),
                     self.scheduler,
                     &batch,
                     s.eta,

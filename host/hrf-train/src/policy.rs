@@ -104,7 +104,9 @@ impl Policy for UNet2DModel {
     }
 }
 
-/// A policy whose forward passes run under libtorch's autocast (`training.precision: bf16`):
+/// A policy at the run's compute precision: with an autocast (`training.precision: bf16`) its
+/// forward passes run under libtorch's autocast, without one it is the policy itself. Under
+/// autocast
 /// the model computes its convolutions, linear layers and attention in bf16, and its output
 /// comes back in the latents' precision (fp32), so the scheduler's arithmetic, the log-probs
 /// and the PPO ratio stay fp32. The backward pass of a forward run here follows the precisions
@@ -115,11 +117,11 @@ impl Policy for UNet2DModel {
 /// dropped when it ends, so an optimiser step between two calls is always seen.
 pub struct MixedPrecision<'a> {
     inner: &'a dyn Policy,
-    autocast: Autocast,
+    autocast: Option<Autocast>,
 }
 
 impl<'a> MixedPrecision<'a> {
-    pub fn new(inner: &'a dyn Policy, autocast: Autocast) -> Self {
+    pub fn new(inner: &'a dyn Policy, autocast: Option<Autocast>) -> Self {
         Self { inner, autocast }
     }
 }
@@ -140,9 +142,12 @@ impl Policy for MixedPrecision<'_> {
         conditioning: Option<&Tensor>,
         guidance: f64,
     ) -> Tensor {
-        self.autocast
-            .run(|| self.inner.guided_output(x, t, conditioning, guidance))
-            .to_kind(x.kind())
+        match self.autocast {
+            Some(a) => a
+                .run(|| self.inner.guided_output(x, t, conditioning, guidance))
+                .to_kind(x.kind()),
+            None => self.inner.guided_output(x, t, conditioning, guidance),
+        }
     }
 
     fn step_evals(&self, conditioning: Option<&Tensor>, guidance: f64, rows: u64) -> u64 {

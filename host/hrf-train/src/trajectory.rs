@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn bf16_autocast_keeps_the_first_ratio_at_one() {
         let model = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 11).unwrap();
-        let amp = MixedPrecision::new(&model.unet, Autocast::bf16(Device::Cpu).unwrap());
+        let amp = MixedPrecision::new(&model.unet, Some(Autocast::bf16(Device::Cpu).unwrap()));
         let x = hrf_diffusion::init::keyed_normal(&[71], &[3, 1, 32, 32]);
         let (t, y) = (
             Tensor::from_slice(&[900i64, 500, 20]),

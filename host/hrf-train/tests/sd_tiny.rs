@@ -296,8 +296,8 @@ fn first_inner_epoch(kind: Option<tch::Kind>, autocast: Option<Autocast>) -> (f6
         "the adapters do not change the output ({moved})"
     );
 
-    let amp = autocast.map(|a| MixedPrecision::new(&policy, a));
-    let policy: &dyn Policy = amp.as_ref().map_or(&policy, |p| p as &dyn Policy);
+    let amp = MixedPrecision::new(&policy, autocast);
+    let policy: &dyn Policy = &amp;
     // The noise prediction the function gives back: the (possibly autocast) policy's.
     let adapted = tch::no_grad(|| policy.guided_output(&x, &t, Some(&labels), guidance));
     let keys: Vec<u64> = (0..4).collect();
@@ -415,10 +415,10 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
     // autocast the forward ran under, so they give that forward's gradients too.
     let bf16 = Autocast::bf16(Device::Cpu).unwrap();
     let (plain_loss, plain) = run(&policy);
-    let (plain_bf16_loss, plain_bf16) = run(&MixedPrecision::new(&policy, bf16));
+    let (plain_bf16_loss, plain_bf16) = run(&MixedPrecision::new(&policy, Some(bf16)));
     policy.set_checkpointing(true);
     let (ck_loss, checkpointed) = run(&policy);
-    let (ck_bf16_loss, checkpointed_bf16) = run(&MixedPrecision::new(&policy, bf16));
+    let (ck_bf16_loss, checkpointed_bf16) = run(&MixedPrecision::new(&policy, Some(bf16)));
     for (a, b) in [(plain_loss, ck_loss), (plain_bf16_loss, ck_bf16_loss)] {
         assert!(
             (a - b).abs() <= 1e-6 * a.abs().max(1.0),
