@@ -56,6 +56,60 @@ def ddim_step(sched, eps, t, x, eta, prev_sample=None, generator=None):
     return prev_sample, lp, ok
 
 
+def unet_flops(run):
+    """FLOPs of `run()` (a model call) by torch's FlopCounterMode: (a forward under no_grad, a
+    forward + backward of its sum). Run it on the plain (uncompiled) module; zero the gradients
+    afterwards."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        with torch.no_grad():
+            run()
+    fwd = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc:
+        run().sum().backward()
+    return fwd, fc.get_total_flops()
+
+
+def train_inner_epoch(eps_of, sched, lats, lps, adv, trainable, timesteps, params, opt, gen, args):
+    """One inner epoch, ddpo-pytorch's way: the samples shuffled and cut into train batches, each
+    sample its own order of its trainable steps; per step a forward pass with gradients
+    (`eps_of(x, t, rows)`), the PPO-clipped loss and one backward pass; per batch the gradient
+    clipped to norm 1 and one AdamW step."""
+    order = torch.randperm(args.samples, generator=gen)
+    ts = torch.tensor(timesteps, dtype=torch.long)
+    k = len(trainable)
+    for b in range(0, args.samples, args.train_batch):
+        idx = order[b : b + args.train_batch]
+        perms = torch.stack([torch.tensor(trainable)[torch.randperm(k, generator=gen)] for _ in idx])
+        for j in range(k):
+            step = perms[:, j]
+            x, x_prev = lats[idx, step], lats[idx, step + 1]
+            _, lp, _ = ddim_step(sched, eps_of(x, ts[step], idx), ts[step], x, 1.0, prev_sample=x_prev)
+            ratio = torch.exp(lp - lps[idx, step])
+            a = adv[idx].clamp(-5, 5)
+            loss = torch.maximum(-a * ratio, -a * ratio.clamp(1 - args.clip_range, 1 + args.clip_range)).mean()
+            (loss / k).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def report(side, args, dev, sample_s, train_s, flops, trained_steps, **extra):
+    """Prints the epoch's JSON line: timings, the UNet's FLOPs, torch's peak memory on CUDA."""
+    peak = {}
+    if dev.type == "cuda":
+        peak = {"torch_peak_allocated_mib": torch.cuda.max_memory_allocated(dev) / 2**20,
+                "torch_peak_reserved_mib": torch.cuda.max_memory_reserved(dev) / 2**20}
+    print(json.dumps({
+        "side": side + ("-bf16" if args.autocast == "bf16" else ""),
+        "sample_s": sample_s, "train_s": train_s, "epoch_s": sample_s + train_s,
+        "fwd_flops_per_image": flops[0], "fwd_bwd_flops_per_image": flops[1], **peak,
+        "samples": args.samples, "steps": args.steps, "trained_steps": trained_steps,
+        "train_batch": args.train_batch, "threads": args.threads, **extra,
+        "torch": torch.__version__,
+    }))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a diffusers UNet2DModel folder with scheduler_config.json")
@@ -97,18 +151,10 @@ def main():
             out = net(x, tt.to(dev), class_labels=labels).sample
         return out.float()
 
-    # The UNet's FLOPs per image, counted by torch's FlopCounterMode on the plain (uncompiled)
-    # module: one forward (sampling) and one forward + backward (training).
-    from torch.utils.flop_counter import FlopCounterMode
+    # The UNet's FLOPs per image, on the plain module: a forward (sampling), forward + backward.
     x1 = torch.randn((1, *shape), device=dev)
     t1 = torch.full((1,), 500, dtype=torch.long)
-    with FlopCounterMode(display=False) as fc:
-        with torch.no_grad():
-            model(x1, t1, net=unet)
-    fwd_flops = fc.get_total_flops()
-    with FlopCounterMode(display=False) as fc:
-        model(x1, t1, net=unet).sum().backward()
-    fwd_bwd_flops = fc.get_total_flops()
+    flops = unet_flops(lambda: model(x1, t1, net=unet))
     opt.zero_grad(set_to_none=True)
 
     def sync():
@@ -149,40 +195,13 @@ def main():
         sync()
         t1 = time.perf_counter()
         unet.train()
-        order = torch.randperm(args.samples, generator=gen)
-        ts = torch.tensor(timesteps, dtype=torch.long)
-        k = len(trainable)
-        for b in range(0, args.samples, args.train_batch):
-            idx = order[b : b + args.train_batch]
-            # Each sample its own order of its trainable steps (ddpo-pytorch's per-sample perms).
-            perms = torch.stack([torch.tensor(trainable)[torch.randperm(k, generator=gen)] for _ in idx])
-            for j in range(k):
-                step = perms[:, j]
-                x, x_prev = lats[idx, step], lats[idx, step + 1]
-                _, lp, _ = ddim_step(sched, model(x, ts[step]), ts[step], x, 1.0, prev_sample=x_prev)
-                ratio = torch.exp(lp - lps[idx, step])
-                a = adv[idx].clamp(-5, 5)
-                loss = torch.maximum(-a * ratio, -a * ratio.clamp(1 - args.clip_range, 1 + args.clip_range)).mean()
-                (loss / k).backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        train_inner_epoch(lambda x, tt, rows: model(x, tt), sched, lats, lps, adv, trainable,
+                          timesteps, list(unet.parameters()), opt, gen, args)
         sync()
         train_s = time.perf_counter() - t1
         if epoch == args.epochs - 1:
-            side = "reference-compiled" if args.compile else "reference-eager"
-            peak = {}
-            if dev.type == "cuda":
-                peak = {"torch_peak_allocated_mib": torch.cuda.max_memory_allocated(dev) / 2**20,
-                        "torch_peak_reserved_mib": torch.cuda.max_memory_reserved(dev) / 2**20}
-            print(json.dumps({
-                "side": side + ("-bf16" if bf16 else ""),
-                "sample_s": sample_s, "train_s": train_s, "epoch_s": sample_s + train_s,
-                "fwd_flops_per_image": fwd_flops, "fwd_bwd_flops_per_image": fwd_bwd_flops, **peak,
-                "samples": args.samples, "steps": args.steps, "trained_steps": len(trainable),
-                "train_batch": args.train_batch, "threads": args.threads,
-                "torch": torch.__version__,
-            }))
+            report("reference-compiled" if args.compile else "reference-eager", args, dev,
+                   sample_s, train_s, flops, len(trainable))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ backward) and, on CUDA, torch's peak memory. Written from the formulas, not from
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -34,7 +33,7 @@ from peft import LoraConfig
 from transformers import CLIPTextModel, CLIPTokenizer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from ddpo_reference import ddim_step  # noqa: E402
+from ddpo_reference import ddim_step, report, train_inner_epoch, unet_flops  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -101,17 +100,10 @@ def main():
         u, c = out.float().chunk(2)
         return u + args.guidance * (c - u)
 
-    from torch.utils.flop_counter import FlopCounterMode
     x1 = torch.randn((1, *shape), device=dev)
     t1 = torch.full((1,), 500, dtype=torch.long)
-    w1 = torch.zeros(1, dtype=torch.long)
-    with FlopCounterMode(display=False) as fc:
-        with torch.no_grad():
-            guided(x1, t1, w1, net=unet)
-    fwd_flops = fc.get_total_flops()
-    with FlopCounterMode(display=False) as fc:
-        guided(x1, t1, w1, net=unet).sum().backward()
-    fwd_bwd_flops = fc.get_total_flops()
+    w1 = torch.zeros(1, dtype=torch.long, device=dev)
+    flops = unet_flops(lambda: guided(x1, t1, w1, net=unet))
     opt.zero_grad(set_to_none=True)
 
     def sync():
@@ -148,40 +140,13 @@ def main():
         adv = (r - r.mean()) / (r.std(unbiased=False) + 1e-8)
         sync()
         t1 = time.perf_counter()
-        order = torch.randperm(args.samples, generator=gen)
-        ts = torch.tensor(timesteps, dtype=torch.long)
-        k = len(trainable)
-        for b in range(0, args.samples, args.train_batch):
-            idx = order[b : b + args.train_batch].to(dev)
-            perms = torch.stack([torch.tensor(trainable)[torch.randperm(k, generator=gen)] for _ in idx]).to(dev)
-            for j in range(k):
-                step = perms[:, j]
-                x, x_prev = lats[idx, step], lats[idx, step + 1]
-                tt = ts[step.cpu()]
-                _, lp, _ = ddim_step(sched, guided(x, tt, which_all[idx]), tt, x, 1.0, prev_sample=x_prev)
-                ratio = torch.exp(lp - lps[idx, step])
-                a = adv[idx].clamp(-5, 5)
-                loss = torch.maximum(-a * ratio, -a * ratio.clamp(1 - args.clip_range, 1 + args.clip_range)).mean()
-                (loss / k).backward()
-            torch.nn.utils.clip_grad_norm_(lora, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        train_inner_epoch(lambda x, tt, rows: guided(x, tt, which_all[rows.to(dev)]), sched, lats,
+                          lps, adv, trainable, timesteps, lora, opt, gen, args)
         sync()
         train_s = time.perf_counter() - t1
         if epoch == args.epochs - 1:
-            side = "reference-sd-compiled" if args.compile else "reference-sd-eager"
-            peak = {}
-            if dev.type == "cuda":
-                peak = {"torch_peak_allocated_mib": torch.cuda.max_memory_allocated(dev) / 2**20,
-                        "torch_peak_reserved_mib": torch.cuda.max_memory_reserved(dev) / 2**20}
-            print(json.dumps({
-                "side": side + ("-bf16" if bf16 else ""),
-                "sample_s": sample_s, "train_s": train_s, "epoch_s": sample_s + train_s,
-                "fwd_flops_per_image": fwd_flops, "fwd_bwd_flops_per_image": fwd_bwd_flops, **peak,
-                "samples": args.samples, "steps": args.steps, "trained_steps": k,
-                "train_batch": args.train_batch, "threads": args.threads, "frozen_dtype": args.dtype,
-                "torch": torch.__version__,
-            }))
+            report("reference-sd-compiled" if args.compile else "reference-sd-eager", args, dev,
+                   sample_s, train_s, flops, len(trainable), frozen_dtype=args.dtype)
 
 
 if __name__ == "__main__":

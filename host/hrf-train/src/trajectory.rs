@@ -136,10 +136,10 @@ mod tests {
 
     /// `training.precision: bf16`: sampling and training both run the testbed UNet under bf16
     /// autocast, training with autograd on as it does. The UNet's output is bf16's, not fp32's,
-    /// yet another batch composition gives each row the same bf16 result on this CPU (oneDNN
-    /// computes rows independently), so the first inner epoch's ratio is 1 as in fp32
-    /// (measured exactly 1). A GPU's kernels may round differently per batch size; the GPU
-    /// benchmark reports the ratio there.
+    /// yet train batches of 4 and 2 rows give each row the bf16 result of its sampling batch of
+    /// 6 on this CPU, so the first inner epoch's ratio is 1 as in fp32 (measured exactly 1). A
+    /// one-row batch takes another oneDNN path and rounds otherwise (docs/ALGORITHM.md §2
+    /// gives the measurement); a GPU's kernels may too, and the GPU benchmark reports them.
     #[test]
     fn bf16_autocast_keeps_the_first_ratio_at_one() {
         let model = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 11).unwrap();
