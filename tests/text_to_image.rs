@@ -124,8 +124,10 @@ fn ddpo_with_lora_resumes_exactly_and_loads_in_diffusers() {
     let sets = [
         "training.epochs=3",
         "sampling.batch_size=8",
-        // The UNet's levels recomputed in the backward pass (resume must stay exact with it).
+        // The UNet's levels recomputed in the backward pass, and LoRA dropout with its masks
+        // keyed per (sample, step): resume must stay exact with both.
         "model.gradient_checkpointing=true",
+        "model.lora.dropout=0.1",
         "evaluation.every=2",
         "evaluation.samples=16",
         "evaluation.final_samples=16",
@@ -138,6 +140,8 @@ fn ddpo_with_lora_resumes_exactly_and_loads_in_diffusers() {
     // Base eval, 3 epochs, the eval after epoch 2, the final eval.
     assert_eq!(reference.len(), 6, "{reference:#?}");
     check_run_folder(&whole);
+    let info = std::fs::read_to_string(whole.join("final/hrf_adapter.json")).unwrap();
+    assert!(info.contains("\"dropout\": 0.1"), "{info}");
 
     let killed = d.join("killed");
     let o = hrf(
@@ -241,6 +245,47 @@ fn ddpo_with_lora_resumes_exactly_and_loads_in_diffusers() {
         .unwrap();
     eprintln!("{}", text(&o));
     assert!(o.status.success(), "Python diffusers: {}", text(&o));
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// `model.lora.dropout` through `hrf run`: at a learning rate too small to move the adapters,
+/// every train batch recomputes its steps with the masks they were sampled with, so no ratio
+/// leaves 1 ± clip_range (1e-4) and the approximate KL is 0 up to float rounding; the resolved
+/// pipeline keeps the setting.
+#[test]
+fn lora_dropout_keeps_the_ratio_at_one_in_a_run() {
+    let d = tmp("hrf-t2i", "dropout");
+    let config = repo().join("configs/sd-tiny-ddpo.yaml");
+    let run = d.join("run");
+    let o = hrf(
+        &run_args(
+            config.to_str().unwrap(),
+            run.to_str().unwrap(),
+            &[
+                "model.lora.dropout=0.2",
+                "training.epochs=1",
+                "training.optimizer.lr=1e-12",
+                "sampling.batch_size=6",
+                "sampling.batches_per_epoch=1",
+                "advantages.mode=epoch",
+                "evaluation.every=0",
+                "evaluation.samples=4",
+                "evaluation.final_samples=4",
+            ],
+        ),
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let resolved = std::fs::read_to_string(run.join("pipeline.resolved.yaml")).unwrap();
+    assert!(resolved.contains("dropout: 0.2"), "{resolved}");
+    let lines = metrics_lines(&run);
+    let epoch = &of_kind(&lines, "epoch")[0];
+    eprintln!(
+        "LoRA dropout 0.2 at lr 1e-12: clipfrac {}, approx-KL {}",
+        epoch["clipfrac"], epoch["approx_kl"]
+    );
+    assert_eq!(epoch["clipfrac"].as_f64(), Some(0.0), "{epoch}");
+    assert!(epoch["approx_kl"].as_f64().unwrap() < 1e-12, "{epoch}");
     std::fs::remove_dir_all(d).unwrap();
 }
 

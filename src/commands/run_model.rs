@@ -91,6 +91,7 @@ pub fn load(
                 rank: settings.rank,
                 alpha: settings.alpha.unwrap_or(settings.rank as f64),
                 targets: settings.targets.clone(),
+                dropout: settings.dropout,
             };
             spec.validate()
                 .map_err(|e| UsageError(format!("{file}: model.lora: {e}")))?;

@@ -69,6 +69,16 @@ pub struct LoraSettings {
     /// ff.net.0.proj, ff.net.2 (feed-forward), proj_in, proj_out (SD 2.x's linear projections).
     #[serde(default = "default_lora_targets")]
     pub targets: Vec<String>,
+    /// peft's `lora_dropout`: the probability that an element of an adapter's input is zeroed
+    /// (the rest scaled by 1 / (1 − p)) in the epoch's sampling and training passes, with one
+    /// mask per (sample, step), so a step is trained with the mask it was sampled with; off in
+    /// evaluations, `hrf sample` and exports (default 0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropout: f64,
+}
+
+fn is_zero(p: &f64) -> bool {
+    *p == 0.0
 }
 
 fn default_lora_targets() -> Vec<String> {
@@ -205,6 +215,12 @@ impl ModelSpecRaw {
                 let alpha = *l.alpha.get_or_insert(l.rank as f64);
                 if !(alpha.is_finite() && alpha > 0.0) {
                     problems.push(err("model.lora.alpha", format!("must be > 0, got {alpha}")));
+                }
+                if !(0.0..1.0).contains(&l.dropout) {
+                    problems.push(err(
+                        "model.lora.dropout",
+                        format!("must be in [0, 1), got {}", l.dropout),
+                    ));
                 }
                 if l.targets.is_empty() {
                     problems.push(err(
@@ -358,6 +374,7 @@ mod tests {
             rank,
             alpha,
             targets: default_lora_targets(),
+            dropout: 0.0,
         };
         let e = raw("sd", None, None)
             .validate(&yaml)
@@ -384,6 +401,23 @@ mod tests {
         assert!(
             e.to_string().contains("model.lora.rank") && e.to_string().contains("model.lora.alpha")
         );
+        for (p, ok) in [
+            (0.1, true),
+            (0.0, true),
+            (1.0, false),
+            (-0.1, false),
+            (f64::NAN, false),
+        ] {
+            let settings = LoraSettings {
+                dropout: p,
+                ..lora(4, None)
+            };
+            let r = raw("sd", Some(settings), None).validate(&yaml);
+            assert_eq!(r.is_ok(), ok, "dropout {p}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("model.lora.dropout"), "{e}");
+            }
+        }
         let e = raw("px", Some(lora(4, None)), Some("x"))
             .validate(&yaml)
             .unwrap_err();

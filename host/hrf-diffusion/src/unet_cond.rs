@@ -14,7 +14,7 @@ use tch::{nn, Device, Tensor};
 
 use crate::autocast::Autocast;
 use crate::diffusers_model::{load_part, WEIGHTS_FILE};
-use crate::lora::{self, AdapterSwitch, Linear, LoraSite, LoraSpec};
+use crate::lora::{self, AdapterSwitch, DropoutKeys, Linear, LoraSite, LoraSpec};
 use crate::unet::{conv3, group_norm, multi_head, timestep_embedding, upsample2x, ResnetBlock};
 use crate::DiffusionError;
 
@@ -268,6 +268,8 @@ pub struct UNet2DConditionModel {
     pub lora: Option<(LoraSpec, nn::VarStore)>,
     /// Turns the adapters off (the base model) and on.
     pub adapters: AdapterSwitch,
+    /// The row keys the adapters' dropout masks are drawn from (none set: no dropout).
+    pub dropout_keys: DropoutKeys,
     conv_in: nn::Conv2D,
     time_linear_1: nn::Linear,
     time_linear_2: nn::Linear,
@@ -305,10 +307,12 @@ impl UNet2DConditionModel {
         let vs = nn::VarStore::new(device);
         let adapters = lora.map(|(spec, _)| (spec.clone(), nn::VarStore::new(device)));
         let switch = AdapterSwitch::default();
+        let keys = DropoutKeys::default();
         let site = adapters.as_ref().map(|(spec, avs)| LoraSite {
             root: avs.root(),
             spec,
             switch: &switch,
+            keys: &keys,
         });
         let site = site.as_ref();
         let root = vs.root();
@@ -406,6 +410,7 @@ impl UNet2DConditionModel {
             vs,
             lora: adapters,
             adapters: switch,
+            dropout_keys: keys,
             conv_in,
             time_linear_1,
             time_linear_2,
@@ -576,6 +581,7 @@ impl UNet2DConditionModel {
             eps.shallow_clone(),
             Checkpoint {
                 autocast: crate::autocast::current(x.device()),
+                dropout_keys: self.dropout_keys.current(),
                 x: x.shallow_clone(),
                 emb,
                 emb_leaf,
@@ -595,6 +601,7 @@ impl UNet2DConditionModel {
     pub fn backward_checkpointed(&self, ck: Checkpoint, grad: &Tensor) {
         let Checkpoint {
             autocast,
+            dropout_keys,
             x,
             emb,
             emb_leaf,
@@ -604,62 +611,65 @@ impl UNet2DConditionModel {
             mut levels,
             eps: _,
         } = ck;
-        let mut g_skips: Vec<Option<Tensor>> = (0..skips.len()).map(|_| None).collect();
-        let add = |slot: &mut Option<Tensor>, g: Option<Tensor>| {
-            if let Some(g) = g {
-                *slot = Some(match slot.take() {
-                    Some(s) => s + g,
-                    None => g,
-                });
-            }
-        };
-        // The head, then the up levels in reverse.
-        let (head_in, _) = levels.pop().expect("the head's input");
-        let mut g_h = vjp(autocast, &[&head_in], &[Some(grad.shallow_clone())], |v| {
-            vec![self.head(&v[0])]
-        })
-        .remove(0);
-        for j in (0..self.up.len()).rev() {
-            let (h_in, idx) = levels.pop().expect("one input per up level");
-            let mut inputs = vec![&h_in];
-            inputs.extend(idx.iter().map(|&k| &skips[k]));
-            let mut grads = vjp(autocast, &inputs, &[g_h.take()], |v| {
-                vec![self.up_level(j, &v[0], &v[1..], &emb_leaf, &context)]
-            });
-            for (&k, g) in idx.iter().zip(grads.drain(1..)) {
-                add(&mut g_skips[k], g);
-            }
-            g_h = grads.remove(0);
-        }
-        // The mid block's input is the last skip.
-        let last = skips.len() - 1;
-        let g_mid = vjp(autocast, &[&skips[last]], &[g_h.take()], |v| {
-            vec![self.mid(&v[0], &emb_leaf, &context)]
-        })
-        .remove(0);
-        add(&mut g_skips[last], g_mid);
-        // The down levels in reverse: level i made skips[start..end], from input skips[start − 1].
-        for i in (0..self.down.len()).rev() {
-            let end = down_ends[i];
-            let start = if i == 0 { 1 } else { down_ends[i - 1] };
-            let outs: Vec<Option<Tensor>> = (start..end).map(|k| g_skips[k].take()).collect();
-            let g_in = vjp(autocast, &[&skips[start - 1]], &outs, |v| {
-                self.down_level(i, &v[0], &emb_leaf, &context)
+        // The recomputations draw the forward's dropout masks.
+        self.dropout_keys.with_keys(dropout_keys.as_ref(), || {
+            let mut g_skips: Vec<Option<Tensor>> = (0..skips.len()).map(|_| None).collect();
+            let add = |slot: &mut Option<Tensor>, g: Option<Tensor>| {
+                if let Some(g) = g {
+                    *slot = Some(match slot.take() {
+                        Some(s) => s + g,
+                        None => g,
+                    });
+                }
+            };
+            // The head, then the up levels in reverse.
+            let (head_in, _) = levels.pop().expect("the head's input");
+            let mut g_h = vjp(autocast, &[&head_in], &[Some(grad.shallow_clone())], |v| {
+                vec![self.head(&v[0])]
             })
             .remove(0);
-            add(&mut g_skips[start - 1], g_in);
-        }
-        // conv_in, when its weights train (never with LoRA adapters alone).
-        if self.conv_in.ws.requires_grad() {
-            vjp(autocast, &[&x], &[g_skips[0].take()], |v| {
-                vec![v[0].apply(&self.conv_in)]
-            });
-        }
-        // Finally the time embedding's own graph, with what every level gave its leaf.
-        let g_emb = emb_leaf.grad();
-        if emb.requires_grad() && g_emb.defined() {
-            (&emb * g_emb.detach()).sum(emb.kind()).backward();
-        }
+            for j in (0..self.up.len()).rev() {
+                let (h_in, idx) = levels.pop().expect("one input per up level");
+                let mut inputs = vec![&h_in];
+                inputs.extend(idx.iter().map(|&k| &skips[k]));
+                let mut grads = vjp(autocast, &inputs, &[g_h.take()], |v| {
+                    vec![self.up_level(j, &v[0], &v[1..], &emb_leaf, &context)]
+                });
+                for (&k, g) in idx.iter().zip(grads.drain(1..)) {
+                    add(&mut g_skips[k], g);
+                }
+                g_h = grads.remove(0);
+            }
+            // The mid block's input is the last skip.
+            let last = skips.len() - 1;
+            let g_mid = vjp(autocast, &[&skips[last]], &[g_h.take()], |v| {
+                vec![self.mid(&v[0], &emb_leaf, &context)]
+            })
+            .remove(0);
+            add(&mut g_skips[last], g_mid);
+            // The down levels in reverse: level i made skips[start..end], from input skips[start − 1].
+            for i in (0..self.down.len()).rev() {
+                let end = down_ends[i];
+                let start = if i == 0 { 1 } else { down_ends[i - 1] };
+                let outs: Vec<Option<Tensor>> = (start..end).map(|k| g_skips[k].take()).collect();
+                let g_in = vjp(autocast, &[&skips[start - 1]], &outs, |v| {
+                    self.down_level(i, &v[0], &emb_leaf, &context)
+                })
+                .remove(0);
+                add(&mut g_skips[start - 1], g_in);
+            }
+            // conv_in, when its weights train (never with LoRA adapters alone).
+            if self.conv_in.ws.requires_grad() {
+                vjp(autocast, &[&x], &[g_skips[0].take()], |v| {
+                    vec![v[0].apply(&self.conv_in)]
+                });
+            }
+            // Finally the time embedding's own graph, with what every level gave its leaf.
+            let g_emb = emb_leaf.grad();
+            if emb.requires_grad() && g_emb.defined() {
+                (&emb * g_emb.detach()).sum(emb.kind()).backward();
+            }
+        })
     }
 }
 
@@ -669,6 +679,8 @@ pub struct Checkpoint {
     /// The autocast the forward ran under (as `torch.utils.checkpoint` keeps it): the
     /// recomputations run under it too, so they recompute what the forward computed.
     autocast: Option<Autocast>,
+    /// The adapters' dropout keys the forward ran with, for the same reason.
+    dropout_keys: Option<Tensor>,
     x: Tensor,
     /// The time embedding with its graph, and the leaf the levels saw.
     emb: Tensor,

@@ -354,6 +354,16 @@ impl Ddpo<'_> {
             Tensor::cat(&sampled.batches.iter().map(f).collect::<Vec<_>>(), 0)
         };
         let latents = cat(&|b| b.latents.shallow_clone());
+        let sample_keys: Vec<u64> = sampled
+            .batches
+            .iter()
+            .flat_map(|b| b.keys.clone())
+            .collect();
+        let seed = sampled.batches[0].seed;
+        assert!(
+            sampled.batches.iter().all(|b| b.seed == seed),
+            "one sampling seed per epoch"
+        );
         let old_lp = cat(&|b| b.log_probs.shallow_clone());
         let labels = sampled.batches[0]
             .labels
@@ -458,6 +468,7 @@ impl Ddpo<'_> {
                     })
                     .collect();
                 let y = labels.as_ref().map(|l| l.index_select(0, &rows_t));
+                let row_keys: Vec<u64> = rows.iter().map(|&r| sample_keys[r]).collect();
                 let batch = WindowBatch {
                     latents: &latents.index_select(0, &rows_t),
                     old_log_probs: &old_lp.index_select(0, &rows_t),
@@ -468,6 +479,7 @@ impl Ddpo<'_> {
                     reduction: t.step_reduction,
                     per_update,
                     micro_batch: t.micro_batch,
+                    sampled: (seed, &row_keys),
                 };
                 let st = accumulate_window_gradients(
                     &policy,

@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 
 use crate::policy::Policy;
 use crate::ppo::{ppo_loss_clipped, StepBatch};
+use crate::sampling::step_key;
 
 /// One train batch of stored steps: row r trains the steps `steps[r]` of its chain, in slot
 /// order (slot j holds each row's j-th step; rows with fewer steps drop out of later slots).
@@ -31,6 +32,9 @@ pub struct WindowBatch<'a> {
     /// (row, step) pairs per forward/backward pass, taken in slot order across slots; None:
     /// one slot per pass.
     pub micro_batch: Option<usize>,
+    /// The seed the trajectories were sampled with and each row's sample key: a pair's step
+    /// key is `sampling::step_key(seed, key, step)`, as when it was sampled.
+    pub sampled: (u64, &'a [u64]),
 }
 
 /// Sums over the slots of a `WindowBatch`.
@@ -95,6 +99,11 @@ pub fn accumulate_window_gradients(
         let old = old_log_probs.index_select(0, &(&rows_t * logged + &pos_t));
         let a = b.advantages.index_select(0, &rows_t);
         let y = b.labels.map(|l| l.index_select(0, &rows_t));
+        let (seed, sample_keys) = b.sampled;
+        let step_keys: Vec<u64> = pass
+            .iter()
+            .map(|&(r, j)| step_key(seed, sample_keys[r], b.steps[r][j]))
+            .collect();
         let batch = StepBatch {
             sample: &x_t,
             prev: &x_prev,
@@ -102,6 +111,7 @@ pub fn accumulate_window_gradients(
             labels: y.as_ref(),
             old_log_prob: &old,
             advantages: &a,
+            step_keys: Some(&step_keys),
         };
         let step = ppo_loss_clipped(
             policy,

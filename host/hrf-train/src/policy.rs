@@ -34,6 +34,22 @@ pub trait Policy {
         guidance: f64,
     ) -> Tensor;
 
+    /// `guided_output` for rows that are steps of the trajectories an epoch trains, row r named
+    /// by `step_keys[r]` ([`crate::sampling::step_key`]: the sample and the step): a policy
+    /// whose passes draw randomness while it learns (LoRA dropout) draws it from the keys, so
+    /// a step is trained with the draw it was sampled with. Default: `guided_output`.
+    fn guided_output_keyed(
+        &self,
+        step_keys: &[u64],
+        x: &Tensor,
+        t: &Tensor,
+        conditioning: Option<&Tensor>,
+        guidance: f64,
+    ) -> Tensor {
+        debug_assert_eq!(step_keys.len() as i64, x.size()[0], "one key per row");
+        self.guided_output(x, t, conditioning, guidance)
+    }
+
     /// Model evaluations of one guided step over `rows` rows (guidance doubles the batch unless
     /// the rows are unconditional or the weight is 1): the epoch's `unet_evals` count.
     fn step_evals(&self, conditioning: Option<&Tensor>, guidance: f64, rows: u64) -> u64 {
@@ -147,6 +163,24 @@ impl Policy for MixedPrecision<'_> {
                 .run(|| self.inner.guided_output(x, t, conditioning, guidance))
                 .to_kind(x.kind()),
             None => self.inner.guided_output(x, t, conditioning, guidance),
+        }
+    }
+
+    fn guided_output_keyed(
+        &self,
+        step_keys: &[u64],
+        x: &Tensor,
+        t: &Tensor,
+        conditioning: Option<&Tensor>,
+        guidance: f64,
+    ) -> Tensor {
+        let keyed = || {
+            self.inner
+                .guided_output_keyed(step_keys, x, t, conditioning, guidance)
+        };
+        match self.autocast {
+            Some(a) => a.run(keyed).to_kind(x.kind()),
+            None => keyed(),
         }
     }
 

@@ -20,6 +20,9 @@ pub struct StepBatch<'a> {
     pub old_log_prob: &'a Tensor,
     /// Clipped advantages, `[B]`.
     pub advantages: &'a Tensor,
+    /// Each row's step key (`sampling::step_key`), for a policy that draws randomness while it
+    /// learns (LoRA dropout); None: rows without keys.
+    pub step_keys: Option<&'a [u64]>,
 }
 
 pub struct PpoLoss {
@@ -75,7 +78,10 @@ pub fn ppo_loss_clipped(
     clip: &Tensor,
 ) -> PpoLoss {
     let t = sched.timesteps_at(b.step_index);
-    let out = policy.guided_output(b.sample, &t, b.labels, guidance);
+    let out = match b.step_keys {
+        Some(keys) => policy.guided_output_keyed(keys, b.sample, &t, b.labels, guidance),
+        None => policy.guided_output(b.sample, &t, b.labels, guidance),
+    };
     let step = sched.step(&out, b.step_index, b.sample, eta, PrevSample::Given(b.prev));
     let log_prob = step.log_prob;
     let (mean, std) = (step.mean, step.std);

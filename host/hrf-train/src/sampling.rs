@@ -12,6 +12,12 @@ pub fn mix_seed(parts: &[u64]) -> i64 {
     (crate::rng::mix(parts) >> 1) as i64
 }
 
+/// The key of step i of sample `key` in a chain drawn with `seed`: what a policy draws its
+/// training-time randomness (LoRA dropout) from, when the step is sampled and when it is trained.
+pub fn step_key(seed: u64, key: u64, step: usize) -> u64 {
+    crate::rng::mix(&[seed, key, step as u64, 0xD50])
+}
+
 /// Gaussian noise for a batch where row i is keyed by `keys[i]` (e.g. the sample's index) and
 /// `stream` (e.g. the step), independent of batch composition and of the device: drawn on the
 /// host from `KeyedRng`, then copied to `device`.
@@ -30,6 +36,14 @@ pub fn keyed_noise(seed: u64, keys: &[u64], stream: u64, shape: &[i64], device: 
         .to_device(device)
 }
 
+/// Whether the rows of a step are steps of trajectories the epoch trains (the policy then draws
+/// its training-time randomness from their [`step_key`]s) or not (evaluation, anchors: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    Trained,
+    Untrained,
+}
+
 /// One DDIM step i of the policy on `x` (rows keyed by `keys`): guided model output, then the
 /// scheduler's step with noise keyed by (seed, key, i + 1); no noise is drawn at η = 0.
 #[allow(clippy::too_many_arguments)]
@@ -40,12 +54,18 @@ pub fn policy_step(
     labels: Option<&Tensor>,
     i: usize,
     (eta, guidance): (f64, f64),
-    (seed, keys): (u64, &[u64]),
+    (seed, keys, rows): (u64, &[u64], Rows),
     device: Device,
 ) -> DdimStep {
     let b = keys.len() as i64;
     let t = Tensor::full([b], sched.timesteps()[i], (Kind::Int64, device));
-    let out = policy.guided_output(x, &t, labels, guidance);
+    let out = match rows {
+        Rows::Trained => {
+            let step_keys: Vec<u64> = keys.iter().map(|&k| step_key(seed, k, i)).collect();
+            policy.guided_output_keyed(&step_keys, x, &t, labels, guidance)
+        }
+        Rows::Untrained => policy.guided_output(x, &t, labels, guidance),
+    };
     let idx = Tensor::full([b], i as i64, (Kind::Int64, device));
     let z = if eta > 0.0 {
         let size = x.size();
@@ -114,7 +134,7 @@ pub fn denoise_from(
                 labels.as_ref(),
                 i,
                 (req.eta, req.guidance),
-                (req.seed, req.keys),
+                (req.seed, req.keys, Rows::Untrained),
                 device,
             );
             on_step(i, &step.pred_original);

@@ -160,6 +160,37 @@ impl Policy for TextToImage {
         &chunks[0] + (&chunks[1] - &chunks[0]) * guidance
     }
 
+    /// With LoRA dropout (`model.lora.dropout`), the guided pass runs with each row's
+    /// adapters masked by its step key (both of guidance's branches alike); without, it is
+    /// `guided_output`.
+    fn guided_output_keyed(
+        &self,
+        step_keys: &[u64],
+        x: &Tensor,
+        t: &Tensor,
+        conditioning: Option<&Tensor>,
+        guidance: f64,
+    ) -> Tensor {
+        let unet = &self.pipeline.unet;
+        if !unet
+            .lora
+            .as_ref()
+            .is_some_and(|(spec, _)| spec.dropout > 0.0)
+        {
+            return self.guided_output(x, t, conditioning, guidance);
+        }
+        assert_eq!(step_keys.len() as i64, x.size()[0], "one key per row");
+        // The masks take 32-bit keys.
+        let keys: Vec<i64> = step_keys
+            .iter()
+            .map(|&k| (k & 0xffff_ffff) as i64)
+            .collect();
+        let keys = Tensor::from_slice(&keys).to_device(x.device());
+        unet.dropout_keys.with_keys(Some(&keys), || {
+            self.guided_output(x, t, conditioning, guidance)
+        })
+    }
+
     fn decode(&self, x0: &Tensor) -> Vec<Image> {
         to_images(&self.pipeline.decode_to_unit(x0))
     }

@@ -7,7 +7,7 @@ use hrf_diffusion::DdimScheduler;
 use tch::{Device, Kind, Tensor};
 
 use crate::policy::Policy;
-use crate::sampling::{keyed_noise, policy_step, SampleRequest};
+use crate::sampling::{keyed_noise, policy_step, Rows, SampleRequest};
 
 /// A batch of trajectories. Row r starts at step `starts[r]` (0 for DDPO: pure noise; k for an
 /// HRF trajectory of interest) and runs to the end of the chain.
@@ -22,6 +22,8 @@ pub struct Trajectories {
     pub starts: Vec<usize>,
     pub labels: Option<Tensor>,
     pub keys: Vec<u64>,
+    /// The seed the rows' noise (and their step keys, `sampling::step_key`) were drawn with.
+    pub seed: u64,
     /// UNet evaluations spent (a guided step of a conditional row counts 2).
     pub unet_evals: u64,
 }
@@ -93,7 +95,7 @@ pub fn sample_trajectories(
                 ya.as_ref(),
                 i,
                 (req.eta, req.guidance),
-                (req.seed, &keys),
+                (req.seed, &keys, Rows::Trained),
                 device,
             );
             let lp = if all {
@@ -112,6 +114,7 @@ pub fn sample_trajectories(
             starts,
             labels,
             keys: req.keys.to_vec(),
+            seed: req.seed,
             unet_evals,
         }
     })
@@ -225,6 +228,7 @@ mod tests {
                         labels: Some(&labels),
                         old_log_prob: &old,
                         advantages: &adv,
+                        step_keys: None,
                     },
                     1.0,
                     1.0,
@@ -307,6 +311,7 @@ mod tests {
                             labels: Some(&labels.narrow(0, r as i64, 1)),
                             old_log_prob: &old,
                             advantages: &Tensor::ones([1], (Kind::Float, Device::Cpu)),
+                            step_keys: None,
                         },
                         1.0,
                         1.0,

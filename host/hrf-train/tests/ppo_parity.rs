@@ -46,6 +46,7 @@ fn clipped_loss_and_gradients_match_torch() {
         labels: Some(&f["class_labels"]),
         old_log_prob: &f["old_log_prob"],
         advantages: &f["advantages"],
+        step_keys: None,
     };
     let out = ppo_loss(&model.unet, &sched, &batch, 1.0, 1.0, 0.05);
     assert!(max_abs(&out.log_prob, &f["log_prob"]) < 1e-4, "log-probs");
@@ -122,6 +123,7 @@ fn window_loss_and_gradients_match_torch() {
             reduction,
             per_update: 1.0,
             micro_batch,
+            sampled: (0, &[0, 1, 2]),
         };
         let st = accumulate_window_gradients(&model.unet, None, &sched, &batch, 1.0, 1.0, false);
         assert_eq!(st.slots, 4, "the longest row has 4 steps");
@@ -201,6 +203,7 @@ fn one_group_per_step_equals_the_authors_loss() {
         reduction: StepReduction::Sum,
         per_update: 1.0,
         micro_batch: None,
+        sampled: (0, &[0, 1, 2]),
     };
     let st = accumulate_window_gradients(&model.unet, None, &sched, &batch, 1.0, 1.0, false);
     assert_eq!(st.slots, 5);

@@ -17,7 +17,7 @@ use hrf_diffusion::stable_diffusion::StableDiffusion;
 use hrf_diffusion::DdimScheduler;
 use hrf_train::policy::{MixedPrecision, Policy};
 use hrf_train::ppo::{ppo_loss, StepBatch};
-use hrf_train::sampling::{denoise_from, SampleRequest};
+use hrf_train::sampling::{denoise_from, step_key, SampleRequest};
 use hrf_train::text_to_image::TextToImage;
 use hrf_train::trajectory::sample_trajectories;
 use tch::{Device, Tensor};
@@ -261,15 +261,53 @@ fn bf16_autocast_keeps_the_text_to_image_ratio_at_one() {
     );
 }
 
+/// `model.lora.dropout`: the adapters' inputs are masked per (sample, step), the same masks in
+/// sampling and in training, so the first inner epoch's ratio is still 1 (fp32, CPU), in train
+/// batches of another composition. The masks act: recomputing the steps without them (as a
+/// trainer that samples with dropout and trains without it would) moves the ratios off 1.
+#[test]
+fn lora_dropout_keeps_the_ratio_at_one() {
+    let (worst, _) = first_inner_epoch_with(None, None, Dropout::Keyed(0.25));
+    let (unkeyed, _) = first_inner_epoch_with(None, None, Dropout::SamplingOnly(0.25));
+    eprintln!(
+        "LoRA dropout 0.25: worst |ratio − 1| = {worst:.1e} with the sampling masks in training, {unkeyed:.1e} without them"
+    );
+    assert!(worst <= 1e-5, "worst |ratio − 1| = {worst:e}");
+    assert!(unkeyed > 1e-3, "the masks do not act: {unkeyed:e}");
+}
+
+/// Where the first inner epoch's policy drops its adapters' inputs.
+#[derive(Clone, Copy)]
+enum Dropout {
+    Off,
+    /// `model.lora.dropout` p: sampling and training with the step keys.
+    Keyed(f64),
+    /// p in sampling only: training recomputes the steps without keys (no masks).
+    SamplingOnly(f64),
+}
+
 /// DDPO's first inner epoch (see above) with the frozen weights in `kind` (None: fp32): the
 /// worst |ratio − 1| and the adapted, guided noise prediction at one timestep.
 fn first_inner_epoch(kind: Option<tch::Kind>, autocast: Option<Autocast>) -> (f64, Tensor) {
+    first_inner_epoch_with(kind, autocast, Dropout::Off)
+}
+
+fn first_inner_epoch_with(
+    kind: Option<tch::Kind>,
+    autocast: Option<Autocast>,
+    dropout: Dropout,
+) -> (f64, Tensor) {
+    let p = match dropout {
+        Dropout::Off => 0.0,
+        Dropout::Keyed(p) | Dropout::SamplingOnly(p) => p,
+    };
     let spec = LoraSpec {
         rank: 4,
         alpha: 4.0,
         targets: ["to_q", "to_k", "to_v", "to_out.0"]
             .map(String::from)
             .to_vec(),
+        dropout: p,
     };
     let dir = repo().join("models/sd-tiny");
     let mut sd = StableDiffusion::load(&dir, Device::Cpu, Some((&spec, 3))).unwrap();
@@ -319,6 +357,10 @@ fn first_inner_epoch(kind: Option<tch::Kind>, autocast: Option<Autocast>) -> (f6
         let idx = Tensor::from_slice(&rows);
         for step in sched.trainable_steps(0) {
             let i = step as i64;
+            let step_keys: Vec<u64> = rows
+                .iter()
+                .map(|&r| step_key(tr.seed, keys[r as usize], step))
+                .collect();
             let at = |t: &Tensor, j: i64| t.index_select(0, &idx).select(1, j);
             let old = at(&tr.log_probs, i);
             let ids = labels.index_select(0, &idx);
@@ -336,6 +378,10 @@ fn first_inner_epoch(kind: Option<tch::Kind>, autocast: Option<Autocast>) -> (f6
                     labels: Some(&ids),
                     old_log_prob: &old,
                     advantages: &old.ones_like(),
+                    step_keys: match dropout {
+                        Dropout::SamplingOnly(_) => None,
+                        _ => Some(&step_keys),
+                    },
                 },
                 eta,
                 guidance,
@@ -374,6 +420,7 @@ fn attention_and_feed_forward(alpha: f64) -> LoraSpec {
             .iter()
             .map(|s| s.to_string())
             .collect(),
+        dropout: 0.0,
     }
 }
 
@@ -465,6 +512,68 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
         ck_bf16 < 0.5 * bf16_vs_fp32,
         "checkpointed bf16 gradients: {ck_bf16:e} from the plain pass's"
     );
+}
+
+/// Gradient checkpointing with LoRA dropout: the levels are recomputed with the masks the
+/// forward drew (the row keys it ran with are kept), so the adapters get the plain keyed pass's
+/// gradients; those differ from the gradients without masks.
+#[test]
+fn checkpointing_recomputes_with_the_forwards_dropout_masks() {
+    let spec = LoraSpec {
+        dropout: 0.3,
+        ..attention_and_feed_forward(4.0)
+    };
+    let dir = repo().join("models/sd-tiny");
+    let sd = StableDiffusion::load(&dir, Device::Cpu, Some((&spec, 5))).unwrap();
+    let prompts = ["a photo of a cat".to_string(), "a red car".to_string()];
+    let mut policy = TextToImage::new(sd, &prompts, "");
+    let vars: Vec<Tensor> = {
+        let adapters = &policy.pipeline.unet.lora.as_ref().unwrap().1;
+        hrf_diffusion::init::init_keyed(adapters, 12);
+        let mut named: Vec<_> = adapters.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named.into_iter().map(|(_, v)| v).collect()
+    };
+    let x = hrf_diffusion::init::keyed_normal(&[45], &[3, 4, 16, 16]);
+    let w = hrf_diffusion::init::keyed_normal(&[46], &[3, 4, 16, 16]);
+    let t = Tensor::from_slice(&[801i64, 301, 21]);
+    let labels = Tensor::from_slice(&[0i64, 1, 2]);
+    let keys: Vec<u64> = (0..3).map(|r| step_key(8, r, 2)).collect();
+    let grads = |policy: &TextToImage, keyed: bool| {
+        for v in &vars {
+            let mut g = v.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let out = if keyed {
+            policy.guided_output_keyed(&keys, &x, &t, Some(&labels), 3.0)
+        } else {
+            policy.guided_output(&x, &t, Some(&labels), 3.0)
+        };
+        (out * &w).sum(tch::Kind::Float).backward();
+        policy.finish_backward();
+        vars.iter().map(|v| v.grad().copy()).collect::<Vec<_>>()
+    };
+    let worst = |a: &[Tensor], b: &[Tensor]| {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| max_err(a, b) / a.abs().max().double_value(&[]).max(1e-12))
+            .fold(0f64, f64::max)
+    };
+    let unmasked = grads(&policy, false);
+    let masked = grads(&policy, true);
+    policy.set_checkpointing(true);
+    let checkpointed = grads(&policy, true);
+    let (same, moved) = (worst(&masked, &checkpointed), worst(&masked, &unmasked));
+    eprintln!(
+        "checkpointing with LoRA dropout 0.3: gradients within {same:.1e} of the plain masked pass's (masked vs unmasked: {moved:.1e})"
+    );
+    assert!(
+        same < 1e-5,
+        "checkpointed masked gradients differ: {same:e}"
+    );
+    assert!(moved > 1e-2, "the masks do not act: {moved:e}");
 }
 
 /// The KL term's base model is the pipeline's own weights with the LoRA adapters off: with
