@@ -248,14 +248,15 @@ fn ddpo_with_lora_resumes_exactly_and_loads_in_diffusers() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
-/// `model.lora.dropout` through `hrf run`: at a learning rate too small to move the adapters,
-/// every train batch recomputes its steps with the masks they were sampled with, so no ratio
-/// leaves 1 ± clip_range (1e-4) and the approximate KL is 0 up to float rounding; the resolved
-/// pipeline keeps the setting.
+/// `model.lora.dropout` through `hrf run`, HRF with micro-batched training: epoch 0 trains the
+/// adapters (B leaves 0, so the masks change the output); epoch 1 (the second window: rows start
+/// at re-noised anchors, k ≥ 5) has one train batch, computed before its optimiser step, in
+/// micro-batches of 4 pairs that cross slots. Its steps are recomputed with the masks they were
+/// sampled with, so no ratio leaves 1 ± clip_range·f and the approximate KL is float rounding.
 #[test]
 fn lora_dropout_keeps_the_ratio_at_one_in_a_run() {
     let d = tmp("hrf-t2i", "dropout");
-    let config = repo().join("configs/sd-tiny-ddpo.yaml");
+    let config = repo().join("configs/sd-tiny-hrf.yaml");
     let run = d.join("run");
     let o = hrf(
         &run_args(
@@ -263,11 +264,12 @@ fn lora_dropout_keeps_the_ratio_at_one_in_a_run() {
             run.to_str().unwrap(),
             &[
                 "model.lora.dropout=0.2",
-                "training.epochs=1",
-                "training.optimizer.lr=1e-12",
-                "sampling.batch_size=6",
+                "training.epochs=2",
+                "sampling.batch_size=10",
                 "sampling.batches_per_epoch=1",
-                "advantages.mode=epoch",
+                "training.batch_size=10",
+                "training.hrf.update=shuffled",
+                "training.micro_batch=4",
                 "evaluation.every=0",
                 "evaluation.samples=4",
                 "evaluation.final_samples=4",
@@ -279,13 +281,21 @@ fn lora_dropout_keeps_the_ratio_at_one_in_a_run() {
     let resolved = std::fs::read_to_string(run.join("pipeline.resolved.yaml")).unwrap();
     assert!(resolved.contains("dropout: 0.2"), "{resolved}");
     let lines = metrics_lines(&run);
-    let epoch = &of_kind(&lines, "epoch")[0];
-    eprintln!(
-        "LoRA dropout 0.2 at lr 1e-12: clipfrac {}, approx-KL {}",
-        epoch["clipfrac"], epoch["approx_kl"]
+    let epochs = of_kind(&lines, "epoch");
+    assert_eq!(epochs.len(), 2);
+    assert!(
+        epochs[0]["grad_norm"].as_f64().unwrap() > 0.0,
+        "{}",
+        epochs[0]
     );
-    assert_eq!(epoch["clipfrac"].as_f64(), Some(0.0), "{epoch}");
-    assert!(epoch["approx_kl"].as_f64().unwrap() < 1e-12, "{epoch}");
+    let e = &epochs[1];
+    eprintln!(
+        "LoRA dropout 0.2, trained adapters, HRF's second window: clipfrac {}, approx-KL {}",
+        e["clipfrac"], e["approx_kl"]
+    );
+    assert_eq!(e["optimizer_steps"].as_u64(), Some(1), "{e}");
+    assert_eq!(e["clipfrac"].as_f64(), Some(0.0), "{e}");
+    assert!(e["approx_kl"].as_f64().unwrap() < 1e-10, "{e}");
     std::fs::remove_dir_all(d).unwrap();
 }
 

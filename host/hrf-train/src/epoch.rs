@@ -24,7 +24,7 @@ use crate::gradients::{accumulate_window_gradients, WindowBatch};
 use crate::hrf;
 use crate::policy::{MixedPrecision, Policy};
 use crate::rng::KeyedRng;
-use crate::sampling::{mix_seed, SampleRequest};
+use crate::sampling::{mix_seed, Rows, SampleRequest};
 use crate::trajectory::{sample_trajectories, Start, Trajectories};
 use crate::AdamW;
 
@@ -180,7 +180,8 @@ impl Ddpo<'_> {
         }
     }
 
-    /// Rolls the current policy for `keys` (with sampling's guidance) from pure noise or `start`.
+    /// Rolls the current policy for `keys` (with sampling's guidance) from pure noise or `start`;
+    /// `rows`: whether the epoch trains these trajectories (`sampling::Rows`).
     pub(crate) fn roll(
         &self,
         labels: Option<&Tensor>,
@@ -188,6 +189,7 @@ impl Ddpo<'_> {
         (seed, epoch): (u64, u64),
         eta: f64,
         start: Option<Start<'_>>,
+        rows: Rows,
     ) -> Trajectories {
         sample_trajectories(
             &MixedPrecision::new(self.policy, self.autocast()),
@@ -200,6 +202,7 @@ impl Ddpo<'_> {
                 guidance: self.sampling.guidance,
             },
             start,
+            rows,
             self.device,
         )
     }

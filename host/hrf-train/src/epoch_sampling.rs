@@ -12,7 +12,7 @@ use hrf_report::stats::mean_of_scored;
 use crate::epoch::{Ddpo, EpochError, EpochObserver, SampledEpoch};
 use crate::hrf;
 use crate::rng::KeyedRng;
-use crate::sampling::{keyed_noise, mix_seed};
+use crate::sampling::{keyed_noise, mix_seed, Rows};
 use crate::trajectory::{Start, Trajectories};
 
 impl Ddpo<'_> {
@@ -111,6 +111,7 @@ impl Ddpo<'_> {
                     steps: &train_starts[range.clone()],
                     latents: x,
                 }),
+                Rows::Trained,
             );
             unet_evals += tr.unet_evals;
             let batch: Vec<Sample> = self
@@ -164,6 +165,7 @@ impl Ddpo<'_> {
                 (mix_seed(&[t.seed, 0xA4C0]) as u64, epoch),
                 s.eta,
                 None,
+                Rows::Untrained,
             );
             evals += tr.unet_evals;
             out.push(tr.final_samples());
@@ -245,6 +247,7 @@ impl Ddpo<'_> {
                     steps: &starts,
                     latents: &x,
                 }),
+                Rows::Untrained,
             );
             evals += tr.unet_evals;
             let finals = tr.final_samples();

@@ -42,12 +42,15 @@ pub struct Start<'a> {
 }
 
 /// Rolls `policy` for the rows of `req` from pure noise (or from `start`) to the end of the
-/// chain, keeping every step's latent and log-prob.
+/// chain, keeping every step's latent and log-prob. `role` says whether the epoch trains these
+/// trajectories (the policy then draws its training-time randomness, LoRA dropout, from each
+/// step's key) or not (HRF's anchors, HRF-D's candidates: none).
 pub fn sample_trajectories(
     policy: &dyn Policy,
     sched: &DdimScheduler,
     req: &SampleRequest<'_>,
     start: Option<Start<'_>>,
+    role: Rows,
     device: Device,
 ) -> Trajectories {
     let shape = policy.latent_shape();
@@ -95,7 +98,7 @@ pub fn sample_trajectories(
                 ya.as_ref(),
                 i,
                 (req.eta, req.guidance),
-                (req.seed, &keys, Rows::Trained),
+                (req.seed, &keys, role),
                 device,
             );
             let lp = if all {
@@ -190,6 +193,7 @@ mod tests {
                 guidance: 1.0,
             },
             None,
+            Rows::Trained,
             Device::Cpu,
         );
         assert_eq!(tr.latents.size(), [6, 7, 1, 32, 32]);
@@ -273,6 +277,7 @@ mod tests {
                     steps: starts,
                     latents: &x0.index_select(0, &idx),
                 }),
+                Rows::Trained,
                 Device::Cpu,
             )
         };

@@ -17,7 +17,7 @@ use hrf_diffusion::stable_diffusion::StableDiffusion;
 use hrf_diffusion::DdimScheduler;
 use hrf_train::policy::{MixedPrecision, Policy};
 use hrf_train::ppo::{ppo_loss, StepBatch};
-use hrf_train::sampling::{denoise_from, step_key, SampleRequest};
+use hrf_train::sampling::{denoise_from, step_key, Rows, SampleRequest};
 use hrf_train::text_to_image::TextToImage;
 use hrf_train::trajectory::sample_trajectories;
 use tch::{Device, Tensor};
@@ -276,6 +276,47 @@ fn lora_dropout_keeps_the_ratio_at_one() {
     assert!(unkeyed > 1e-3, "the masks do not act: {unkeyed:e}");
 }
 
+/// Trajectories the epoch does not train (HRF's anchors, HRF-D's candidates: `Rows::Untrained`)
+/// roll without dropout: with acting adapters, a pipeline with dropout 0.25 samples them bit for
+/// bit as the same pipeline without dropout, while its trained trajectories differ.
+#[test]
+fn untrained_rows_roll_without_dropout() {
+    let roll = |p: f64, rows: Rows| {
+        let spec = LoraSpec {
+            dropout: p,
+            ..attention_and_feed_forward(4.0)
+        };
+        let sd = StableDiffusion::load(
+            &repo().join("models/sd-tiny"),
+            Device::Cpu,
+            Some((&spec, 3)),
+        )
+        .unwrap();
+        let policy = TextToImage::new(sd, &["a photo of a cat".to_string()], "");
+        hrf_diffusion::init::init_keyed(&policy.pipeline.unet.lora.as_ref().unwrap().1, 77);
+        let sched = DdimScheduler::new(policy.pipeline.scheduler.clone(), 4, 1e-4).unwrap();
+        let labels = Tensor::from_slice(&[0i64, 0]);
+        sample_trajectories(
+            &policy,
+            &sched,
+            &SampleRequest {
+                labels: Some(&labels),
+                keys: &[0, 1],
+                seed: 5,
+                eta: 1.0,
+                guidance: 3.0,
+            },
+            None,
+            rows,
+            Device::Cpu,
+        )
+        .latents
+    };
+    let plain = roll(0.0, Rows::Trained);
+    assert!(roll(0.25, Rows::Untrained).equal(&plain));
+    assert!(max_err(&roll(0.25, Rows::Trained), &plain) > 1e-3);
+}
+
 /// Where the first inner epoch's policy drops its adapters' inputs.
 #[derive(Clone, Copy)]
 enum Dropout {
@@ -350,6 +391,7 @@ fn first_inner_epoch_with(
             guidance,
         },
         None,
+        Rows::Trained,
         Device::Cpu,
     );
     let mut worst = 0f64;
