@@ -155,6 +155,17 @@ fn runs_resume_exactly_after_sigkill_anywhere() {
         assert!(o.status.success(), "{kill}: {}", text(&o));
         // wall_s sums the processes: the killed one's time up to its checkpoint, then this one's.
         let wall = summary_wall_s(&run);
+        // The summary names the machine the numbers come from.
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
+                .unwrap();
+        let m = &s["machine"];
+        assert!(
+            m["device"] == "Cpu"
+                && m["threads"].as_u64().is_some_and(|t| t >= 1)
+                && m["cpu"].as_str().is_some_and(|c| !c.is_empty()),
+            "{s}"
+        );
         assert!(
             checkpointed > 0.0 && checkpointed <= first,
             "{kill}: checkpoint wall_s {checkpointed} vs first process {first} s"

@@ -234,6 +234,37 @@ pub struct RunSummary {
     /// With a `guard:` section: where it stopped the run, its rollbacks, what fired.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardSummary>,
+    /// Where the run's last process ran.
+    pub machine: Machine,
+}
+
+/// The machine a run ran on. A run is deterministic on one machine, but libtorch's CPU kernels
+/// round differently on another CPU type or thread count (and training amplifies it), so a
+/// run's numbers reproduce bit for bit on a machine like this one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// The device the model ran on (`Cpu`, `Cuda(0)`).
+    pub device: String,
+    /// The CPU's model name (/proc/cpuinfo), or "unknown".
+    pub cpu: String,
+    /// libtorch's intra-op threads.
+    pub threads: usize,
+}
+
+impl Machine {
+    /// The CPU's model name from /proc/cpuinfo ("unknown" where there is none).
+    pub fn cpu_model() -> String {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    }
 }
 
 /// One line about an evaluation, for the terminal.

@@ -496,6 +496,11 @@ impl Run<'_> {
             best: state.best.clone(),
             wall_s: wall_now(),
             guard: p.guard.as_ref().map(|_| state.guard.summary()),
+            machine: hrf_report::records::Machine {
+                device: format!("{:?}", self.device),
+                cpu: hrf_report::records::Machine::cpu_model(),
+                threads: tch::get_num_threads().max(1) as usize,
+            },
         };
         let path = self.dir.join(SUMMARY_FILE);
         std::fs::write(
