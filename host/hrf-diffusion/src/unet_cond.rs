@@ -611,65 +611,68 @@ impl UNet2DConditionModel {
             mut levels,
             eps: _,
         } = ck;
-        // The recomputations draw the forward's dropout masks.
-        self.dropout_keys.with_keys(dropout_keys.as_ref(), || {
-            let mut g_skips: Vec<Option<Tensor>> = (0..skips.len()).map(|_| None).collect();
-            let add = |slot: &mut Option<Tensor>, g: Option<Tensor>| {
-                if let Some(g) = g {
-                    *slot = Some(match slot.take() {
-                        Some(s) => s + g,
-                        None => g,
-                    });
-                }
-            };
-            // The head, then the up levels in reverse.
-            let (head_in, _) = levels.pop().expect("the head's input");
-            let mut g_h = vjp(autocast, &[&head_in], &[Some(grad.shallow_clone())], |v| {
-                vec![self.head(&v[0])]
-            })
-            .remove(0);
-            for j in (0..self.up.len()).rev() {
-                let (h_in, idx) = levels.pop().expect("one input per up level");
-                let mut inputs = vec![&h_in];
-                inputs.extend(idx.iter().map(|&k| &skips[k]));
-                let mut grads = vjp(autocast, &inputs, &[g_h.take()], |v| {
-                    vec![self.up_level(j, &v[0], &v[1..], &emb_leaf, &context)]
-                });
-                for (&k, g) in idx.iter().zip(grads.drain(1..)) {
-                    add(&mut g_skips[k], g);
-                }
-                g_h = grads.remove(0);
-            }
-            // The mid block's input is the last skip.
-            let last = skips.len() - 1;
-            let g_mid = vjp(autocast, &[&skips[last]], &[g_h.take()], |v| {
-                vec![self.mid(&v[0], &emb_leaf, &context)]
-            })
-            .remove(0);
-            add(&mut g_skips[last], g_mid);
-            // The down levels in reverse: level i made skips[start..end], from input skips[start − 1].
-            for i in (0..self.down.len()).rev() {
-                let end = down_ends[i];
-                let start = if i == 0 { 1 } else { down_ends[i - 1] };
-                let outs: Vec<Option<Tensor>> = (start..end).map(|k| g_skips[k].take()).collect();
-                let g_in = vjp(autocast, &[&skips[start - 1]], &outs, |v| {
-                    self.down_level(i, &v[0], &emb_leaf, &context)
-                })
-                .remove(0);
-                add(&mut g_skips[start - 1], g_in);
-            }
-            // conv_in, when its weights train (never with LoRA adapters alone).
-            if self.conv_in.ws.requires_grad() {
-                vjp(autocast, &[&x], &[g_skips[0].take()], |v| {
-                    vec![v[0].apply(&self.conv_in)]
+        // The recomputations run under the forward's autocast and draw its dropout masks.
+        let ctx = Recompute {
+            autocast,
+            keys: dropout_keys,
+            dropout: &self.dropout_keys,
+        };
+        let mut g_skips: Vec<Option<Tensor>> = (0..skips.len()).map(|_| None).collect();
+        let add = |slot: &mut Option<Tensor>, g: Option<Tensor>| {
+            if let Some(g) = g {
+                *slot = Some(match slot.take() {
+                    Some(s) => s + g,
+                    None => g,
                 });
             }
-            // Finally the time embedding's own graph, with what every level gave its leaf.
-            let g_emb = emb_leaf.grad();
-            if emb.requires_grad() && g_emb.defined() {
-                (&emb * g_emb.detach()).sum(emb.kind()).backward();
-            }
+        };
+        // The head, then the up levels in reverse.
+        let (head_in, _) = levels.pop().expect("the head's input");
+        let mut g_h = vjp(&ctx, &[&head_in], &[Some(grad.shallow_clone())], |v| {
+            vec![self.head(&v[0])]
         })
+        .remove(0);
+        for j in (0..self.up.len()).rev() {
+            let (h_in, idx) = levels.pop().expect("one input per up level");
+            let mut inputs = vec![&h_in];
+            inputs.extend(idx.iter().map(|&k| &skips[k]));
+            let mut grads = vjp(&ctx, &inputs, &[g_h.take()], |v| {
+                vec![self.up_level(j, &v[0], &v[1..], &emb_leaf, &context)]
+            });
+            for (&k, g) in idx.iter().zip(grads.drain(1..)) {
+                add(&mut g_skips[k], g);
+            }
+            g_h = grads.remove(0);
+        }
+        // The mid block's input is the last skip.
+        let last = skips.len() - 1;
+        let g_mid = vjp(&ctx, &[&skips[last]], &[g_h.take()], |v| {
+            vec![self.mid(&v[0], &emb_leaf, &context)]
+        })
+        .remove(0);
+        add(&mut g_skips[last], g_mid);
+        // The down levels in reverse: level i made skips[start..end], from input skips[start − 1].
+        for i in (0..self.down.len()).rev() {
+            let end = down_ends[i];
+            let start = if i == 0 { 1 } else { down_ends[i - 1] };
+            let outs: Vec<Option<Tensor>> = (start..end).map(|k| g_skips[k].take()).collect();
+            let g_in = vjp(&ctx, &[&skips[start - 1]], &outs, |v| {
+                self.down_level(i, &v[0], &emb_leaf, &context)
+            })
+            .remove(0);
+            add(&mut g_skips[start - 1], g_in);
+        }
+        // conv_in, when its weights train (never with LoRA adapters alone).
+        if self.conv_in.ws.requires_grad() {
+            vjp(&ctx, &[&x], &[g_skips[0].take()], |v| {
+                vec![v[0].apply(&self.conv_in)]
+            });
+        }
+        // Finally the time embedding's own graph, with what every level gave its leaf.
+        let g_emb = emb_leaf.grad();
+        if emb.requires_grad() && g_emb.defined() {
+            (&emb * g_emb.detach()).sum(emb.kind()).backward();
+        }
     }
 }
 
@@ -696,13 +699,31 @@ pub struct Checkpoint {
     pub eps: Tensor,
 }
 
+/// What a checkpointed level is recomputed under: the autocast and the adapters' dropout keys
+/// its forward ran with.
+struct Recompute<'a> {
+    autocast: Option<Autocast>,
+    keys: Option<Tensor>,
+    dropout: &'a DropoutKeys,
+}
+
+impl Recompute<'_> {
+    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.dropout
+            .with_keys(self.keys.as_ref(), || match self.autocast {
+                Some(a) => a.run(f),
+                None => f(),
+            })
+    }
+}
+
 /// The vector-Jacobian product of `f` at `inputs` with the output gradients `grads` (None: the
 /// output gets none): f is recomputed with autograd from leaves of the inputs, Σ⟨out, grad⟩ is
 /// backpropagated (the weights f uses accumulate their gradients), and each input's gradient
-/// is returned (None where it has none). `f` runs under `autocast` when given; the backward
-/// pass outside it, as autograd's recorded precisions say.
+/// is returned (None where it has none). `f` runs under `ctx` (the forward's autocast and
+/// dropout keys); the backward pass outside it, as autograd's recorded precisions say.
 fn vjp(
-    autocast: Option<Autocast>,
+    ctx: &Recompute,
     inputs: &[&Tensor],
     grads: &[Option<Tensor>],
     f: impl FnOnce(&[Tensor]) -> Vec<Tensor>,
@@ -711,10 +732,7 @@ fn vjp(
         .iter()
         .map(|t| t.detach().set_requires_grad(true))
         .collect();
-    let outs = tch::with_grad(|| match autocast {
-        Some(a) => a.run(|| f(&leaves)),
-        None => f(&leaves),
-    });
+    let outs = tch::with_grad(|| ctx.run(|| f(&leaves)));
     let terms: Vec<Tensor> = outs
         .iter()
         .zip(grads)

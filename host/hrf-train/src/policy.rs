@@ -140,6 +140,15 @@ impl<'a> MixedPrecision<'a> {
     pub fn new(inner: &'a dyn Policy, autocast: Option<Autocast>) -> Self {
         Self { inner, autocast }
     }
+
+    /// `pass` as one autocast region (when there is an autocast), its output back in `x`'s
+    /// precision.
+    fn within(&self, x: &Tensor, pass: impl FnOnce() -> Tensor) -> Tensor {
+        match self.autocast {
+            Some(a) => a.run(pass).to_kind(x.kind()),
+            None => pass(),
+        }
+    }
 }
 
 impl Policy for MixedPrecision<'_> {
@@ -158,12 +167,7 @@ impl Policy for MixedPrecision<'_> {
         conditioning: Option<&Tensor>,
         guidance: f64,
     ) -> Tensor {
-        match self.autocast {
-            Some(a) => a
-                .run(|| self.inner.guided_output(x, t, conditioning, guidance))
-                .to_kind(x.kind()),
-            None => self.inner.guided_output(x, t, conditioning, guidance),
-        }
+        self.within(x, || self.inner.guided_output(x, t, conditioning, guidance))
     }
 
     fn guided_output_keyed(
@@ -174,14 +178,10 @@ impl Policy for MixedPrecision<'_> {
         conditioning: Option<&Tensor>,
         guidance: f64,
     ) -> Tensor {
-        let keyed = || {
+        self.within(x, || {
             self.inner
                 .guided_output_keyed(step_keys, x, t, conditioning, guidance)
-        };
-        match self.autocast {
-            Some(a) => a.run(keyed).to_kind(x.kind()),
-            None => keyed(),
-        }
+        })
     }
 
     fn step_evals(&self, conditioning: Option<&Tensor>, guidance: f64, rows: u64) -> u64 {
