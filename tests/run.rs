@@ -163,6 +163,7 @@ fn runs_resume_exactly_after_sigkill_anywhere() {
         assert!(
             m["device"] == "Cpu"
                 && m["threads"].as_u64().is_some_and(|t| t >= 1)
+                && m["workers"] == 1
                 && m["cpu"].as_str().is_some_and(|c| !c.is_empty()),
             "{s}"
         );
@@ -402,6 +403,53 @@ fn shipped_pipelines_validate_and_the_schema_is_current() {
 /// HRF and HRF-D on the tiny unconditional pipeline: starts follow the window schedule
 /// ([0, 3) for two epochs, then [3, 6) where 5 is degenerate), HRF-D's candidate passes are
 /// counted, and an HRF-D run killed mid-training resumes to the same metrics and weights.
+/// `model.workers: 2` in a process started with two libtorch threads gives the numbers of a
+/// one-thread run bit for bit (every epoch, the evaluations, the final weights), and the summary
+/// says it ran on two one-thread workers.
+#[test]
+fn workers_give_a_one_thread_runs_numbers() {
+    let d = tmp("workers", "run");
+    let pipeline = d.join("p.yaml");
+    std::fs::write(&pipeline, tiny(&d)).unwrap();
+    let run = |name: &str, threads: &str, sets: &[&str]| {
+        let dir = d.join(name);
+        let mut args = vec![
+            "run",
+            pipeline.to_str().unwrap(),
+            "-q",
+            "--run-dir",
+            dir.to_str().unwrap(),
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let o = hrf(
+            &args,
+            &[("OMP_NUM_THREADS", threads), ("HRF_THREADS", threads)],
+        );
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        (metrics(&dir), weights(&dir), s["machine"].clone())
+    };
+    let (one, w_one, m_one) = run("one-thread", "1", &[]);
+    let (dealt, w_dealt, m_dealt) = run("two-workers", "2", &["model.workers=2"]);
+    assert_eq!(
+        (&m_one["threads"], &m_one["workers"]),
+        (&1.into(), &1.into())
+    );
+    assert_eq!(
+        (&m_dealt["threads"], &m_dealt["workers"]),
+        (&1.into(), &2.into())
+    );
+    assert_eq!(dealt.len(), one.len());
+    for (a, b) in dealt.iter().zip(&one) {
+        assert_eq!(a, b);
+    }
+    assert!(w_dealt == w_one, "the same final weights, byte for byte");
+}
+
 #[test]
 fn hrf_and_hrf_d_runs_follow_their_starts_and_resume_exactly() {
     let d = tmp("hrf-run", "hrf");

@@ -7,7 +7,7 @@
 # network) and, on CUDA, each side's peak GPU memory.
 #
 #   tools/bench/ddpo_epoch.sh [MODEL_DIR] [--runs N] [--threads T] [--device D] [--sides LIST]
-#                             [--micro-batch MB] [--samples N] [--batch B] [--train-batch T]
+#                             [--micro-batch MB] [--workers-micro-batch WMB] [--samples N] [--batch B] [--train-batch T]
 #                             [--steps S] [--no-compile] [--text-to-image]
 #
 # MODEL_DIR is a diffusers UNet2DModel folder (default models/testbed; tools/bench/random_unet.py
@@ -22,6 +22,10 @@
 #   hrf-micro        with `training.micro_batch: MB` (default 128) (sample, step) pairs per pass
 #   hrf-bf16         hrf with `training.precision: bf16` (libtorch's autocast)
 #   hrf-micro-bf16   both
+#   hrf-workers      hrf on T one-thread workers (`model.workers: T`, T = --threads) instead of
+#                    one pool of T threads
+#   hrf-micro-workers  both, with `training.micro_batch: WMB` (default 32: smaller passes, more
+#                    of them, so that the workers share them evenly)
 #   ref-eager, ref-compiled, ref-eager-bf16, ref-compiled-bf16
 #                    the reference, eager or torch.compile'd, fp32 or under torch.autocast(bf16)
 # --no-compile drops the compiled sides. Peak GPU memory is the most nvidia-smi saw used on the
@@ -31,7 +35,7 @@
 # diffusers: .deps/pyref (tools/parity/env.sh) unless PY names another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-model=models/testbed runs=3 threads=2 compile=1 device=cpu micro=128
+model=models/testbed runs=3 threads=2 compile=1 device=cpu micro=128 wmicro=32
 samples=64 batch=16 train_batch=16 sides=hrf,hrf-micro,ref-eager,ref-compiled steps=40
 hrf_config=tools/bench/ddpo-epoch.yaml reference=tools/bench/ddpo_reference.py
 while (($#)); do
@@ -41,6 +45,7 @@ while (($#)); do
     --no-compile) compile=0; shift ;;
     --device) device=$2; shift 2 ;;
     --micro-batch) micro=$2; shift 2 ;;
+    --workers-micro-batch) wmicro=$2; shift 2 ;;
     --sides) sides=$2; shift 2 ;;
     --samples) samples=$2; shift 2 ;;
     --batch) batch=$2; shift 2 ;;
@@ -131,6 +136,9 @@ run_side() { # ROUND SIDE
     hrf-bf16) hrf_side "$1" hrf-bf16 --set training.precision=bf16 ;;
     hrf-micro-bf16) hrf_side "$1" "hrf-micro-batch-$micro-bf16" --set "training.micro_batch=$micro" \
       --set training.precision=bf16 ;;
+    hrf-workers) hrf_side "$1" "hrf-$threads-workers" --set "model.workers=$threads" ;;
+    hrf-micro-workers) hrf_side "$1" "hrf-micro-batch-$wmicro-$threads-workers" \
+      --set "training.micro_batch=$wmicro" --set "model.workers=$threads" ;;
     ref-eager) ref_side ;;
     ref-eager-bf16) ref_side --autocast bf16 ;;
     ref-compiled) ((compile)) && ref_side --compile ;;

@@ -41,7 +41,17 @@ pub struct ModelSpecRaw {
     /// the same gradients (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gradient_checkpointing: Option<bool>,
+    /// On the CPU: run the UNet's passes on this many one-thread workers side by side (the
+    /// epoch's sampling batches, HRF's anchor and HRF-D's candidate batches, the evaluations'
+    /// batches and each train batch's forward/backward passes, dealt out in turn) instead of one pool of libtorch threads; about one per core.
+    /// The numbers are those of a one-thread run (`OMP_NUM_THREADS=1`), bit for bit. Built for
+    /// pixel UNet2DModels (default 1: one pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
 }
+
+/// The most `model.workers` a run takes.
+pub const MAX_WORKERS: usize = 256;
 
 /// The precision of a pipeline's frozen weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -128,6 +138,8 @@ pub struct ModelSpec {
     pub dtype: Precision,
     /// Gradient checkpointing of a pipeline's UNet (false for every pixel model).
     pub gradient_checkpointing: bool,
+    /// One-thread CPU workers that run the UNet's passes side by side (1: one thread pool).
+    pub workers: usize,
 }
 
 impl ModelSpec {
@@ -259,6 +271,23 @@ impl ModelSpecRaw {
                 "is built for a Stable Diffusion pipeline's UNet; this model is a pixel UNet2DModel".into(),
             ));
         }
+        let workers = self.workers.unwrap_or(1);
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            problems.push(err(
+                "model.workers",
+                format!("must be between 1 and {MAX_WORKERS}, got {workers}"),
+            ));
+        } else if workers > 1 && pipeline {
+            problems.push(err(
+                "model.workers",
+                "is built for pixel UNet2DModels; a Stable Diffusion pipeline's UNet carries per-pass state (adapter switches, dropout keys) and runs on one thread pool".into(),
+            ));
+        } else if workers > 1 && dev.starts_with("cuda") {
+            problems.push(err(
+                "model.workers",
+                format!("splits the CPU's cores into one-thread workers; device {dev:?} runs every pass on the GPU: leave model.workers out"),
+            ));
+        }
         if dtype == Precision::Fp16 && dev == "cpu" {
             problems.push(err(
                 "model.dtype",
@@ -273,6 +302,7 @@ impl ModelSpecRaw {
                 negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
                 dtype,
                 gradient_checkpointing,
+                workers,
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -317,6 +347,7 @@ mod tests {
             negative_prompt: None,
             dtype: None,
             gradient_checkpointing: None,
+            workers: None,
         };
         let e = raw.validate(Path::new("dir/p.yaml")).unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
@@ -336,6 +367,7 @@ mod tests {
             negative_prompt: None,
             dtype: None,
             gradient_checkpointing: None,
+            workers: None,
         };
         let spec = raw.validate(&dir.join("p.yaml")).unwrap();
         assert_eq!(spec.source, ModelSource::Folder(dir.join("m")));
@@ -368,6 +400,7 @@ mod tests {
             negative_prompt: neg.map(String::from),
             dtype: None,
             gradient_checkpointing: None,
+            workers: None,
         };
         let yaml = dir.join("p.yaml");
         let lora = |rank, alpha| LoraSettings {
@@ -473,6 +506,31 @@ mod tests {
             e.to_string().contains("model.dtype") && e.to_string().contains("pixel UNet2DModel"),
             "{e}"
         );
+        // model.workers: pixel UNets, off the GPU, 1..=MAX_WORKERS.
+        let workers = |w: &str, n: usize, device: &str| ModelSpecRaw {
+            workers: Some(n),
+            device: device.into(),
+            ..raw(w, (w == "sd").then(|| lora(4, None)), None)
+        };
+        assert_eq!(spec.workers, 1, "one pool by default");
+        assert_eq!(workers("px", 2, "cpu").validate(&yaml).unwrap().workers, 2);
+        assert_eq!(workers("px", 2, "auto").validate(&yaml).unwrap().workers, 2);
+        assert_eq!(workers("sd", 1, "cpu").validate(&yaml).unwrap().workers, 1);
+        for (w, n, device, says) in [
+            ("px", 0, "cpu", "between 1 and"),
+            ("px", MAX_WORKERS + 1, "cpu", "between 1 and"),
+            ("sd", 2, "cpu", "pixel UNet2DModels"),
+            ("px", 2, "cuda:0", "on the GPU"),
+        ] {
+            let e = workers(w, n, device)
+                .validate(&yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("model.workers") && e.contains(says),
+                "{w} {n} {device}: {e}"
+            );
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

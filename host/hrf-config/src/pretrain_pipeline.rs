@@ -155,6 +155,13 @@ impl PretrainFile {
             .validate(file)
             .map_err(|e| problems.extend(e.0))
             .ok();
+        if model.as_ref().is_some_and(|m| m.workers > 1) {
+            problems.push(err(
+                "model.workers",
+                "is for fine-tuning (`hrf run`); pretraining runs its batches on one thread pool"
+                    .into(),
+            ));
+        }
         let t = &self.training;
         let positive = [
             ("training.steps", t.steps),
@@ -366,12 +373,17 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported() {
-        let text = "model: {config: testbed}\ndata: {source: folder}\noutput: o\ntraining:\n  steps: 0\n  optimizer: {lr: -1}\n";
+        let text = "model: {config: testbed, workers: 2}\ndata: {source: folder}\noutput: o\ntraining:\n  steps: 0\n  optimizer: {lr: -1}\n";
         let f: PretrainFile = parse_yaml(Path::new("p.yaml"), text).unwrap();
         let e = f.validate(Path::new("p.yaml")).unwrap_err();
         let msg = e.to_string();
-        assert_eq!(e.0.len(), 3, "{msg}");
-        for field in ["training.steps", "training.optimizer.lr", "data.path"] {
+        assert_eq!(e.0.len(), 4, "{msg}");
+        for field in [
+            "training.steps",
+            "training.optimizer.lr",
+            "data.path",
+            "model.workers",
+        ] {
             assert!(msg.contains(field), "{msg}");
         }
     }

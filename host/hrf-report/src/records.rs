@@ -247,8 +247,15 @@ pub struct Machine {
     pub device: String,
     /// The CPU's model name (/proc/cpuinfo), or "unknown".
     pub cpu: String,
-    /// libtorch's intra-op threads.
+    /// libtorch's intra-op threads (1 with workers: each worker and the main thread run at one).
     pub threads: usize,
+    /// The one-thread workers the UNet's passes ran on (`model.workers`; 1: the pool).
+    #[serde(default = "one")]
+    pub workers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Machine {

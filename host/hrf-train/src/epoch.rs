@@ -20,7 +20,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::advantages::{self, PerPromptTracker};
-use crate::gradients::{accumulate_window_gradients, WindowBatch};
+use crate::gradients::{accumulate_window_gradients, WindowBatch, Workers};
 use crate::hrf;
 use crate::policy::{MixedPrecision, Policy};
 use crate::rng::KeyedRng;
@@ -124,6 +124,10 @@ pub struct Ddpo<'a> {
     pub device: Device,
     /// A factor on the scheduled learning rate (1; a guard's rollbacks lower it).
     pub lr_scale: f64,
+    /// One-thread CPU workers that run the sampling batches and each train batch's passes side
+    /// by side (`model.workers`; 1: one after another on this thread). Used only when the
+    /// policy (and the base model) are `Policy::concurrent`.
+    pub workers: usize,
 }
 
 /// Observes an epoch: progress and the stop request (Ctrl-C).
@@ -167,6 +171,16 @@ impl Ddpo<'_> {
             .below(self.prompts.len() as u64) as usize;
         let (text, label) = &self.prompts[pick];
         (Some(*label), Some(text.clone()))
+    }
+
+    /// The workers the epoch's passes are dealt out to (`workers` when the models allow).
+    pub(crate) fn workers(&self) -> usize {
+        let concurrent = self.policy.concurrent() && self.base.is_none_or(|b| b.concurrent());
+        if concurrent {
+            self.workers.max(1)
+        } else {
+            1
+        }
     }
 
     /// The autocast of the epoch's sampling and training passes (`training.precision`).
@@ -430,6 +444,12 @@ impl Ddpo<'_> {
             .filter(|_| t.kl_coef > 0.0)
             .map(|b| MixedPrecision::new(b, self.autocast()));
         let lr = t.optimizer.lr_at(epoch, t.epochs) * self.lr_scale;
+        let workers = self.workers();
+        let params: Vec<Tensor> = if workers > 1 {
+            self.optimizer.params().map(Tensor::shallow_clone).collect()
+        } else {
+            Vec::new()
+        };
         let mut out = Trained {
             steps_per_sample: counts.iter().copied().max().unwrap_or(0),
             lr,
@@ -483,6 +503,10 @@ impl Ddpo<'_> {
                     per_update,
                     micro_batch: t.micro_batch,
                     sampled: (seed, &row_keys),
+                    workers: (workers > 1).then_some(Workers {
+                        count: workers,
+                        params: &params,
+                    }),
                 };
                 let st = accumulate_window_gradients(
                     &policy,
@@ -613,6 +637,15 @@ mod tests {
     /// Epochs of 8 samples × 5 steps on the testbed UNet, train batches of 3, settings as
     /// `adjust` leaves them.
     fn run_with(epochs: u64, adjust: impl Fn(&mut TrainingSettings)) -> (Vec<EpochStats>, Tensor) {
+        run_on(epochs, 1, adjust)
+    }
+
+    /// `run_with` on `workers` one-thread workers (`model.workers`).
+    fn run_on(
+        epochs: u64,
+        workers: usize,
+        adjust: impl Fn(&mut TrainingSettings),
+    ) -> (Vec<EpochStats>, Tensor) {
         let model = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 1).unwrap();
         // The frozen base of the KL term, when `kl_coef` > 0: the same initial weights.
         let base = DiffusersModel::new_seeded(&UNetConfig::testbed(), Device::Cpu, 1).unwrap();
@@ -648,6 +681,7 @@ mod tests {
             prompts: vec![],
             device: Device::Cpu,
             lr_scale: 1.0,
+            workers,
         };
         let mut worker = RewardWorker::spawn(RewardSet::new(vec![Component {
             name: "brightness".into(),
@@ -700,6 +734,75 @@ mod tests {
         assert_eq!(s.lr, 1e-3, "constant schedule");
     }
 
+    /// An epoch's statistics without its clocks.
+    fn untimed(s: &EpochStats) -> serde_json::Value {
+        let mut v = serde_json::to_value(s).unwrap();
+        for clock in ["sample_s", "train_s", "reward_wait_s"] {
+            v.as_object_mut().unwrap().remove(clock).expect("a timing");
+        }
+        v
+    }
+
+    /// `model.workers`: the sampling batches, HRF's anchor batches, HRF-D's candidate batches
+    /// and each train batch's passes dealt out to one-thread workers give the epochs a one-thread process computes,
+    /// bit for bit (this thread runs libtorch at one thread), with one slot per pass or
+    /// micro-batches, the KL term and gradient accumulation, for DDPO, HRF and HRF-D.
+    #[test]
+    fn workers_compute_the_one_thread_epochs_bit_for_bit() {
+        use hrf_config::training::HrfSettings;
+        tch::set_num_threads(1);
+        let ddpo = |micro: Option<usize>, kl: f64, accum: usize| {
+            move |t: &mut TrainingSettings| {
+                t.micro_batch = micro;
+                t.kl_coef = kl;
+                t.grad_accum = accum;
+            }
+        };
+        let hrf = |method: Method| {
+            move |t: &mut TrainingSettings| {
+                t.method = method;
+                t.micro_batch = Some(5);
+                t.hrf = Some(HrfSettings {
+                    group_size: 2,
+                    window: vec![WindowCluster {
+                        steps: vec![1, 2],
+                        epochs: 2,
+                    }],
+                    stride: 2,
+                    copies: 2,
+                    beta: 0.5,
+                    update: Default::default(),
+                    clip_scale: Default::default(),
+                });
+            }
+        };
+        type Adjust = Box<dyn Fn(&mut TrainingSettings)>;
+        let cases: [(&str, Adjust); 5] = [
+            ("ddpo", Box::new(ddpo(None, 0.0, 1))),
+            (
+                "ddpo micro-batched with kl",
+                Box::new(ddpo(Some(2), 0.1, 1)),
+            ),
+            ("ddpo accumulating", Box::new(ddpo(Some(3), 0.0, 2))),
+            ("hrf", Box::new(hrf(Method::Hrf))),
+            ("hrf-d", Box::new(hrf(Method::HrfD))),
+        ];
+        for (name, adjust) in &cases {
+            let (serial, w_serial) = run_on(2, 1, adjust);
+            let (dealt, w_dealt) = run_on(2, 3, adjust);
+            assert!(w_dealt.equal(&w_serial), "{name}: the same weights");
+            for (a, b) in dealt.iter().zip(&serial) {
+                assert_eq!(untimed(a), untimed(b), "{name}");
+            }
+            assert!(serial[1].grad_norm > 0.0, "{name}: it trained");
+        }
+        assert_eq!(
+            tch::get_num_threads(),
+            1,
+            "the thread's own setting is kept"
+        );
+    }
+
     /// `training.precision`: bf16 autocast changes the epoch (its passes compute in bf16) and
     /// leaves nothing behind: an fp32 epoch after a bf16 one on the same thread is bit for bit
     /// the fp32 epoch before it, and with the KL term (the base model's passes autocast too).
@@ -716,13 +819,6 @@ mod tests {
             let (bf16, w_bf16) = run_with(1, with(TrainingPrecision::Bf16));
             let (again, w_again) = run_with(1, with(TrainingPrecision::Fp32));
             assert!(w_again.equal(&w_fp32), "kl {kl}: fp32 after bf16 is fp32");
-            let untimed = |s: &EpochStats| {
-                let mut v = serde_json::to_value(s).unwrap();
-                for clock in ["sample_s", "train_s", "reward_wait_s"] {
-                    v.as_object_mut().unwrap().remove(clock).expect("a timing");
-                }
-                v
-            };
             assert_eq!(untimed(&again[0]), untimed(&fp32[0]), "kl {kl}");
             assert!(!w_bf16.equal(&w_fp32), "kl {kl}: bf16 computes otherwise");
             let (a, b) = (&bf16[0], &fp32[0]);

@@ -14,6 +14,7 @@ use crate::hrf;
 use crate::rng::KeyedRng;
 use crate::sampling::{keyed_noise, mix_seed, Rows};
 use crate::trajectory::{Start, Trajectories};
+use crate::workers::in_turn;
 
 impl Ddpo<'_> {
     /// Step 1 of the epoch. DDPO: trajectories from pure noise. HRF / HRF-D: one anchor per group
@@ -90,19 +91,17 @@ impl Ddpo<'_> {
             }
         };
 
-        let mut batches: Vec<Trajectories> = Vec::new();
-        for b in 0..s.batches_per_epoch {
-            if observer.stop_requested() {
-                rewards.drain();
-                return Err(EpochError::Interrupted);
-            }
+        if observer.stop_requested() {
+            return Err(EpochError::Interrupted);
+        }
+        let roll_batch = |b: usize| {
             let range = b * s.batch_size..(b + 1) * s.batch_size;
             let keys: Vec<u64> = range.clone().map(|k| k as u64).collect();
             let labels = Self::labels_tensor(&lp[range.clone()]);
             let latents = start_latents
                 .as_ref()
                 .map(|x| x.narrow(0, range.start as i64, s.batch_size as i64));
-            let tr = self.roll(
+            self.roll(
                 labels.as_ref(),
                 &keys,
                 (t.seed, epoch),
@@ -112,7 +111,11 @@ impl Ddpo<'_> {
                     latents: x,
                 }),
                 Rows::Trained,
-            );
+            )
+        };
+        let mut batches: Vec<Trajectories> = Vec::new();
+        let mut take = |b: usize, tr: Trajectories| {
+            let range = b * s.batch_size..(b + 1) * s.batch_size;
             unet_evals += tr.unet_evals;
             let batch: Vec<Sample> = self
                 .policy
@@ -129,9 +132,13 @@ impl Ddpo<'_> {
             rewards.submit(batch);
             batches.push(tr);
             observer.advanced("sample", b + 1, s.batches_per_epoch, f64::NAN);
-        }
-        // A stop asked for during the last batch drops the epoch too: sampling is never
-        // followed by training once a stop is pending.
+            !observer.stop_requested()
+        };
+        // SAFETY: a batch's roll only reads the policy (`workers()` is 1 unless it is
+        // concurrent), the scheduler and the epoch's start latents; the rest it makes.
+        unsafe { in_turn(self.workers(), s.batches_per_epoch, &roll_batch, &mut take) };
+        // A stop asked for during a batch drops the epoch (during the last one too): sampling
+        // is never followed by training once a stop is pending.
         if observer.stop_requested() {
             rewards.drain();
             return Err(EpochError::Interrupted);
@@ -154,22 +161,31 @@ impl Ddpo<'_> {
         glp: &[(Option<i64>, Option<String>)],
     ) -> (Tensor, u64) {
         let (s, t) = (&self.sampling, &self.training);
-        let mut out = Vec::new();
-        let mut evals = 0;
-        for chunk in (0..glp.len()).collect::<Vec<_>>().chunks(s.batch_size) {
+        let groups: Vec<usize> = (0..glp.len()).collect();
+        let chunks: Vec<&[usize]> = groups.chunks(s.batch_size).collect();
+        let roll_chunk = |c: usize| {
+            let chunk = chunks[c];
             let keys: Vec<u64> = chunk.iter().map(|&g| g as u64).collect();
             let labels = Self::labels_tensor(&glp[chunk[0]..=chunk[chunk.len() - 1]]);
-            let tr = self.roll(
+            self.roll(
                 labels.as_ref(),
                 &keys,
                 (mix_seed(&[t.seed, 0xA4C0]) as u64, epoch),
                 s.eta,
                 None,
                 Rows::Untrained,
-            );
-            evals += tr.unet_evals;
-            out.push(tr.final_samples());
-        }
+            )
+        };
+        let mut out = Vec::new();
+        let mut evals = 0;
+        // SAFETY: as the epoch's batches: the roll only reads the policy and the scheduler.
+        unsafe {
+            in_turn(self.workers(), chunks.len(), &roll_chunk, &mut |_, tr| {
+                evals += tr.unet_evals;
+                out.push(tr.final_samples());
+                true
+            })
+        };
         (Tensor::cat(&out, 0), evals)
     }
 
@@ -196,10 +212,10 @@ impl Ddpo<'_> {
         // As many anchors per rollout as fit in a sampling batch (at least one).
         let per_chunk = (self.sampling.batch_size / rows).max(1);
         let groups: Vec<usize> = (0..glp.len()).collect();
-        for chunk in groups.chunks(per_chunk) {
-            if observer.stop_requested() {
-                return Err(EpochError::Interrupted);
-            }
+        let chunks: Vec<&[usize]> = groups.chunks(per_chunk).collect();
+        // A chunk's candidates rolled: their finals and D(s), copy 0 against its anchor.
+        let roll_chunk = |ci: usize| {
+            let chunk = chunks[ci];
             // Row (g, j, c): anchor g, candidate j, copy c. The copy's noise is keyed by (g, c)
             // alone, so every candidate of an anchor shares the same C copies.
             let copy_keys: Vec<u64> = (0..c as u64).collect();
@@ -249,8 +265,23 @@ impl Ddpo<'_> {
                 }),
                 Rows::Untrained,
             );
-            evals += tr.unet_evals;
             let finals = tr.final_samples();
+            let copy0 = Tensor::arange_start_step(
+                0,
+                starts.len() as i64,
+                c as i64,
+                (Kind::Int64, self.device),
+            );
+            let diversity = hrf::cosine_distance(
+                &finals.index_select(0, &copy0),
+                &chunk_anchors.index_select(0, &copy0),
+            );
+            (finals, diversity, tr.unet_evals)
+        };
+        let mut failed = None;
+        let mut choose = |ci: usize, (finals, diversity, rolled): (Tensor, Vec<f64>, u64)| {
+            let chunk = chunks[ci];
+            evals += rolled;
             let batch: Vec<Sample> = self.policy.decode(&finals)
                 .into_iter()
                 .enumerate()
@@ -264,18 +295,13 @@ impl Ddpo<'_> {
                 })
                 .collect();
             calls += batch.len() as u64;
-            let scored = rewards.score_now(batch)?;
-            // D(s): copy 0 of each candidate against its anchor.
-            let copy0 = Tensor::arange_start_step(
-                0,
-                starts.len() as i64,
-                c as i64,
-                (Kind::Int64, self.device),
-            );
-            let diversity = hrf::cosine_distance(
-                &finals.index_select(0, &copy0),
-                &chunk_anchors.index_select(0, &copy0),
-            );
+            let scored = match rewards.score_now(batch) {
+                Ok(scored) => scored,
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            };
             for (n, _) in chunk.iter().enumerate() {
                 let mut reward: Vec<f64> = scored.total[n * rows..(n + 1) * rows]
                     .chunks(c)
@@ -300,6 +326,19 @@ impl Ddpo<'_> {
                     h.beta,
                 ));
             }
+            !observer.stop_requested()
+        };
+        if observer.stop_requested() {
+            return Err(EpochError::Interrupted);
+        }
+        // SAFETY: a chunk's roll only reads the policy (`workers()` is 1 unless it is
+        // concurrent), the scheduler and the epoch's anchors; the rest it makes.
+        unsafe { in_turn(self.workers(), chunks.len(), &roll_chunk, &mut choose) };
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        if observer.stop_requested() {
+            return Err(EpochError::Interrupted);
         }
         Ok((ks, evals, calls))
     }

@@ -11,6 +11,7 @@ use tch::{Kind, Tensor};
 use crate::policy::Policy;
 use crate::ppo::{ppo_loss_clipped, StepBatch};
 use crate::sampling::step_key;
+use crate::workers::in_turn;
 
 /// One train batch of stored steps: row r trains the steps `steps[r]` of its chain, in slot
 /// order (slot j holds each row's j-th step; rows with fewer steps drop out of later slots).
@@ -35,6 +36,19 @@ pub struct WindowBatch<'a> {
     /// The seed the trajectories were sampled with and each row's sample key: a pair's step
     /// key is `sampling::step_key(seed, key, step)`, as when it was sampled.
     pub sampled: (u64, &'a [u64]),
+    /// Passes dealt out to one-thread CPU workers (`model.workers`), or None: one after
+    /// another on the calling thread.
+    pub workers: Option<Workers<'a>>,
+}
+
+/// `model.workers` in a train batch: pass p runs on worker p mod `count`, and its gradient
+/// with respect to `params` (the optimiser's variables) is returned instead of accumulated;
+/// the calling thread adds the passes' gradients to the variables' `.grad` in pass order, as
+/// `backward()` would have. The policy must be `Policy::concurrent`.
+#[derive(Clone, Copy)]
+pub struct Workers<'a> {
+    pub count: usize,
+    pub params: &'a [Tensor],
 }
 
 /// Sums over the slots of a `WindowBatch`.
@@ -88,7 +102,9 @@ pub fn accumulate_window_gradients(
     // Per slot: Σ loss, Σ clipped, Σ ½(log ρ)², Σ KL to base, over its rows.
     let mut per_slot = vec![[0f64; 4]; most];
     let mut st = SlotStats::default();
-    for pass in passes {
+    // One pass: its objective (whose gradient is the pass's share), then on the host the
+    // objective and each pair's four statistics, and its UNet evaluations.
+    let pass_loss = |pass: &[(usize, usize)]| -> (Tensor, Tensor, u64) {
         // Two index uploads per pass; the flat indices are derived on the device.
         let upload = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
         let rows_t = upload(pass.iter().map(|&(r, _)| r as i64).collect());
@@ -121,7 +137,7 @@ pub fn accumulate_window_gradients(
             guidance,
             &b.clip.index_select(0, &rows_t),
         );
-        st.unet_evals += policy.step_evals(y.as_ref(), guidance, pass.len() as u64);
+        let mut evals = policy.step_evals(y.as_ref(), guidance, pass.len() as u64);
         let mut per_row = if reinforce {
             -(&a * &step.log_prob)
         } else {
@@ -130,7 +146,7 @@ pub fn accumulate_window_gradients(
         let mut kl_base = None;
         if let Some((base, coef)) = base {
             let kl = kl_to_base(base, sched, &batch, &step.mean, &step.std, eta, guidance);
-            st.unet_evals += base.step_evals(y.as_ref(), guidance, pass.len() as u64);
+            evals += base.step_evals(y.as_ref(), guidance, pass.len() as u64);
             // Out of place: per_row may share storage with the loss graph.
             per_row = &per_row + &kl * coef;
             kl_base = Some(kl.detach());
@@ -147,9 +163,7 @@ pub fn accumulate_window_gradients(
             .collect();
         let objective =
             (&per_row * Tensor::from_slice(&weights).to_device(device)).sum(Kind::Float);
-        objective.backward();
-        policy.finish_backward();
-        // One copy to the host per pass: the objective, then each pair's four statistics.
+        // One copy to the host per pass.
         let values = tch::no_grad(|| {
             let kl = kl_base.unwrap_or_else(|| step.clipped.zeros_like());
             let stats = Tensor::stack(
@@ -165,14 +179,50 @@ pub fn accumulate_window_gradients(
                 .to_kind(Kind::Double)
                 .to_device(tch::Device::Cpu)
         });
-        let values: Vec<f64> = Vec::try_from(&values).expect("a double vector");
+        (objective, values, evals)
+    };
+    let mut take = |pass: &[(usize, usize)], values: &Tensor, evals: u64| {
+        let values: Vec<f64> = Vec::try_from(values).expect("a double vector");
         st.objective += values[0];
         for (&(_, j), v) in pass.iter().zip(values[1..].chunks(4)) {
             for (sum, x) in per_slot[j].iter_mut().zip(v) {
                 *sum += x;
             }
         }
+        st.unet_evals += evals;
         st.passes += 1;
+    };
+    match b.workers {
+        None => {
+            for pass in &passes {
+                let (objective, values, evals) = pass_loss(pass);
+                objective.backward();
+                policy.finish_backward();
+                take(pass, &values, evals);
+            }
+        }
+        Some(w) => {
+            let job = |p: usize| {
+                let (objective, values, evals) = pass_loss(passes[p]);
+                let grads = Tensor::run_backward(&[&objective], w.params, false, false);
+                (values, grads, evals)
+            };
+            // SAFETY: a pass reads the stored batch and the (concurrent) policy; its graph,
+            // loss and gradients are its own, returned by `run_backward` rather than
+            // accumulated into the shared variables.
+            unsafe {
+                in_turn(w.count, passes.len(), &job, &mut |p,
+                                                           (
+                    values,
+                    grads,
+                    evals,
+                )| {
+                    add_gradients(w.params, grads);
+                    take(passes[p], &values, evals);
+                    true
+                })
+            };
+        }
     }
     for (j, sums) in per_slot.iter().enumerate() {
         let n = b.steps.iter().filter(|s| j < s.len()).count() as f64;
@@ -183,6 +233,30 @@ pub fn accumulate_window_gradients(
     }
     st.slots = most;
     st
+}
+
+/// Adds one pass's gradients to the variables' `.grad`, as `backward()` accumulates them: in
+/// place where a gradient exists, else through autograd itself (the gradient of Σ p·g is g,
+/// exactly), so a variable's first gradient is created the way `backward()` creates it. A
+/// variable the pass did not reach (an undefined gradient) is left as it is.
+fn add_gradients(params: &[Tensor], grads: Vec<Tensor>) {
+    let mut fresh = Vec::new();
+    for (p, g) in params.iter().zip(grads) {
+        if !g.defined() {
+            continue;
+        }
+        let mut have = p.grad();
+        if have.defined() {
+            tch::no_grad(|| {
+                let _ = have.g_add_(&g);
+            });
+        } else {
+            fresh.push((p * g).sum(Kind::Float));
+        }
+    }
+    if !fresh.is_empty() {
+        Tensor::stack(&fresh, 0).sum(Kind::Float).backward();
+    }
 }
 
 /// The DPOK-style KL of the policy's step distribution to the frozen base model's at the same

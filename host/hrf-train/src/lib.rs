@@ -1,7 +1,7 @@
 //! hrf-train: the loops. DDPM pretraining of the testbed model (`pretraining`), DDIM sampling
 //! with guidance (`sampling`, `trajectory`); one DDPO / HRF / HRF-D epoch (`epoch`,
 //! `epoch_sampling`, `gradients`, `hrf`) on a `policy`; the fine-tuning run with its evaluations,
-//! checkpoints and exact resume (`finetune`); the re-noising diagnostic (`renoise`). Never parses
+//! checkpoints and exact resume (`finetune`); the re-noising diagnostic (`renoise`); CPU workers that run passes side by side (`workers`). Never parses
 //! YAML: it takes validated settings.
 
 pub mod adamw;
@@ -22,6 +22,7 @@ pub mod sampling;
 pub mod text_to_image;
 pub mod trajectory;
 pub mod tuned;
+mod workers;
 
 pub use adamw::{AdamW, AdamWConfig};
 /// Keyed random numbers live in hrf-core (model initialisation draws from them too).

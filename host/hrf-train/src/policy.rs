@@ -77,6 +77,13 @@ pub trait Policy {
     /// checkpointing backpropagates the gradients the loss's `backward()` left on its outputs
     /// into its weights. Call after each `backward()` of a loss built on `guided_output`.
     fn finish_backward(&self) {}
+
+    /// Whether passes may run on several threads at once (`model.workers`): true when a pass
+    /// only reads the policy (no adapter switch, dropout keys or checkpoint tape it sets while
+    /// it runs) and its backward needs no `finish_backward`. Default false.
+    fn concurrent(&self) -> bool {
+        false
+    }
 }
 
 impl Policy for UNet2DModel {
@@ -117,6 +124,11 @@ impl Policy for UNet2DModel {
 
     fn decode(&self, x0: &Tensor) -> Vec<Image> {
         to_images(x0)
+    }
+
+    /// Its forward pass reads its weights and nothing else.
+    fn concurrent(&self) -> bool {
+        true
     }
 }
 
@@ -198,6 +210,11 @@ impl Policy for MixedPrecision<'_> {
 
     fn finish_backward(&self) {
         self.inner.finish_backward()
+    }
+
+    /// Each call's autocast region is its thread's own (libtorch keeps autocast per thread).
+    fn concurrent(&self) -> bool {
+        self.inner.concurrent()
     }
 }
 

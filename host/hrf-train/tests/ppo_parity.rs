@@ -124,6 +124,7 @@ fn window_loss_and_gradients_match_torch() {
             per_update: 1.0,
             micro_batch,
             sampled: (0, &[0, 1, 2]),
+            workers: None,
         };
         let st = accumulate_window_gradients(&model.unet, None, &sched, &batch, 1.0, 1.0, false);
         assert_eq!(st.slots, 4, "the longest row has 4 steps");
@@ -204,6 +205,7 @@ fn one_group_per_step_equals_the_authors_loss() {
         per_update: 1.0,
         micro_batch: None,
         sampled: (0, &[0, 1, 2]),
+        workers: None,
     };
     let st = accumulate_window_gradients(&model.unet, None, &sched, &batch, 1.0, 1.0, false);
     assert_eq!(st.slots, 5);

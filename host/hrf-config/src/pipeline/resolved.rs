@@ -263,6 +263,8 @@ struct ResolvedModel<'a> {
     dtype: Option<crate::model_spec::Precision>,
     #[serde(skip_serializing_if = "Option::is_none")]
     gradient_checkpointing: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -314,6 +316,7 @@ impl Serialize for RunPipeline {
                     .model
                     .is_text_to_image()
                     .then_some(self.model.gradient_checkpointing),
+                workers: (self.model.workers > 1).then_some(self.model.workers),
             },
             scheduler: self.scheduler.as_ref(),
             sampling: &self.sampling,

@@ -14,6 +14,7 @@ use tch::Tensor;
 
 use super::{Run, RunError, RunState};
 use crate::sampling::{sample_observed, SampleRequest};
+use crate::workers::in_turn;
 
 impl Run<'_> {
     fn labels_for(&self, keys: &[u64]) -> Option<Vec<i64>> {
@@ -78,10 +79,14 @@ impl Run<'_> {
         // x̂₀ at every step for the first batch, for the reward trajectory.
         let trajectory_n = n.min(ev.batch_size).min(32);
         let mut predictions: Vec<Tensor> = Vec::new();
-        for (ci, chunk) in keys.chunks(ev.batch_size.max(1)).enumerate() {
+        let chunks: Vec<&[u64]> = keys.chunks(ev.batch_size.max(1)).collect();
+        let policy = self.model.policy();
+        let sample_chunk = |ci: usize| {
+            let chunk = chunks[ci];
             let labels = self.labels_for(chunk).map(|l| Tensor::from_slice(&l));
+            let mut along = Vec::new();
             let x = sample_observed(
-                self.model.policy(),
+                policy,
                 scheduler,
                 &SampleRequest {
                     labels: labels.as_ref(),
@@ -93,12 +98,28 @@ impl Run<'_> {
                 self.device,
                 &mut |_, x0| {
                     if ci == 0 {
-                        predictions.push(x0.narrow(0, 0, trajectory_n as i64));
+                        along.push(x0.narrow(0, 0, trajectory_n as i64));
                     }
                 },
             );
-            images.extend(self.model.policy().decode(&x));
-        }
+            (x, along)
+        };
+        // SAFETY: a chunk's sampling only reads the policy (`workers()` is 1 unless it is
+        // concurrent), the scheduler and the run's prompts.
+        unsafe {
+            in_turn(
+                self.workers(),
+                chunks.len(),
+                &sample_chunk,
+                &mut |ci, (x, along)| {
+                    if ci == 0 {
+                        predictions = along;
+                    }
+                    images.extend(policy.decode(&x));
+                    true
+                },
+            )
+        };
         // The worker hands the samples back, so the images are not copied to be scored.
         let (scored, scores) = self
             .rewards

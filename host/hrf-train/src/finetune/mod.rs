@@ -179,6 +179,16 @@ impl EpochObserver for Progress<'_> {
 }
 
 impl Run<'_> {
+    /// The one-thread CPU workers of the run's passes (`model.workers`): 1 on a GPU (device
+    /// auto), where every pass runs there, and for a policy whose passes hold state.
+    fn workers(&self) -> usize {
+        if self.device == tch::Device::Cpu && self.model.policy().concurrent() {
+            self.pipeline.model.workers
+        } else {
+            1
+        }
+    }
+
     fn metrics_path(&self) -> PathBuf {
         self.dir.join(METRICS_FILE)
     }
@@ -247,6 +257,17 @@ impl Run<'_> {
         }
         let scheduler = self.scheduler;
         let params = self.model.trainable();
+        // With workers, what runs on this thread (the optimiser step, the gradient norm) runs
+        // at one libtorch thread too, so every operation of the run is a one-thread one.
+        if self.workers() > 1 {
+            tch::set_num_threads(1);
+        }
+        if p.model.workers > 1 && self.workers() == 1 && self.verbosity != Verbosity::Quiet {
+            eprintln!(
+                "model.workers {} left unused: the run is on {:?}",
+                p.model.workers, self.device
+            );
+        }
         let mut ddpo = Ddpo {
             sampling: p.sampling.clone(),
             training: p.training.clone(),
@@ -260,6 +281,7 @@ impl Run<'_> {
             prompts: self.prompts.clone(),
             device: self.device,
             lr_scale: 1.0,
+            workers: self.workers(),
         };
 
         let resumed = if resume {
@@ -500,6 +522,7 @@ impl Run<'_> {
                 device: format!("{:?}", self.device),
                 cpu: hrf_report::records::Machine::cpu_model(),
                 threads: tch::get_num_threads().max(1) as usize,
+                workers: self.workers(),
             },
         };
         let path = self.dir.join(SUMMARY_FILE);
