@@ -207,21 +207,15 @@ pub fn accumulate_window_gradients(
                 let grads = Tensor::run_backward(&[&objective], w.params, false, false);
                 (values, grads, evals)
             };
+            let mut add = |p: usize, (values, grads, evals): (Tensor, Vec<Tensor>, u64)| {
+                add_gradients(w.params, grads);
+                take(passes[p], &values, evals);
+                true
+            };
             // SAFETY: a pass reads the stored batch and the (concurrent) policy; its graph,
             // loss and gradients are its own, returned by `run_backward` rather than
             // accumulated into the shared variables.
-            unsafe {
-                in_turn(w.count, passes.len(), &job, &mut |p,
-                                                           (
-                    values,
-                    grads,
-                    evals,
-                )| {
-                    add_gradients(w.params, grads);
-                    take(passes[p], &values, evals);
-                    true
-                })
-            };
+            unsafe { in_turn(w.count, passes.len(), &job, &mut add) };
         }
     }
     for (j, sums) in per_slot.iter().enumerate() {
