@@ -43,9 +43,10 @@ pub struct ModelSpecRaw {
     pub gradient_checkpointing: Option<bool>,
     /// On the CPU: run the UNet's passes on this many one-thread workers side by side (the
     /// epoch's sampling batches, HRF's anchor and HRF-D's candidate batches, the evaluations'
-    /// batches and each train batch's forward/backward passes, dealt out in turn) instead of one pool of libtorch threads; about one per core.
-    /// The numbers are those of a one-thread run (`OMP_NUM_THREADS=1`), bit for bit. Built for
-    /// pixel UNet2DModels (default 1: one pool).
+    /// batches and each train batch's forward/backward passes, dealt out in turn) instead of
+    /// one pool of libtorch threads; about one per core. The numbers are those of a one-thread
+    /// run (`OMP_NUM_THREADS=1`), bit for bit. Built for pixel UNet2DModels (default 1: one
+    /// pool).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
 }
